@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine: `make app` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-requirements
+CHECKPOINTS ?= checkpoints
+PORT ?= 8501
+
+.PHONY: install app test browser bench demo-runs study soak clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the explorer (installs first if needed).
+app: install
+	$(PY) -m streamlit run app/main.py --server.port $(PORT) --browser.gatherUsageStats false -- --checkpoints-dir $(CHECKPOINTS)
+
+## Install, then run the whole test suite (the browser test needs Debian's chromium; installed here when missing).
+test: install browser
+	$(PY) -m pytest -q
+
+## Debian's Chromium for the real-browser test (never Playwright's own download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+		echo "chromium is not installed and apt-get is not possible here: the browser test will be skipped"; }
+
+bench: install browser
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -1,0 +1,218 @@
+"""The model family: conv, conv-upsample and MLP encoders/decoders, each as a VAE or a plain AE.
+
+Every model has one interface:
+    encode(x) -> DiagonalGaussian          x: (B, C, H, W) in [0, 1]
+    decode(z) -> logits (B, C, H, W)       images are sigmoid(logits)
+    forward(x) -> VAEOutput(x_hat, posterior, z)
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .distributions import DiagonalGaussian
+
+ARCHS = ("conv", "conv-upsample", "mlp")
+KINDS = ("vae", "ae")
+IMAGE_SIZES = (28, 32, 64, 128)
+CHANNELS = (1, 3)
+MAX_LATENT_DIM = 512
+N_CONV_STAGES = 3
+# Clamp on the encoder's log-variance: keeps exp(logvar) finite in float16/bf16 and early training stable.
+LOGVAR_RANGE = (-30.0, 20.0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; saved as JSON in each run."""
+
+    arch: str = "conv"
+    kind: str = "vae"
+    latent_dim: int = 16
+    in_channels: int = 1
+    image_size: int = 28
+    widths: tuple[int, ...] = (32, 64, 128)  # conv channels of the three stages
+    hidden_dim: int = 0  # fully connected layer between image features and the latent heads (0: none)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown model '{self.arch}': choose one of {', '.join(ARCHS)}")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown kind '{self.kind}': choose one of {', '.join(KINDS)}")
+        if not isinstance(self.latent_dim, int) or not 1 <= self.latent_dim <= MAX_LATENT_DIM:
+            raise ValueError(f"latent_dim must be an integer from 1 to {MAX_LATENT_DIM}, got {self.latent_dim!r}")
+        if self.in_channels not in CHANNELS:
+            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels!r}")
+        if self.image_size not in IMAGE_SIZES:
+            raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {self.image_size!r}")
+        if len(self.widths) != N_CONV_STAGES or min(self.widths) < 1:
+            raise ValueError(f"widths must be {N_CONV_STAGES} positive channel counts, got {self.widths!r}")
+        if not isinstance(self.hidden_dim, int) or self.hidden_dim < 0:
+            raise ValueError(f"hidden_dim must be a non-negative integer, got {self.hidden_dim!r}")
+        if self.arch == "mlp" and self.hidden_dim == 0:
+            raise ValueError("the mlp model needs hidden_dim > 0 (the classic MNIST VAE uses 400)")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.image_size, self.image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+class VAEOutput(NamedTuple):
+    x_hat: torch.Tensor  # (B, C, H, W) logits
+    posterior: DiagonalGaussian
+    z: torch.Tensor  # (B, D)
+
+
+def conv_sizes(image_size: int) -> list[int]:
+    """Spatial sizes through the stride-2 stages, e.g. 28 -> [28, 14, 7, 4]."""
+    sizes = [image_size]
+    for _ in range(N_CONV_STAGES):
+        sizes.append((sizes[-1] - 1) // 2 + 1)  # kernel 3, stride 2, padding 1
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        chans = (config.in_channels, *config.widths)
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.SiLU()]
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        side = conv_sizes(config.image_size)[-1]
+        self.out_features = config.widths[-1] * side * side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """Three ConvTranspose2d stages, or with `upsample` three Upsample + Conv2d stages."""
+
+    def __init__(self, config: ModelConfig, upsample: bool):
+        super().__init__()
+        sizes = conv_sizes(config.image_size)[::-1]  # e.g. [4, 7, 14, 28]
+        chans = (*config.widths[::-1], config.in_channels)
+        self.start_shape = (config.widths[-1], sizes[0], sizes[0])
+        self.in_features = math.prod(self.start_shape)
+        layers: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:])):
+            if upsample:
+                layers += [nn.Upsample(size=sizes[i + 1], mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1)]
+            else:
+                extra = sizes[i + 1] - (2 * sizes[i] - 1)  # output_padding that lands exactly on the next size
+                layers.append(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=extra))
+            if i < N_CONV_STAGES - 1:
+                layers.append(nn.SiLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h.view(h.shape[0], *self.start_shape))
+
+
+class VAE(nn.Module):
+    """A VAE (kind='vae') or a deterministic autoencoder (kind='ae') of any architecture."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        n_pixels = math.prod(config.image_shape)
+        if config.arch == "mlp":
+            self.encoder: nn.Module = nn.Flatten()
+            features, dec_features = n_pixels, n_pixels
+            self.decoder: nn.Module = nn.Unflatten(1, config.image_shape)
+        else:
+            enc = ConvEncoder(config)
+            dec = ConvDecoder(config, upsample=config.arch == "conv-upsample")
+            self.encoder, self.decoder = enc, dec
+            features, dec_features = enc.out_features, dec.in_features
+        if config.hidden_dim:
+            self.enc_hidden: nn.Module = nn.Sequential(nn.Linear(features, config.hidden_dim), nn.SiLU())
+            head_in = config.hidden_dim
+            self.dec_in = nn.Sequential(
+                nn.Linear(config.latent_dim, config.hidden_dim), nn.SiLU(), nn.Linear(config.hidden_dim, dec_features)
+            )
+        else:
+            self.enc_hidden = nn.Identity()
+            head_in = features
+            self.dec_in = nn.Linear(config.latent_dim, dec_features)
+        if config.arch != "mlp":  # the conv decoder's input layer needs an activation before the first conv
+            self.dec_in = nn.Sequential(self.dec_in, nn.SiLU())
+        self.fc_mean = nn.Linear(head_in, config.latent_dim)
+        self.fc_logvar = nn.Linear(head_in, config.latent_dim) if config.kind == "vae" else None
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        """x (B, C, H, W) in [0, 1] -> q(z|x) over (B, D)."""
+        h = self.enc_hidden(self.encoder(x))
+        mean = self.fc_mean(h)
+        if self.fc_logvar is None:
+            return DiagonalGaussian(mean)
+        return DiagonalGaussian(mean, self.fc_logvar(h).clamp(*LOGVAR_RANGE))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, D) -> logits (B, C, H, W); sigmoid(logits) is the image."""
+        return self.decoder(self.dec_in(z))
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> VAEOutput:
+        posterior = self.encode(x)
+        z = posterior.sample(generator) if self.training else posterior.mode()
+        return VAEOutput(self.decode(z), posterior, z)
+
+    @torch.no_grad()
+    def decode_images(self, z: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Decode many latents in batches to images in [0, 1], (N, C, H, W) float32 on the CPU."""
+        device = next(self.parameters()).device
+        out = [torch.sigmoid(self.decode(zb.to(device))).float().cpu() for zb in z.split(batch_size)]
+        return torch.cat(out) if out else torch.empty(0, *self.config.image_shape)
+
+    @torch.no_grad()
+    def encode_batches(self, x: torch.Tensor, batch_size: int = 512) -> DiagonalGaussian:
+        """Encode many images (N, C, H, W), uint8 or float in [0, 1], in batches; result on the CPU."""
+        device = next(self.parameters()).device
+        means, logvars = [], []
+        for xb in x.split(batch_size):
+            posterior = self.encode(to_float_images(xb).to(device))
+            means.append(posterior.mean.float().cpu())
+            logvars.append(posterior.logvar.float().cpu())
+        if not means:
+            empty = torch.empty(0, self.latent_dim)
+            return DiagonalGaussian(empty, None if self.config.kind == "ae" else empty)
+        mean = torch.cat(means)
+        return DiagonalGaussian(mean, None if self.config.kind == "ae" else torch.cat(logvars))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def to_float_images(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels 0..255 -> float32 in [0, 1]; float input is passed through as float32."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x.float()
+
+
+def build_model(config: ModelConfig) -> VAE:
+    return VAE(config)

@@ -1,0 +1,1 @@
+"""Training, data and run folders for VAE Latent Explorer."""
