@@ -203,15 +203,15 @@ def load_folder(root: Path, image_size: int, channels: int, seed: int) -> tuple[
         st = p.stat()
         key.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
     cache = root / ".vae_cache" / f"{image_size}px-{channels}ch-{key.hexdigest()[:16]}.npz"
-    images, kept_labels = None, None
+    images, kept_labels, skipped = None, None, 0
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as npz:
-                images, kept_labels = npz["images"], npz["labels"]
-        except Exception:
+                images, kept_labels, skipped = npz["images"], npz["labels"], int(npz["skipped"])
+        except Exception:  # a stale or damaged cache is simply rebuilt
             images = None
-    skipped = 0
     if images is None:
+        skipped = 0
         decoded, kept = [], []
         for p, label in zip(files, labels):
             try:
@@ -228,7 +228,7 @@ def load_folder(root: Path, image_size: int, channels: int, seed: int) -> tuple[
             cache.parent.mkdir(exist_ok=True)
             from .runs import atomic_write_bytes, npz_bytes
 
-            atomic_write_bytes(cache, npz_bytes({"images": images, "labels": kept_labels}))
+            atomic_write_bytes(cache, npz_bytes({"images": images, "labels": kept_labels, "skipped": np.asarray(skipped)}))
         except OSError:
             pass  # a read-only folder just decodes again next time
     order = np.random.default_rng(seed).permutation(len(images))

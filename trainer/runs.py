@@ -49,7 +49,7 @@ ATLAS_IMAGES_FILE = "atlas-images.npz"
 LOCK_FILE = "lock"
 MAX_JSON_BYTES = 16 * 2**20
 MAX_TENSOR_FILE_BYTES = 4 * 2**30
-RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 LOAD_RETRIES = 5
 
 
@@ -59,7 +59,7 @@ class RunError(Exception):
 
 def validate_run_name(name: str) -> str:
     """Run names become folder names: letters, digits, '.', '_' and '-', no path separators or '..'."""
-    if not isinstance(name, str) or not RUN_NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not RUN_NAME_RE.fullmatch(name) or ".." in name:
         raise ValueError(
             f"invalid run name {name!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit (no '/', no '..')"
         )

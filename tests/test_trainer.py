@@ -1,0 +1,160 @@
+"""The trainer: exact resume, schedules, failure handling, and the CLI end to end."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+from models import ModelConfig
+from trainer.cli import main
+from trainer.config import TrainConfig
+from trainer.runs import load_run, read_status
+from trainer.train import TrainingFailed, fit
+
+from .conftest import TINY_WIDTHS, tiny_data
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ModelConfig(latent_dim=2, widths=TINY_WIDTHS)
+
+
+def tiny_train(**kw) -> TrainConfig:
+    return TrainConfig(**({"epochs": 4, "batch_size": 32, "atlas_size": 20, "lr_milestones": (3,), "beta_warmup": 2} | kw))
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    data = tiny_data()
+    fit(TINY, tiny_train(), data, tmp_path / "straight", progress="none")
+    fit(TINY, tiny_train(epochs=2), data, tmp_path / "split", progress="none")
+    fit(TINY, tiny_train(), data, tmp_path / "split", resume=True, progress="none")
+    a, b = load_run(tmp_path / "straight"), load_run(tmp_path / "split")
+    for (name, wa), wb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(wa, wb), name
+    assert [r["test_loss"] for r in a.history] == [r["test_loss"] for r in b.history]
+    assert a.history[-1]["lr"] == pytest.approx(1e-4) and a.history[0]["beta"] < 1.0 == a.history[-1]["beta"]
+    assert (a.atlas.means == b.atlas.means).all() and b.atlas.epochs.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_schedules():
+    cfg = TrainConfig(epochs=10, lr=1e-3, lr_milestones=(2, 5), beta=4.0, beta_warmup=4)
+    assert [cfg.lr_at(e, 0.0) for e in (0, 2, 5)] == pytest.approx([1e-3, 1e-4, 1e-5])
+    assert cfg.beta_at(0, 0.0) == 0.0 and cfg.beta_at(1, 0.0) == pytest.approx(1.0) and cfg.beta_at(6, 0.5) == 4.0
+    cosine = TrainConfig(epochs=4, lr_schedule="cosine")
+    assert cosine.lr_at(0, 0.0) == pytest.approx(1e-3) and cosine.lr_at(2, 0.0) == pytest.approx(5e-4)
+
+
+def test_non_finite_loss_fails_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    data = tiny_data()
+    fit(TINY, tiny_train(epochs=1), data, tmp_path / "r", progress="none")
+    real = models.vae_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        calls["n"] += 1
+        terms = real(*args, **kw)
+        return terms._replace(loss=terms.loss * float("nan")) if calls["n"] > 1 else terms
+
+    monkeypatch.setattr("trainer.train.vae_loss", poisoned)
+    with pytest.raises(TrainingFailed, match="loss became nan.*epoch 1\\) is kept"):
+        fit(TINY, tiny_train(epochs=3), data, tmp_path / "r", resume=True, progress="none")
+    status = read_status(tmp_path / "r")
+    assert status["state"] == "failed" and "nan" in status["message"]
+    assert load_run(tmp_path / "r").epoch == 1
+
+
+def test_stop_flag_keeps_last_completed_epoch(tmp_path):
+    data = tiny_data()
+    epochs_seen = []
+
+    def stop() -> bool:
+        run = tmp_path / "r" / "manifest.json"
+        epoch = json.loads(run.read_text())["epoch"] if run.exists() else 0
+        epochs_seen.append(epoch)
+        return epoch >= 2
+
+    trainer = fit(TINY, tiny_train(epochs=5), data, tmp_path / "r", stop=stop, progress="none")
+    assert trainer.epoch == 2 and load_run(tmp_path / "r").epoch == 2
+    assert read_status(tmp_path / "r")["state"] == "stopped"
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--latent-dim", "0"], "latent_dim must be an integer from 1 to 512"),
+        (["--latent-dim", "abc"], "invalid int value"),
+        (["--epochs", "-1"], "epochs must be"),
+        (["--model", "resnet"], "invalid choice"),
+        (["--batch-size", "0"], "batch_size"),
+        (["--lr", "-1"], "lr must be"),
+        (["--lr", "nan"], "lr must be"),
+        (["--beta", "-2"], "beta must be"),
+        (["--beta", "0", "--recon-weight", "0"], "cannot both be 0"),
+        (["--image-size", "30"], "image_size"),
+        (["--dataset", "cifar"], "unknown dataset"),
+        (["--dataset", "folder:/nonexistent"], "does not exist"),
+        (["--run-name", "../evil"], "invalid run name"),
+        (["--resume"], "--resume needs --run-name"),
+        (["--resume", "--run-name", "nothing"], "nothing to resume"),
+        (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "cuda|device"),
+        (["--lr-milestones", "5,2"], "lr_milestones"),
+    ],
+)
+def test_cli_bad_input_is_one_line(argv, match, tmp_path, capsys):
+    code = main(argv + ["--checkpoints-dir", str(tmp_path), "--epochs" if "--epochs" not in argv else "--seed", "1" if "--epochs" not in argv else "0", "--progress", "none"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("python -m trainer: error:")
+    import re
+
+    assert re.search(match, err), err
+
+
+def test_cli_refuses_existing_run_and_resume_changes(tmp_path, capsys):
+    args = ["--checkpoints-dir", str(tmp_path), "--run-name", "r", "--epochs", "1", "--widths", "4,8,8", "--latent-dim", "2", "--atlas-size", "10", "--progress", "none"]
+    assert main(args) == 0
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err
+    assert main(["--checkpoints-dir", str(tmp_path), "--run-name", "r", "--resume", "--latent-dim", "3", "--progress", "none"]) == 2
+    assert "--latent-dim cannot change when resuming" in capsys.readouterr().err
+    assert main(["--checkpoints-dir", str(tmp_path), "--run-name", "r", "--resume", "--epochs", "2", "--progress", "none"]) == 0
+    assert load_run(tmp_path / "r").epoch == 2
+
+
+def run_cli(args: list[str], **kw) -> subprocess.Popen:
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_cli_end_to_end_json_lines(tmp_path):
+    proc = run_cli(["--model", "mlp", "--hidden-dim", "32", "--latent-dim", "2", "--epochs", "1", "--atlas-size", "100", "--checkpoints-dir", str(tmp_path), "--run-name", "e2e"])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["epoch"] == 1 and row["test_loss"] > 0 and 0 < row["ssim"] <= 1 and row["psnr"] > 0
+    assert "offline subset" in err
+    run = load_run(tmp_path / "e2e")
+    assert run.info["data"]["kind"] == "subset" and run.atlas.images.shape == (100, 1, 28, 28)
+    status = read_status(tmp_path / "e2e")
+    assert status["state"] == "finished" and status["epoch"] == 1
+
+
+def test_cli_sigterm_stops_cleanly(tmp_path):
+    proc = run_cli(["--latent-dim", "2", "--epochs", "200", "--checkpoints-dir", str(tmp_path), "--run-name", "long", "--widths", "4,8,8"])
+    manifest = tmp_path / "long" / "manifest.json"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (manifest.exists() and json.loads(manifest.read_text())["epoch"] >= 1):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert time.time() - t0 < 10
+    status = read_status(tmp_path / "long")
+    assert status["state"] == "stopped" and status["epoch"] >= 1
+    assert load_run(tmp_path / "long").epoch == status["epoch"]
