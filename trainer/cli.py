@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from models import ARCHS, IMAGE_SIZES, KINDS, RECON_LOSSES, ModelConfig
+from models import ARCHS, CLASSIC_MLP_HIDDEN_DIM, DEFAULT_HIDDEN_DIM, DEFAULT_WIDTHS, IMAGE_SIZES, KINDS, RECON_LOSSES, ModelConfig
 
 from .config import LR_SCHEDULES, WEIGHT_DTYPES, TrainConfig
 from .data import DataError, default_channels, default_image_size, load_dataset
@@ -50,8 +50,8 @@ def build_parser() -> Parser:
     m.add_argument("--model", choices=ARCHS, default=None, help="architecture (default conv)")
     m.add_argument("--kind", choices=KINDS, default=None, help="vae, or ae for a plain autoencoder (default vae)")
     m.add_argument("--latent-dim", type=int, default=None, help="latent size, 1 to 512 (default 16)")
-    m.add_argument("--widths", type=int_list, default=None, help="conv channels of the three stages (default 32,64,128)")
-    m.add_argument("--hidden-dim", type=int, default=None, help="fully connected hidden layer (default 0 for conv, 400 for mlp)")
+    m.add_argument("--widths", type=int_list, default=None, help=f"conv channels of the three stages (default {','.join(map(str, DEFAULT_WIDTHS))})")
+    m.add_argument("--hidden-dim", type=int, default=None, help=f"fully connected hidden layer, 0 for none (default {DEFAULT_HIDDEN_DIM} for conv, {CLASSIC_MLP_HIDDEN_DIM} for mlp)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default=None, help="mnist, fashion-mnist or folder:PATH (default mnist)")
     d.add_argument("--data-dir", default="data", help="where to look for dataset files (default data/)")
@@ -96,7 +96,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
         "latent_dim": 16 if args.latent_dim is None else args.latent_dim,
         "in_channels": args.channels or default_channels(dataset),
         "image_size": args.image_size or default_image_size(dataset),
-        "hidden_dim": (400 if arch == "mlp" else 0) if args.hidden_dim is None else args.hidden_dim,
+        "hidden_dim": (CLASSIC_MLP_HIDDEN_DIM if arch == "mlp" else DEFAULT_HIDDEN_DIM) if args.hidden_dim is None else args.hidden_dim,
     }
     if args.widths is not None:
         model_kw["widths"] = tuple(args.widths)
