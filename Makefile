@@ -29,8 +29,17 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 		echo "chromium is not installed and apt-get is not possible here: the browser test will be skipped"; }
 
+## All performance figures of the README (several minutes; run on an otherwise idle machine).
 bench: install browser
 	$(PY) -m bench
+
+## Retrain the bundled demo runs into checkpoints/ (about 10 minutes on 2 CPU cores).
+demo-runs: install
+	$(PY) -m trainer.demo --force
+
+## The latent-size study: sweep, run folders in checkpoints/study/, report in reports/latent-size-study/.
+study: install
+	$(PY) -m trainer.study
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

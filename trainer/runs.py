@@ -225,6 +225,8 @@ class Run:
 
     def optimizer_state(self) -> dict[str, Any]:
         """The optimiser's state_dict saved with this epoch (for resuming)."""
+        if "optim" not in self.manifest["files"]:
+            raise RunError(f"{self.path}: this run was exported without optimiser state, so it cannot be resumed; train a new run instead")
         path, data = _read_checked(self.path, self.manifest, "optim")
         tensors = load_safetensors(path, data)
         meta = safetensors_metadata(data)

@@ -1,0 +1,51 @@
+"""Slim a finished run for shipping: keep only the latest epoch's set, optionally without optimiser state.
+
+    python -m trainer.export checkpoints/RUN [--drop-optimizer]
+
+A run exported with --drop-optimizer still opens everywhere (app, load_run) but cannot be resumed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .runs import MANIFEST_FILE, RunError, atomic_write_json, load_run, read_manifest
+
+
+def export_run(run_dir: Path, drop_optimizer: bool) -> int:
+    """Rewrite the manifest to the latest set alone and delete everything else versioned; returns bytes freed."""
+    load_run(run_dir)  # refuse to slim a run that does not load
+    manifest = read_manifest(run_dir)
+    if drop_optimizer:
+        name = manifest["files"].pop("optim", None)
+        manifest.get("sha256", {}).pop(name, None)
+        manifest["optimizer_dropped"] = True
+    atomic_write_json(run_dir / MANIFEST_FILE, manifest)
+    live = set(manifest["files"].values()) | set(manifest.get("kept", []))
+    freed = 0
+    for p in run_dir.iterdir():
+        versioned = p.name.split("-")[0] in ("weights", "optim", "history", "latents")
+        if (versioned and p.name not in live) or p.name == "lock" or p.name.endswith(".tmp") or p.name.endswith(".log"):
+            freed += p.stat().st_size
+            p.unlink()
+    return freed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--drop-optimizer", action="store_true", help="remove the optimiser state (the run can no longer be resumed)")
+    args = parser.parse_args(argv)
+    for run_dir in args.runs:
+        try:
+            freed = export_run(run_dir, args.drop_optimizer)
+        except RunError as e:
+            print(f"python -m trainer.export: error: {e}", file=sys.stderr)
+            return 2
+        print(f"{run_dir}: freed {freed / 2**20:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
