@@ -14,6 +14,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINTS_DIR = PROJECT_ROOT / "checkpoints"
 CHECKPOINTS_ENV = "VAE_CHECKPOINTS_DIR"
 RUN_CACHE_ENTRIES = 16
+# One intra-op thread per request: on a small shared CPU a second thread makes a single decode wait for a
+# busy core (0.2 ms becomes tens of ms under load), and concurrent sessions already use the other cores.
+APP_TORCH_THREADS = 1
 
 
 def resolve_checkpoints_dir(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> Path:
@@ -24,6 +27,14 @@ def resolve_checkpoints_dir(argv: Sequence[str] | None = None, env: dict[str, st
     env = os.environ if env is None else env
     chosen = args.checkpoints_dir or env.get(CHECKPOINTS_ENV) or str(DEFAULT_CHECKPOINTS_DIR)
     return Path(chosen).expanduser()
+
+
+def configure_torch(threads: int = APP_TORCH_THREADS) -> None:
+    """Set torch's intra-op threads for the app process (called by app/main.py, and by the app benchmark)."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def checkpoints_dir() -> Path:

@@ -1,0 +1,98 @@
+"""Cached derived data of a run for the Explore page (st.cache_data around the pure functions).
+
+Every cached function takes `key` (run_key(run): path, epoch and save time) as its hashed identity and
+the run itself as the unhashed `_run`, so a new epoch of a run is a new entry and nothing hashes a model.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import streamlit as st
+
+from app import images, latent, plots
+from trainer.runs import Run
+
+CACHE_ENTRIES = 32
+DECODE_CACHE_ENTRIES = 256
+GIF_SIDE = 360
+MAX_GIF_FRAMES = 60
+
+
+def run_id(run: Run) -> str:
+    """A short stable id of a run folder, used to namespace per-run widget state."""
+    return hashlib.sha1(str(run.path.resolve()).encode()).hexdigest()[:10]
+
+
+def run_key(run: Run) -> str:
+    """Cache identity of one saved epoch of a run."""
+    return f"{run.path.resolve()}|{run.epoch}|{run.manifest.get('saved_at')}"
+
+
+@st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)
+def dim_stats(key: str, _run: Run) -> latent.DimStats:
+    """Per-dimension KL (or code variance) and slider ranges from the atlas posterior at the latest snapshot."""
+    atlas = _run.atlas
+    return latent.dimension_stats(atlas.means[-1], None if atlas.logvars is None else atlas.logvars[-1])
+
+
+@st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)
+def projection(key: str, _run: Run, method: str, dims: tuple[int, int]) -> latent.Projection:
+    """The scatter's projection of the latest snapshot; UMAP / t-SNE maps are also kept on disk in the run folder."""
+    means = _run.atlas.means[-1]
+    embedding = None
+    if method in latent.CACHED_PROJECTIONS and means.shape[1] > 2:
+        embedding = latent.cached_embedding(_run.path, _run.epoch, means, method, seed=_run.train_config.seed)
+    return latent.make_projection(means, method, dims, embedding)
+
+
+@st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)
+def replay(key: str, _run: Run, method: str, dims: tuple[int, int]) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """Every snapshot on one map fitted to the last (PCA or raw dims) and a fixed axis range: ((E, N, 2), x, y)."""
+    coords = latent.replay_coords(_run.atlas.means, method, dims)
+    x_range, y_range = latent.robust_range(coords)
+    return coords, x_range, y_range
+
+
+@st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)
+def replay_gif(key: str, _run: Run, method: str, dims: tuple[int, int]) -> bytes:
+    """The replay as an animated GIF (at most MAX_GIF_FRAMES snapshots, evenly spread, the last always in)."""
+    coords, x_range, y_range = replay(key, _run, method, dims)
+    atlas = _run.atlas
+    picks = np.unique(np.linspace(0, len(coords) - 1, min(len(coords), MAX_GIF_FRAMES)).round().astype(int))
+    colors = plots.class_rgb(max(len(_run.class_names), int(atlas.labels.max()) + 1))
+    frames = [
+        images.scatter_frame(coords[i], atlas.labels, colors, x_range, y_range, GIF_SIDE, f"{_run.name}  epoch {int(atlas.epochs[i])}")
+        for i in picks
+    ]
+    return images.animated_gif(frames)
+
+
+@st.cache_data(max_entries=DECODE_CACHE_ENTRIES, show_spinner=False)
+def decode(key: str, _run: Run, z: np.ndarray) -> np.ndarray:
+    """Decoded latents (B, D) as uint8 images (B, C, H, W), one batch."""
+    return images.decode_uint8(_run.model, z)
+
+
+@st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)
+def reconstructions(key: str, _run: Run, indices: tuple[int, ...]) -> np.ndarray:
+    """Reconstructions (through the posterior mean) of atlas images: uint8 (B, C, H, W)."""
+    return images.decode_uint8(_run.model, _run.atlas.means[-1][list(indices)])
+
+
+@st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)
+def encode_upload(key: str, _run: Run, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and std (D,) of one preprocessed upload x (C, H, W) uint8."""
+    import torch
+
+    posterior = _run.model.encode_batches(torch.from_numpy(np.ascontiguousarray(x[None])))
+    return posterior.mean[0].numpy(), posterior.std[0].numpy()
+
+
+@st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)
+def preprocess(data: bytes, image_size: int, channels: int, style: str) -> images.Upload | str:
+    """An upload preprocessed for a run, or the one-line reason it cannot be used."""
+    try:
+        return images.preprocess_upload(data, image_size, channels, style)
+    except images.UploadError as e:
+        return str(e)

@@ -1,0 +1,404 @@
+"""Latent-space arithmetic for the explorer: grids, paths, projections, samples. Pure numpy/torch, no Streamlit.
+
+Every function takes arrays (latents `z` are float32 rows of shape (B, D)) and returns arrays, so the
+page, the benchmark and the tests share one implementation.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+import torch
+
+from models import standard_normal_log_density
+from trainer.metrics import ACTIVE_UNIT_THRESHOLD
+from trainer.runs import atomic_write_bytes, npz_bytes
+
+GRID_QUANTILES = (0.05, 0.95)  # the manifold grid spans these Gaussian quantiles on each axis
+GRID_SIZE_RANGE = (5, 30)
+SLIDER_STDS = 3.0  # slider range: aggregate posterior mean +/- this many standard deviations
+MAX_SLIDERS = 32
+INACTIVE_THRESHOLD = ACTIVE_UNIT_THRESHOLD  # nats of mean KL (variance of the codes for an AE)
+INTERPOLATION_STEPS = (3, 20)
+INTERPOLATIONS = ("linear", "spherical")
+PROJECTIONS = ("pca", "umap", "tsne", "raw")
+CACHED_PROJECTIONS = ("umap", "tsne")  # slow enough to be kept on disk in the run folder
+KNN_NEIGHBOURS = 10  # out-of-sample placement on a UMAP / t-SNE map
+UMAP_EPOCHS = 200
+TSNE_ITERATIONS = 500
+PROJECTION_FILE_RE = re.compile(r"^projection-(umap|tsne)-(\d{6})\.npz$")
+
+
+def as_latents(z: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Any latent batch -> float32 numpy (B, D); a single vector becomes (1, D)."""
+    arr = z.detach().cpu().numpy() if isinstance(z, torch.Tensor) else np.asarray(z)
+    arr = arr.astype(np.float32, copy=False)
+    return arr[None] if arr.ndim == 1 else arr
+
+
+# ---------------------------------------------------------------- grids and paths
+
+def gaussian_quantiles(n: int, lo: float = GRID_QUANTILES[0], hi: float = GRID_QUANTILES[1]) -> np.ndarray:
+    """n values of the standard normal inverse CDF at evenly spaced probabilities lo..hi, (n,)."""
+    if n < 1 or not 0.0 < lo < hi < 1.0:
+        raise ValueError(f"need n >= 1 and 0 < lo < hi < 1, got n={n}, lo={lo}, hi={hi}")
+    probs = np.linspace(lo, hi, n) if n > 1 else np.array([0.5 * (lo + hi)])
+    normal = NormalDist()
+    return np.array([normal.inv_cdf(float(p)) for p in probs], dtype=np.float32)
+
+
+def lerp(z0: np.ndarray, z1: np.ndarray, steps: int) -> np.ndarray:
+    """Straight line from z0 to z1 (D,), both ends included: (steps, D)."""
+    t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+    return ((1.0 - t) * z0[None] + t * z1[None]).astype(np.float32)
+
+
+def slerp(z0: np.ndarray, z1: np.ndarray, steps: int, eps: float = 1e-6) -> np.ndarray:
+    """Spherical path: the direction turns along the great circle, the norm changes linearly: (steps, D).
+
+    Equal-norm ends keep their norm all the way (the path a Gaussian prior favours); opposite or
+    zero-length ends have no great circle and fall back to the straight line.
+    """
+    z0, z1 = np.asarray(z0, np.float64), np.asarray(z1, np.float64)
+    n0, n1 = np.linalg.norm(z0), np.linalg.norm(z1)
+    if n0 < eps or n1 < eps:
+        return lerp(z0, z1, steps)
+    u0, u1 = z0 / n0, z1 / n1
+    omega = np.arccos(np.clip(u0 @ u1, -1.0, 1.0))
+    if omega < eps or np.pi - omega < 1e-3:
+        return lerp(z0, z1, steps)
+    t = np.linspace(0.0, 1.0, steps)[:, None]
+    direction = (np.sin((1.0 - t) * omega) * u0 + np.sin(t * omega) * u1) / np.sin(omega)
+    norm = (1.0 - t) * n0 + t * n1
+    return (direction * norm).astype(np.float32)
+
+
+def interpolate(z0: np.ndarray, z1: np.ndarray, steps: int, method: str) -> np.ndarray:
+    """`linear` or `spherical` path of `steps` latents from z0 to z1: (steps, D)."""
+    if method not in INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation '{method}': choose one of {', '.join(INTERPOLATIONS)}")
+    return lerp(z0, z1, steps) if method == "linear" else slerp(z0, z1, steps)
+
+
+def prior_log_density(z: np.ndarray) -> np.ndarray:
+    """log N(z; 0, I) per row in nats, (B,)."""
+    return standard_normal_log_density(torch.from_numpy(as_latents(z))).numpy()
+
+
+def gaussian_log_density(z: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """log N(z; mean, cov) per row in nats, (B,): the stand-in prior of an autoencoder."""
+    z = as_latents(z).astype(np.float64)
+    d = z.shape[1]
+    cov = np.asarray(cov, np.float64) + 1e-6 * np.eye(d)
+    sign, logdet = np.linalg.slogdet(cov)
+    diff = z - np.asarray(mean, np.float64)
+    maha = np.einsum("bi,ij,bj->b", diff, np.linalg.inv(cov), diff)
+    return (-0.5 * (maha + logdet + d * np.log(2.0 * np.pi))).astype(np.float32)
+
+
+def traversal_values(lo: np.ndarray, hi: np.ndarray, steps: int) -> np.ndarray:
+    """Per-dimension sweeps across the slider ranges: (D, steps)."""
+    return np.linspace(lo, hi, steps, axis=1).astype(np.float32)
+
+
+def traversal_latents(z: np.ndarray, dims: list[int], values: np.ndarray) -> np.ndarray:
+    """For each dim, copies of z with that dim swept over values[dim] (steps,): (len(dims) * steps, D)."""
+    z = as_latents(z)[0]
+    rows = []
+    for d in dims:
+        block = np.repeat(z[None], values.shape[-1], axis=0)  # (steps, D)
+        block[:, d] = values[d] if values.ndim == 2 else values
+        rows.append(block)
+    return np.concatenate(rows).astype(np.float32) if rows else np.empty((0, len(z)), np.float32)
+
+
+# ---------------------------------------------------------------- statistics of the codes
+
+@dataclass(frozen=True)
+class DimStats:
+    """Per-dimension statistics of the atlas posterior that order and bound the sliders."""
+
+    scores: np.ndarray  # (D,) mean KL per dimension in nats (VAE) or variance of the means (AE)
+    order: np.ndarray  # (D,) dims by decreasing score
+    inactive: np.ndarray  # (D,) bool: score below INACTIVE_THRESHOLD
+    mean: np.ndarray  # (D,) mean of the atlas means
+    std: np.ndarray  # (D,) std of the atlas means
+    lo: np.ndarray  # (D,) slider minimum
+    hi: np.ndarray  # (D,) slider maximum
+    score_name: str  # "KL" or "variance"
+    cov: np.ndarray  # (D, D) covariance of the atlas means (the AE's fitted Gaussian)
+
+
+def dimension_stats(means: np.ndarray, logvars: np.ndarray | None) -> DimStats:
+    """KL per dimension averaged over images (or, for an AE, variance of its codes), ranges of mean +/- 3 std."""
+    means = np.asarray(means, np.float64)  # (N, D)
+    mean, std = means.mean(0), means.std(0)
+    if logvars is None:
+        scores, name = means.var(0), "variance"
+    else:
+        logvars = np.asarray(logvars, np.float64)
+        scores, name = (0.5 * (means**2 + np.exp(logvars) - 1.0 - logvars)).mean(0), "KL"
+    order = np.argsort(-scores, kind="stable")
+    spread = np.maximum(std, 1e-3)
+    lo = np.minimum(mean - SLIDER_STDS * spread, 0.0)  # zero is always a reachable starting point
+    hi = np.maximum(mean + SLIDER_STDS * spread, 0.0)
+    cov = np.cov(means, rowvar=False).reshape(means.shape[1], means.shape[1]) if len(means) > 1 else np.zeros((means.shape[1],) * 2)
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    return DimStats(f32(scores), order, scores < INACTIVE_THRESHOLD, f32(mean), f32(std), f32(lo), f32(hi), name, f32(cov))
+
+
+def slider_dims(stats: DimStats, extra: list[int] | None = None) -> list[int]:
+    """Dims that get a slider: all of them up to MAX_SLIDERS, else the MAX_SLIDERS highest-scoring plus `extra`."""
+    top = [int(d) for d in stats.order[:MAX_SLIDERS]]
+    return top + [int(d) for d in (extra or []) if int(d) not in top]
+
+
+# ---------------------------------------------------------------- sampling
+
+def prior_samples(n: int, latent_dim: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
+    """z ~ N(0, T^2 I), seeded: (n, D)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return (temperature * torch.randn(n, latent_dim, generator=g)).numpy()
+
+
+def fitted_gaussian_samples(mean: np.ndarray, cov: np.ndarray, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
+    """z ~ N(mean, T^2 cov): the stand-in prior of an autoencoder, fitted to its codes: (n, D)."""
+    d = len(mean)
+    cov = np.asarray(cov, np.float64) + 1e-6 * np.eye(d)
+    vals, vecs = np.linalg.eigh(cov)
+    root = vecs * np.sqrt(np.clip(vals, 0.0, None))  # root @ root.T == cov, robust to a singular cov
+    eps = prior_samples(n, d, 1.0, seed).astype(np.float64)
+    return (mean[None] + temperature * eps @ root.T).astype(np.float32)
+
+
+def posterior_samples(mean: np.ndarray, std: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """z = mean + std * eps around one image's posterior (std 0 for an AE): (n, D)."""
+    eps = prior_samples(n, len(mean), 1.0, seed)
+    return (mean[None] + std[None] * eps).astype(np.float32)
+
+
+def random_start(stats: DimStats, deterministic: bool, seed: int) -> np.ndarray:
+    """A seeded starting point: a prior sample, or for an AE a sample of the Gaussian fitted to its codes: (D,)."""
+    if deterministic:
+        return fitted_gaussian_samples(stats.mean, stats.cov, 1, 1.0, seed)[0]
+    return prior_samples(1, len(stats.mean), 1.0, seed)[0]
+
+
+# ---------------------------------------------------------------- projections
+
+@dataclass(frozen=True)
+class PCA:
+    """Principal axes of a set of latents: coords = (z - mean) @ components.T."""
+
+    mean: np.ndarray  # (D,)
+    components: np.ndarray  # (K, D) orthonormal rows, by decreasing variance
+    std: np.ndarray  # (K,) standard deviation of the data along each component
+
+    def transform(self, z: np.ndarray, k: int = 2) -> np.ndarray:
+        """(B, D) -> (B, k)."""
+        return ((as_latents(z) - self.mean) @ self.components[:k].T).astype(np.float32)
+
+    def inverse(self, coords: np.ndarray) -> np.ndarray:
+        """(B, k) coordinates on the first k components -> (B, D) latents."""
+        coords = np.asarray(coords, np.float32)
+        return (self.mean + coords @ self.components[: coords.shape[1]]).astype(np.float32)
+
+    def move_in_plane(self, z_base: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        """Latents whose first two PCA coords are `coords` (B, 2) and whose other components are z_base's: (B, D)."""
+        base = as_latents(z_base)[0]
+        shift = np.asarray(coords, np.float32) - self.transform(base[None])[0]
+        return (base[None] + shift @ self.components[:2]).astype(np.float32)
+
+
+def fit_pca(z: np.ndarray) -> PCA:
+    """All principal components of z (N, D) by SVD (K = min(N, D); zero-padded to D for tiny N)."""
+    z = np.asarray(z, np.float64)
+    mean = z.mean(0)
+    _, s, vt = np.linalg.svd(z - mean, full_matrices=False)
+    std = s / np.sqrt(max(len(z) - 1, 1))
+    signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])  # deterministic orientation
+    vt = vt * np.where(signs == 0, 1.0, signs)[:, None]
+    if len(vt) < z.shape[1]:  # fewer points than dims: complete the basis so inverse() of 2 coords still works
+        q, _ = np.linalg.qr(np.concatenate([vt.T, np.eye(z.shape[1])], axis=1))
+        vt = np.concatenate([vt, q[:, len(vt) : z.shape[1]].T])
+        std = np.concatenate([std, np.zeros(z.shape[1] - len(std))])
+    return PCA(mean.astype(np.float32), vt.astype(np.float32), std.astype(np.float32))
+
+
+def knn_place(z: np.ndarray, ref: np.ndarray, ref_xy: np.ndarray, k: int = KNN_NEIGHBOURS) -> np.ndarray:
+    """Place new latents on a non-linear map: inverse-distance average of their k nearest atlas points: (B, 2)."""
+    z = as_latents(z)
+    d2 = ((z[:, None, :] - ref[None]) ** 2).sum(-1)  # (B, N)
+    k = min(k, len(ref))
+    idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
+    w = 1.0 / (np.sqrt(np.take_along_axis(d2, idx, 1)) + 1e-6)
+    return ((ref_xy[idx] * w[..., None]).sum(1) / w.sum(1, keepdims=True)).astype(np.float32)
+
+
+def embed(z: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
+    """A 2-D map of z (N, D) with UMAP or t-SNE (single-threaded, shortened schedules for a small CPU): (N, 2)."""
+    z = np.asarray(z, np.float32)
+    n = len(z)
+    if n < 5:
+        return fit_pca(z).transform(z)
+    if method == "umap":
+        import umap
+
+        reducer = umap.UMAP(n_neighbors=min(15, n - 1), n_components=2, n_epochs=UMAP_EPOCHS, random_state=seed, n_jobs=1)
+        return reducer.fit_transform(z).astype(np.float32)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        tsne = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3.0), init="pca", random_state=seed, max_iter=TSNE_ITERATIONS)
+        return tsne.fit_transform(z).astype(np.float32)
+    raise ValueError(f"unknown embedding '{method}': choose umap or tsne")
+
+
+def fingerprint(a: np.ndarray) -> str:
+    """A short content hash of an array: a cached projection is only reused for exactly these latents."""
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+def projection_path(run_dir: Path, method: str, epoch: int) -> Path:
+    return Path(run_dir) / f"projection-{method}-{epoch:06d}.npz"
+
+
+def cached_embedding(run_dir: Path, epoch: int, z: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
+    """embed(z) kept on disk as <run>/projection-<method>-<epoch>.npz (atomic write, no pickles): (N, 2).
+
+    A missing, corrupt or stale file (other latents) is recomputed; older epochs' files are removed;
+    a read-only run folder just means no disk cache.
+    """
+    path = projection_path(run_dir, method, epoch)
+    key = fingerprint(np.asarray(z, np.float32))
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            xy = npz["xy"]
+            if str(npz["fingerprint"]) == key and xy.shape == (len(z), 2) and np.isfinite(xy).all():
+                return xy.astype(np.float32)
+    except Exception:  # missing, truncated, foreign: recompute
+        pass
+    xy = embed(z, method, seed)
+    try:
+        atomic_write_bytes(path, npz_bytes({"xy": xy, "fingerprint": np.array(key)}))
+        for old in Path(run_dir).iterdir():
+            m = PROJECTION_FILE_RE.match(old.name)
+            if m and m.group(1) == method and old.name != path.name:
+                old.unlink(missing_ok=True)
+    except OSError:
+        pass
+    return xy
+
+
+@dataclass(frozen=True)
+class Projection:
+    """How latents become scatter coordinates: raw dims, PCA, or a UMAP / t-SNE map of the atlas."""
+
+    method: str  # one of PROJECTIONS; 2-D latents always use "raw"
+    dims: tuple[int, int]  # the raw dims shown (method "raw")
+    xy: np.ndarray  # (N, 2) the atlas on this map
+    pca: PCA | None  # (method "pca")
+    ref: np.ndarray | None  # (N, D) atlas means, for placing new points on a UMAP / t-SNE map
+
+    def transform(self, z: np.ndarray) -> np.ndarray:
+        """(B, D) latents -> (B, 2) scatter coordinates."""
+        z = as_latents(z)
+        if self.method == "raw":
+            return z[:, list(self.dims)].copy()
+        if self.method == "pca":
+            return self.pca.transform(z)  # type: ignore[union-attr]
+        return knn_place(z, self.ref, self.xy)  # type: ignore[arg-type]
+
+    @property
+    def axis_titles(self) -> tuple[str, str]:
+        if self.method == "raw":
+            return f"z{self.dims[0]}", f"z{self.dims[1]}"
+        name = {"pca": "PC", "umap": "UMAP ", "tsne": "t-SNE "}[self.method]
+        return f"{name}1", f"{name}2"
+
+
+def make_projection(means: np.ndarray, method: str, dims: tuple[int, int] = (0, 1), embedding: np.ndarray | None = None) -> Projection:
+    """The projection of the atlas means (N, D); `embedding` is the precomputed (N, 2) map for umap / tsne."""
+    means = np.asarray(means, np.float32)
+    if means.shape[1] == 1:
+        method, dims = "raw", (0, 0)
+    elif means.shape[1] == 2 and method != "raw":
+        method, dims = "raw", (0, 1)
+    if method == "raw":
+        return Projection("raw", dims, means[:, list(dims)].copy(), None, None)
+    if method == "pca":
+        pca = fit_pca(means)
+        return Projection("pca", (0, 1), pca.transform(means), pca, None)
+    if embedding is None:
+        raise ValueError(f"the {method} projection needs its embedding")
+    return Projection(method, (0, 1), np.asarray(embedding, np.float32), None, means)
+
+
+def replay_coords(means: np.ndarray, method: str, dims: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Every snapshot (E, N, D) on one fixed map fitted to the last snapshot (PCA, or raw dims): (E, N, 2)."""
+    e, n, d = means.shape
+    flat = means.reshape(e * n, d)
+    if d <= 2 or method == "raw":
+        dims = (0, 0) if d == 1 else dims
+        return flat[:, list(dims)].reshape(e, n, 2).astype(np.float32)
+    return fit_pca(means[-1]).transform(flat).reshape(e, n, 2)
+
+
+def robust_range(xy: np.ndarray, margin: float = 0.08, pct: float = 0.5) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Axis ranges covering all but the outer `pct` percent of points on each side, padded by `margin`."""
+    flat = np.asarray(xy, np.float64).reshape(-1, 2)
+    lo, hi = np.percentile(flat, pct, axis=0), np.percentile(flat, 100 - pct, axis=0)
+    pad = np.maximum((hi - lo) * margin, 1e-3)
+    return (float(lo[0] - pad[0]), float(hi[0] + pad[0])), (float(lo[1] - pad[1]), float(hi[1] + pad[1]))
+
+
+# ---------------------------------------------------------------- the 2-D manifold grid
+
+@dataclass(frozen=True)
+class ManifoldGrid:
+    """An N x N grid of latents: row 0 is the top (largest second-axis value), column 0 the left."""
+
+    z: np.ndarray  # (N * N, D), row-major
+    n: int
+    outline: np.ndarray  # (4 * n + 1, D) the grid's border, closed, for drawing its extent
+
+
+def _grid_from_axes(n: int, make: "callable") -> ManifoldGrid:
+    a = b = np.arange(n)
+    rows = [make(np.stack([a, np.full(n, n - 1 - r)], 1)) for r in range(n)]  # top row first
+    border_idx = np.concatenate([
+        np.stack([a, np.zeros(n, int)], 1), np.stack([np.full(n, n - 1), b], 1),
+        np.stack([a[::-1], np.full(n, n - 1)], 1), np.stack([np.zeros(n, int), b[::-1]], 1), [[0, 0]],
+    ])
+    return ManifoldGrid(np.concatenate(rows), n, make(border_idx))
+
+
+def raw_grid(z_base: np.ndarray, dims: tuple[int, int], n: int, centre: np.ndarray, scale: np.ndarray) -> ManifoldGrid:
+    """Grid over two raw dims at centre + scale * Gaussian quantiles, the other dims held at z_base."""
+    q = gaussian_quantiles(n)
+    base = as_latents(z_base)[0]
+    i, j = dims
+
+    def make(idx: np.ndarray) -> np.ndarray:  # idx (B, 2) grid indices -> (B, D) latents
+        z = np.repeat(base[None], len(idx), axis=0)
+        z[:, i] = centre[i] + scale[i] * q[idx[:, 0]]
+        z[:, j] = centre[j] + scale[j] * q[idx[:, 1]]
+        return z
+
+    return _grid_from_axes(n, make)
+
+
+def pca_grid(z_base: np.ndarray, pca: PCA, n: int) -> ManifoldGrid:
+    """Grid over the first two principal axes at std * Gaussian quantiles, mapped back through inverse PCA;
+    the components off the plane are held at z_base's."""
+    q = gaussian_quantiles(n)
+
+    def make(idx: np.ndarray) -> np.ndarray:
+        coords = np.stack([pca.std[0] * q[idx[:, 0]], pca.std[1] * q[idx[:, 1]]], 1)
+        return pca.move_in_plane(z_base, coords)
+
+    return _grid_from_axes(n, make)

@@ -1,0 +1,29 @@
+"""Streamlit entry point: `streamlit run app/main.py -- --checkpoints-dir DIR`. A thin router plus the shared sidebar."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+if str(PROJECT_ROOT) not in sys.path:  # streamlit runs this file as a script: make `app`, `models`, `trainer` importable
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app.common import configure_torch  # noqa: E402
+from app.sidebar import render_sidebar  # noqa: E402
+
+
+def main() -> None:
+    st.set_page_config(page_title="VAE Latent Explorer", layout="wide")
+    configure_torch()
+    page = st.navigation([
+        st.Page("pages/explore.py", title="Explore", icon="🧭", default=True),
+        st.Page("pages/compare.py", title="Compare", icon="📊"),
+        st.Page("pages/train.py", title="Train", icon="🏋️"),
+    ])
+    render_sidebar()
+    page.run()
+
+
+main()

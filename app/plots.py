@@ -1,0 +1,135 @@
+"""Plotly figures for the explorer: the WebGL latent scatter, its overlays, small line charts.
+
+Pure functions from arrays to `go.Figure`; no Streamlit.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+SCATTER_HEIGHT = 520
+MARKER_SIZE = 5
+OVERLAY_COLOR = "#111111"
+PATH_COLOR = "#d62728"
+OUTLINE_COLOR = "#444444"
+
+
+def _hex_to_rgb(color: str) -> tuple[int, int, int]:
+    color = color.lstrip("#")
+    return int(color[0:2], 16), int(color[2:4], 16), int(color[4:6], 16)
+
+
+def class_colors(n: int) -> list[str]:
+    """One distinct hex colour per class (Plotly's D3 palette, extended for more than ten classes)."""
+    base = list(qualitative.D3) + list(qualitative.Dark24) + list(qualitative.Light24)
+    out = [c if c.startswith("#") else "#888888" for c in base]
+    return [out[i % len(out)] for i in range(max(n, 1))]
+
+
+def class_rgb(n: int) -> list[tuple[int, int, int]]:
+    """class_colors as RGB tuples (for frames drawn with PIL)."""
+    return [_hex_to_rgb(c) for c in class_colors(n)]
+
+
+def class_name(class_names: list[str], label: int) -> str:
+    return class_names[label] if 0 <= label < len(class_names) else str(label)
+
+
+def latent_scatter(
+    xy: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    *,
+    axis_titles: tuple[str, str] = ("z0", "z1"),
+    x_range: tuple[float, float] | None = None,
+    y_range: tuple[float, float] | None = None,
+    title: str | None = None,
+    height: int = SCATTER_HEIGHT,
+) -> go.Figure:
+    """WebGL scatter of points (N, 2), one trace per class; customdata holds each point's atlas index."""
+    labels = np.asarray(labels)
+    n_classes = max(len(class_names), int(labels.max()) + 1 if len(labels) else 0)
+    colors = class_colors(n_classes)
+    fig = go.Figure()
+    for c in np.unique(labels):
+        idx = np.nonzero(labels == c)[0]
+        name = class_name(class_names, int(c))
+        fig.add_trace(go.Scattergl(
+            x=xy[idx, 0], y=xy[idx, 1], mode="markers", name=name, customdata=idx,
+            marker=dict(size=MARKER_SIZE, color=colors[int(c)], opacity=0.75),
+            hovertemplate=f"class {name}<br>image #%{{customdata}}<extra></extra>",
+        ))
+    fig.update_layout(
+        height=height, margin=dict(l=10, r=10, t=30 if title else 10, b=10), title=title,
+        xaxis_title=axis_titles[0], yaxis_title=axis_titles[1], legend=dict(itemsizing="constant"),
+        dragmode="pan", uirevision="latent-scatter", clickmode="event+select",
+    )
+    if x_range is not None:
+        fig.update_xaxes(range=list(x_range), autorange=False)
+    if y_range is not None:
+        fig.update_yaxes(range=list(y_range), autorange=False)
+    return fig
+
+
+# Overlays are WebGL traces too: SVG traces would be drawn underneath the WebGL points.
+def add_marker(fig: go.Figure, xy: np.ndarray, name: str, symbol: str = "x", color: str = OVERLAY_COLOR, size: int = 16) -> go.Figure:
+    """A highlighted point (2,) or points (B, 2) drawn over the scatter."""
+    xy = np.asarray(xy).reshape(-1, 2)
+    fig.add_trace(go.Scattergl(
+        x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, hovertemplate=f"{name}<extra></extra>",
+        marker=dict(symbol=symbol, size=size, color=color, line=dict(width=2, color="white")),
+    ))
+    return fig
+
+
+def add_path(fig: go.Figure, xy: np.ndarray, name: str, color: str = PATH_COLOR) -> go.Figure:
+    """A path (B, 2) with its frames marked, drawn over the scatter."""
+    fig.add_trace(go.Scattergl(
+        x=xy[:, 0], y=xy[:, 1], mode="lines+markers", name=name, line=dict(color=color, width=2),
+        marker=dict(size=7, color=color), hovertemplate=f"{name} frame %{{pointNumber}}<extra></extra>",
+    ))
+    return fig
+
+
+def add_outline(fig: go.Figure, xy: np.ndarray, name: str, color: str = OUTLINE_COLOR) -> go.Figure:
+    """A closed outline (B, 2) such as the manifold grid's extent."""
+    fig.add_trace(go.Scattergl(
+        x=xy[:, 0], y=xy[:, 1], mode="lines", name=name, line=dict(color=color, width=2, dash="dash"),
+        hoverinfo="skip",
+    ))
+    return fig
+
+
+def line_chart(y: np.ndarray, *, x: np.ndarray | None = None, x_title: str = "", y_title: str = "", height: int = 220) -> go.Figure:
+    """A small line chart with markers, e.g. the prior log-density along an interpolation."""
+    x = np.arange(len(y)) if x is None else x
+    fig = go.Figure(go.Scatter(x=x, y=y, mode="lines+markers", line=dict(color=PATH_COLOR)))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), xaxis_title=x_title, yaxis_title=y_title, showlegend=False)
+    return fig
+
+
+def bar_chart(y: np.ndarray, labels: list[str], *, y_title: str = "", threshold: float | None = None, height: int = 220) -> go.Figure:
+    """Bars per latent dimension (e.g. KL in nats), with an optional dashed threshold line."""
+    fig = go.Figure(go.Bar(x=labels, y=y, marker_color="#1f77b4"))
+    if threshold is not None:
+        fig.add_hline(y=threshold, line_dash="dash", line_color=PATH_COLOR)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), yaxis_title=y_title, showlegend=False)
+    return fig
+
+
+def selected_atlas_index(state: Any) -> int | None:
+    """The atlas index of the first clicked scatter point in a plotly selection state, if any."""
+    try:
+        points = state["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for p in points or []:
+        custom = p.get("customdata") if isinstance(p, dict) else None
+        if isinstance(custom, (list, tuple)):
+            custom = custom[0] if custom else None
+        if isinstance(custom, (int, float)) and not isinstance(custom, bool):
+            return int(custom)
+    return None

@@ -1,0 +1,177 @@
+"""The router, the shared sidebar and the Explore page, driven by streamlit's AppTest on real tiny runs."""
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest
+
+from app.common import CHECKPOINTS_ENV
+from app.explore import TAB_KEY, TABS
+
+MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
+TIMEOUT_S = 60  # the machine is slow and shared
+
+
+class NavigationPagesManager(PagesManager):
+    """AppTest resets the class flag on every run, so an app with a pages/ folder is replayed as a
+    pages-folder (v1) app and reruns skip app/main.py. `streamlit run` clears the flag once
+    st.navigation has run; this does the same before every test run."""
+
+    def __init__(self, *args, **kwargs):
+        PagesManager.uses_pages_directory = False
+        super().__init__(*args, **kwargs)
+
+
+@pytest.fixture
+def app(monkeypatch, runs_root):
+    """A started AppTest of app/main.py browsing the tiny runs."""
+    import streamlit.testing.v1.app_test as app_test
+
+    monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
+    monkeypatch.setenv(CHECKPOINTS_ENV, str(runs_root))
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT_S)
+    return at.run()
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def by_key_prefix(widgets, prefix: str):
+    found = [w for w in widgets if (w.key or "").startswith(prefix)]
+    assert found, f"no widget with a key starting {prefix!r}"
+    return found[0]
+
+
+def image_with_caption(at: AppTest, start: str):
+    found = [im for im in at.image if any(c.startswith(start) for c in im.captions)]
+    assert found, f"no image captioned {start!r}: {[im.captions for im in at.image]}"
+    return found[0]
+
+
+def open_tab(at: AppTest, name: str) -> AppTest:
+    at.session_state[TAB_KEY] = name
+    return ok(at.run())
+
+
+def choose_run(at: AppTest, root: Path, name: str) -> AppTest:
+    at.selectbox(key="run_path").set_value(str(root / name))
+    return ok(at.run())
+
+
+def digit_png(size: tuple[int, int] = (90, 90)) -> bytes:
+    im = Image.new("RGB", size, (240, 238, 230))
+    ImageDraw.Draw(im).ellipse([25, 15, 65, 75], outline=(20, 20, 20), width=7)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_first_screen_is_a_2d_vae_with_scatter_sliders_and_digit(app, runs_root):
+    ok(app)
+    assert app.selectbox(key="run_path").value == str(runs_root / "vae2")
+    labels = app.selectbox(key="run_path").options
+    assert any("ae2" in s and "AE, latent 2" in s and "PSNR" in s for s in labels)
+    assert len([s for s in app.slider if (s.key or "").startswith("z")]) == 2
+    assert image_with_caption(app, "Decoded z")
+    assert any(m.value.startswith("### vae2") for m in app.markdown)
+
+
+def test_moving_a_slider_changes_the_decoded_image(app):
+    before = image_with_caption(app, "Decoded z").value  # media URLs are content hashes of the PNG
+    slider = by_key_prefix(app.slider, "z0:")
+    slider.set_value(float(slider.max)).run()
+    after = image_with_caption(ok(app), "Decoded z").value
+    assert after != before
+    by_key_prefix(app.slider, "z0:").set_value(float(slider.min)).run()
+    assert image_with_caption(ok(app), "Decoded z").value != after
+
+
+def test_start_buttons_move_the_sliders(app):
+    by_key_prefix(app.button, "start_random").click().run()
+    values = [s.value for s in app.slider if (s.key or "").startswith("z")]
+    assert any(abs(v) > 0 for v in values)
+    by_key_prefix(app.button, "start_zero").click().run()
+    assert all(s.value == 0 for s in ok(app).slider if (s.key or "").startswith("z"))
+
+
+def test_interpolation_strip_has_the_asked_number_of_frames(app):
+    open_tab(app, "Interpolation")
+    by_key_prefix(app.selectbox, "interp_A_class").set_value(1).run()
+    by_key_prefix(app.selectbox, "interp_B_class").set_value(7).run()
+    instances = by_key_prefix(app.selectbox, "interp_B_index")
+    instances.set_value(instances.options and int(instances.options[-1].removeprefix("image #"))).run()
+    app.slider(key="interp_steps").set_value(7).run()
+    app.radio(key="interp_method").set_value("spherical").run()
+    strip = image_with_caption(ok(app), "t=0.00")
+    assert len(strip.value) == 7
+    assert strip.captions[-1].startswith("t=1.00")
+
+
+@pytest.mark.parametrize("run_name", ["ae2", "vae5"])
+def test_every_view_renders(app, runs_root, run_name):
+    choose_run(app, runs_root, run_name)
+    for tab in TABS:
+        open_tab(app, tab)
+        assert not app.error, (tab, [e.value for e in app.error])
+    if run_name == "ae2":
+        open_tab(app, "Sampling")
+        assert any("no prior" in i.value for i in app.info)
+    else:
+        for method in ("raw", "pca"):
+            app.selectbox(key="projection").set_value(method).run()
+            ok(app)
+        open_tab(app, "Manifold grid")
+        app.radio(key="grid_plane").set_value("raw").run()
+        assert image_with_caption(ok(app), "15×15 decodes")
+
+
+def test_upload_is_reconstructed_and_bad_files_get_one_error_line(app):
+    open_tab(app, "Reconstruction")
+    uploader = by_key_prefix(app.file_uploader, "recon_upload")
+    uploader.set_value(("digit.png", digit_png(), "image/png")).run()
+    trio = image_with_caption(ok(app), "input")
+    assert trio.captions == ["input", "preprocessed (what the model sees)", "reconstruction"]
+    by_key_prefix(app.file_uploader, "recon_upload").set_value(("notes.png", b"plain text, not pixels", "image/png")).run()
+    errors = [e.value for e in ok(app).error]
+    assert len(errors) == 1 and errors[0].startswith("notes.png:") and "\n" not in errors[0]
+
+
+def test_a_corrupt_run_shows_its_error_while_the_others_load(monkeypatch, app, runs_root, tmp_path):
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    for name in ("vae2", "ae2"):
+        shutil.copytree(runs_root / name, root / name)
+    broken = root / "broken"
+    shutil.copytree(runs_root / "vae2", broken)
+    weights = sorted(broken.glob("weights-*.safetensors"))[-1]
+    weights.write_bytes(weights.read_bytes()[:100])
+    app.text_input(key="checkpoints_dir").set_value(str(root)).run()
+    assert ok(app).selectbox(key="run_path").value == str(root / "vae2")
+    assert any("broken" in e.value for e in app.error)  # listed with its error
+    choose_run(app, root, "broken")
+    assert any("broken" in e.value and "weights" in e.value for e in app.error)
+    assert not [im for im in app.image if any(c.startswith("Decoded z") for c in im.captions)]
+    choose_run(app, root, "ae2")
+    assert image_with_caption(app, "Decoded z")
+    assert [e.value for e in app.error if "broken" not in e.value] == []  # only the broken run's line, in its list
+
+
+def test_missing_checkpoints_folder_is_one_error(app, tmp_path):
+    app.text_input(key="checkpoints_dir").set_value(str(tmp_path / "nowhere")).run()
+    assert [e.value for e in ok(app).error] == [f"{tmp_path / 'nowhere'}: no such folder"]
+
+
+def test_replay_and_projection_do_not_write_outside_the_checkpoints(app, runs_root):
+    before = {p for p in Path.cwd().rglob("projection-*.npz")}
+    open_tab(app, "Training replay")
+    assert app.select_slider(key=by_key_prefix(app.select_slider, "replay_snapshot").key).value is not None
+    assert {p for p in Path.cwd().rglob("projection-*.npz")} == before
+    np.testing.assert_equal(len(app.button), len({b.key for b in app.button}))
