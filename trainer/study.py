@@ -23,7 +23,7 @@ import torch
 
 from app.images import png_bytes, reconstruct_uint8, tile
 from app.latent import fit_pca
-from models import ModelConfig
+from models import DEFAULT_HIDDEN_DIM, DEFAULT_WIDTHS, ModelConfig
 
 from .config import TrainConfig
 from .data import DataError, load_dataset
@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--widths", type=int, nargs=3, default=list(DEFAULT_WIDTHS), help="conv channels of the three stages")
+    parser.add_argument("--hidden-dim", type=int, default=DEFAULT_HIDDEN_DIM)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         models = [parse_model(m) for m in args.models]
         train_config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                    lr_schedule="cosine", seed=args.seed)
-        configs = [ModelConfig(arch=a, kind=k, latent_dim=z) for z in args.latent_sizes for a, k in models]
+        configs = [ModelConfig(arch=a, kind=k, latent_dim=z, widths=tuple(args.widths), hidden_dim=args.hidden_dim)
+                   for z in args.latent_sizes for a, k in models]
         data = load_dataset(args.dataset, args.data_dir, seed=args.seed)
     except (ValueError, DataError) as e:
         print(f"python -m trainer.study: error: {e}", file=sys.stderr)
