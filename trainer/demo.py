@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import cli
 from .export import export_run
-from .runs import MANIFEST_FILE, load_run
+from .runs import MANIFEST_FILE, load_run, read_status
 
 CONV_SCHEDULE = ["--batch-size", "64", "--lr", "2e-3", "--lr-schedule", "cosine", "--weights-dtype", "float16"]
 DEMO_RUNS: list[tuple[str, str, list[str]]] = [
@@ -87,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
         t0 = time.time()
         code = cli.main(argv_run[3:] + ["--progress", "none"])
-        if code != 0:
-            return code
+        state = (read_status(run_dir) or {}).get("state")
+        if code != 0 or state != "finished":
+            print(f"{name}: {state or 'not trained'}; stopping here (run `make demo-runs` again to continue)", file=sys.stderr)
+            return code or 1
         export_run(run_dir, drop_optimizer=True)
         print(f"{name}: trained in {time.time() - t0:.0f} s")
     if not args.list:
