@@ -7,14 +7,14 @@ Every model has one interface:
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
+from .config import JSONConfig
 from .distributions import DiagonalGaussian
 
 ARCHS = ("conv", "conv-upsample", "mlp")
@@ -31,8 +31,10 @@ LOGVAR_RANGE = (-30.0, 20.0)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(JSONConfig):
     """Everything needed to rebuild a model; saved as JSON in each run."""
+
+    config_name: ClassVar[str] = "model config"
 
     arch: str = "conv"
     kind: str = "vae"
@@ -65,18 +67,6 @@ class ModelConfig:
     def image_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["widths"] = list(self.widths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
 
 
 class VAEOutput(NamedTuple):

@@ -1,12 +1,12 @@
 """Training hyper-parameters: one frozen dataclass, validated on construction, saved as JSON."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from models import RECON_LOSSES
+from models.config import JSONConfig
 
 LR_SCHEDULES = ("step", "cosine")
 WEIGHT_DTYPES = ("float32", "float16")
@@ -29,7 +29,8 @@ def _is_number(v: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JSONConfig):
+    config_name: ClassVar[str] = "train config"
     dataset: str = "mnist"
     data_dir: str = "data"
     epochs: int = 10
@@ -72,20 +73,6 @@ class TrainConfig:
         _check(_is_int(self.atlas_size) and 1 <= self.atlas_size <= 100_000, f"atlas_size must be an integer from 1 to 100000, got {self.atlas_size!r}")
         _check(all(_is_int(e) and e >= 0 for e in self.keep_epochs), f"keep_epochs must be non-negative epochs, got {list(self.keep_epochs)!r}")
         _check(self.weights_dtype in WEIGHT_DTYPES, f"weights_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {self.weights_dtype!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["lr_milestones"] = list(self.lr_milestones)
-        d["keep_epochs"] = list(self.keep_epochs)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown train config keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
 
     def lr_at(self, epoch: int, progress: float) -> float:
         """Learning rate during 0-based `epoch`, `progress` in [0, 1) through it."""
