@@ -94,10 +94,12 @@ def slider_bounds(view: View) -> tuple[np.ndarray, np.ndarray]:
 
 
 def origin(view: View) -> np.ndarray:
-    """Values of the dims without a slider (and the sliders' starting values): (D,)."""
+    """Values of the dims without a slider (and the sliders' starting values): (D,).
+
+    A VAE starts at the prior's mean (zero); an autoencoder, which has no prior, at the mean of its codes."""
     z = st.session_state.get(view.k("origin"))
     if not isinstance(z, np.ndarray) or z.shape != (view.latent_dim,):
-        z = np.zeros(view.latent_dim, np.float32)
+        z = np.round(view.stats.mean, 2) if view.deterministic else np.zeros(view.latent_dim, np.float32)
         st.session_state[view.k("origin")] = z
     return z
 
@@ -322,6 +324,12 @@ def pick_end(view: View, end: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 # ---------------------------------------------------------------- tabs
 
+def refresh_note(what: str) -> None:
+    """The tabs run with the page, not with the slider fragment: say so and offer a refresh."""
+    st.caption(f"{what} the slider point of the last page update; after moving sliders, refresh.")
+    st.button("↻ Use the slider point", key=f"refresh_{what.split()[0].lower()}")
+
+
 def grid_tab(view: View) -> list[Overlay]:
     if view.latent_dim < 2:
         st.info("A 1-D latent has no plane to grid: see the Traversal tab.")
@@ -343,7 +351,9 @@ def grid_tab(view: View) -> list[Overlay]:
         lo_q, hi_q = latent.GRID_QUANTILES
         spread = "the codes' mean ± std" if view.deterministic or plane == "pca" else "the prior N(0, 1)"
         st.caption(f"Each axis spans the {lo_q:.0%}–{hi_q:.0%} Gaussian quantiles of {spread}; "
-                   + ("the other dimensions are held at the slider point." if view.latent_dim > 2 else "the dashed box on the scatter is the grid's extent."))
+                   + "the dashed outline on the scatter is the grid's extent.")
+        if view.latent_dim > 2:
+            refresh_note("Other dimensions are held at")
     z_base = current_z(view)
     if plane == "pca":
         pca = latent.fit_pca(view.means)
@@ -370,6 +380,8 @@ def traversal_tab(view: View) -> list[Overlay]:
     steps = c2.slider("Steps", 5, 15, 11, key="trav_steps")
     st.caption("Each row sweeps one dimension across its slider range; the others stay at the slider point. "
                f"Inactive dimensions (below {latent.INACTIVE_THRESHOLD} {unit}) barely change the image.")
+    if view.latent_dim > 1:
+        refresh_note("Rows start from")
     if not dims:
         return []
     lo, hi = slider_bounds(view)

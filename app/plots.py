@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-SCATTER_HEIGHT = 520
+SCATTER_HEIGHT = 580
 MARKER_SIZE = 5
 OVERLAY_COLOR = "#111111"
 PATH_COLOR = "#d62728"
@@ -49,37 +49,42 @@ def latent_scatter(
     title: str | None = None,
     height: int = SCATTER_HEIGHT,
 ) -> go.Figure:
-    """WebGL scatter of points (N, 2), one trace per class; customdata holds each point's atlas index."""
+    """WebGL scatter of points (N, 2), one trace per class; customdata holds each point's atlas index.
+
+    Built from plain dicts without plotly's per-property validation (`_validate=False`): that takes a
+    few ms instead of tens, and it reruns on every slider move. st.plotly_chart still validates the figure.
+    """
     labels = np.asarray(labels)
     n_classes = max(len(class_names), int(labels.max()) + 1 if len(labels) else 0)
     colors = class_colors(n_classes)
-    fig = go.Figure()
+    data = []
     for c in np.unique(labels):
         idx = np.nonzero(labels == c)[0]
         name = class_name(class_names, int(c))
-        fig.add_trace(go.Scattergl(
-            x=xy[idx, 0], y=xy[idx, 1], mode="markers", name=name, customdata=idx,
+        data.append(dict(
+            type="scattergl", x=xy[idx, 0], y=xy[idx, 1], mode="markers", name=name, customdata=idx,
             marker=dict(size=MARKER_SIZE, color=colors[int(c)], opacity=0.75),
             hovertemplate=f"class {name}<br>image #%{{customdata}}<extra></extra>",
         ))
-    fig.update_layout(
-        height=height, margin=dict(l=10, r=10, t=30 if title else 10, b=10), title=title,
-        xaxis_title=axis_titles[0], yaxis_title=axis_titles[1], legend=dict(itemsizing="constant"),
+    layout = dict(
+        height=height, margin=dict(l=10, r=10, t=60 if title else 40, b=10), title=dict(text=title) if title else None,
+        xaxis=dict(title=dict(text=axis_titles[0])), yaxis=dict(title=dict(text=axis_titles[1])),
+        legend=dict(itemsizing="constant", orientation="h", yanchor="bottom", y=1.0, x=0.0),
         dragmode="pan", uirevision="latent-scatter", clickmode="event+select",
     )
     if x_range is not None:
-        fig.update_xaxes(range=list(x_range), autorange=False)
+        layout["xaxis"].update(range=list(x_range), autorange=False)
     if y_range is not None:
-        fig.update_yaxes(range=list(y_range), autorange=False)
-    return fig
+        layout["yaxis"].update(range=list(y_range), autorange=False)
+    return go.Figure(data=data, layout={k: v for k, v in layout.items() if v is not None}, _validate=False)
 
 
 # Overlays are WebGL traces too: SVG traces would be drawn underneath the WebGL points.
 def add_marker(fig: go.Figure, xy: np.ndarray, name: str, symbol: str = "x", color: str = OVERLAY_COLOR, size: int = 16) -> go.Figure:
     """A highlighted point (2,) or points (B, 2) drawn over the scatter."""
     xy = np.asarray(xy).reshape(-1, 2)
-    fig.add_trace(go.Scattergl(
-        x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, hovertemplate=f"{name}<extra></extra>",
+    fig.add_trace(dict(
+        type="scattergl", x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, hovertemplate=f"{name}<extra></extra>",
         marker=dict(symbol=symbol, size=size, color=color, line=dict(width=2, color="white")),
     ))
     return fig
@@ -87,8 +92,8 @@ def add_marker(fig: go.Figure, xy: np.ndarray, name: str, symbol: str = "x", col
 
 def add_path(fig: go.Figure, xy: np.ndarray, name: str, color: str = PATH_COLOR) -> go.Figure:
     """A path (B, 2) with its frames marked, drawn over the scatter."""
-    fig.add_trace(go.Scattergl(
-        x=xy[:, 0], y=xy[:, 1], mode="lines+markers", name=name, line=dict(color=color, width=2),
+    fig.add_trace(dict(
+        type="scattergl", x=xy[:, 0], y=xy[:, 1], mode="lines+markers", name=name, line=dict(color=color, width=2),
         marker=dict(size=7, color=color), hovertemplate=f"{name} frame %{{pointNumber}}<extra></extra>",
     ))
     return fig
@@ -96,8 +101,8 @@ def add_path(fig: go.Figure, xy: np.ndarray, name: str, color: str = PATH_COLOR)
 
 def add_outline(fig: go.Figure, xy: np.ndarray, name: str, color: str = OUTLINE_COLOR) -> go.Figure:
     """A closed outline (B, 2) such as the manifold grid's extent."""
-    fig.add_trace(go.Scattergl(
-        x=xy[:, 0], y=xy[:, 1], mode="lines", name=name, line=dict(color=color, width=2, dash="dash"),
+    fig.add_trace(dict(
+        type="scattergl", x=xy[:, 0], y=xy[:, 1], mode="lines", name=name, line=dict(color=color, width=2, dash="dash"),
         hoverinfo="skip",
     ))
     return fig

@@ -55,8 +55,12 @@ def render_sidebar() -> Selection:
     root = checkpoints_dir()
     with st.sidebar:
         st.text_input("Checkpoints folder", key=CHECKPOINTS_KEY, help="The folder whose sub-folders are run folders written by `python -m trainer`.")
-        root = Path(str(st.session_state.get(CHECKPOINTS_KEY) or root)).expanduser()
-        selection = _pick_run(root)
+        typed = str(st.session_state.get(CHECKPOINTS_KEY) or "").strip()
+        if not typed:
+            st.error("Enter the folder that holds the run folders.")
+            selection = Selection(root, None, None, None)
+        else:
+            selection = _pick_run(Path(typed).expanduser())
     st.session_state[SELECTION_KEY] = selection
     return selection
 

@@ -66,10 +66,14 @@ def slider_move(run: Run, stats: latent.DimStats) -> Callable[[], object]:
 
 
 def scatter_rebuild(run: Run, projection: latent.Projection, z: np.ndarray) -> Callable[[], object]:
+    import plotly.io
+    import plotly.tools
+
     def rebuild() -> str:
         fig = plots.latent_scatter(projection.xy, run.atlas.labels, run.class_names, axis_titles=projection.axis_titles)
         plots.add_marker(fig, projection.transform(z), "slider point")
-        return fig.to_json()
+        checked = plotly.tools.return_figure_from_figure_or_data(fig, validate_figure=True)  # what st.plotly_chart does
+        return plotly.io.to_json(checked, validate=False)
 
     return rebuild
 
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [
         ("load run (uncached)", load_ms),
         ("slider move", median_ms(slider_move(run, stats))),
-        ("scatter rebuild (with slider point)", median_ms(scatter_rebuild(run, projection, stats.mean))),
+        ("scatter figure + st.plotly_chart encoding", median_ms(scatter_rebuild(run, projection, stats.mean))),
         (f"{GRID_N}x{GRID_N} grid", median_ms(grid(run, stats, pca))),
         (f"{INTERPOLATION_FRAMES}-frame interpolation", median_ms(interpolation(run))),
         ("dimension stats + PCA map", median_ms(lambda: (latent.dimension_stats(means, None), latent.make_projection(means, "pca")), 10)),
