@@ -1,4 +1,8 @@
-"""`python -m trainer`: train a model into a run folder. User mistakes exit non-zero with one line."""
+"""`python -m trainer`: train a model into a run folder. User mistakes exit non-zero with one line.
+
+Under `torchrun --nproc-per-node N -m trainer ...` every process runs this; rank 0 decides the run
+folder and prints, and the others follow it (see trainer/distributed.py).
+"""
 from __future__ import annotations
 
 import argparse
@@ -14,10 +18,12 @@ import torch
 
 from models import ARCHS, CLASSIC_MLP_HIDDEN_DIM, DEFAULT_HIDDEN_DIM, DEFAULT_WIDTHS, IMAGE_SIZES, KINDS, RECON_LOSSES, ModelConfig
 
+from . import distributed
 from .config import LR_SCHEDULES, WEIGHT_DTYPES, TrainConfig
-from .data import DataError, default_channels, default_image_size, load_dataset
+from .data import DataError, ImageData, default_channels, default_image_size, load_dataset
+from .distributed import AMP_CHOICES, DistContext
 from .runs import MANIFEST_FILE, RunError, read_config, validate_run_name
-from .train import StopFlag, TrainingFailed, fit, pick_device
+from .train import ProcessLost, StopFlag, TrainingFailed, fit, one_line, pick_device
 
 DEFAULT_CHECKPOINTS_DIR = "checkpoints"
 PROG = "python -m trainer"
@@ -79,6 +85,8 @@ def build_parser() -> Parser:
     r.add_argument("--resume", action="store_true", help="continue the run named by --run-name from its last completed epoch")
     r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     r.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto", help="tqdm bar on a terminal, else one JSON line per epoch")
+    r.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="mixed precision: auto (bf16 on a GPU that has it, else off), off, bf16 or fp16")
+    r.add_argument("--compile", action="store_true", help="torch.compile the training step (slow first epoch; pays off on long GPU runs)")
     return p
 
 
@@ -141,20 +149,31 @@ def resume_configs(args: argparse.Namespace, run_dir: Path) -> tuple[ModelConfig
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
+        rank = distributed.env_rank()
+    except ValueError:
+        rank = 0
+    speaks = rank == 0  # with several processes only rank 0 prints what they all agreed on
+    try:
         return _main(argv)
     except UserError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        if speaks:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except (DataError, RunError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        if speaks:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except ProcessLost as e:  # each process saw it on its own
+        print(f"{PROG}: training failed{'' if speaks else f' (rank {rank})'}: {e}", file=sys.stderr)
+        return 1
     except TrainingFailed as e:
-        print(f"{PROG}: training failed: {e}", file=sys.stderr)
+        if speaks:
+            print(f"{PROG}: training failed: {e}", file=sys.stderr)
         return 1
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+def _decide_run(args: argparse.Namespace) -> tuple[Path, ModelConfig, TrainConfig, int]:
+    """The run folder and configs from the flags (and, on --resume, the run's config.json)."""
     checkpoints = Path(args.checkpoints_dir)
     if args.resume:
         if not args.run_name:
@@ -168,24 +187,107 @@ def _main(argv: Sequence[str] | None) -> int:
         run_dir = checkpoints / validate_name(args.run_name or default_run_name(model_config, train_config))
         if (run_dir / MANIFEST_FILE).exists():
             raise UserError(f"run {run_dir} already exists: pass --resume to continue it, or choose another --run-name")
-    try:
-        device = pick_device(args.device)
-    except (ValueError, RuntimeError) as e:
-        raise UserError(str(e).splitlines()[0]) from None
-    if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
-    data = load_dataset(train_config.dataset, train_config.data_dir, model_config.image_size, channels, download=args.download, seed=train_config.seed)
-    if args.progress != "none":
-        print(f"data: {data.source.get('note', data.source.get('name'))}", file=sys.stderr)
-        print(f"run: {run_dir}  device: {device}", file=sys.stderr)
-    stop = StopFlag()
-    stop.install()
+    return run_dir, model_config, train_config, channels
+
+
+def _make_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
-    trainer = fit(model_config, train_config, data, run_dir, device, resume=args.resume, stop=stop, progress=args.progress)
-    if args.progress != "none":
+
+
+def _shared_decision(ctx: DistContext, args: argparse.Namespace) -> tuple[Path, ModelConfig, TrainConfig, int]:
+    """Rank 0 decides the run (its name may hold the time) and creates its folder; every process gets the same."""
+    error, payload = None, None
+    if ctx.is_main:
+        try:
+            run_dir, model_config, train_config, channels = _decide_run(args)
+            _make_run_dir(run_dir)
+            payload = [str(run_dir), model_config.to_dict(), train_config.to_dict(), channels]
+        except UserError as e:
+            error = str(e)
+    error, payload = distributed.broadcast_object(ctx, [error, payload])
+    if error is not None:
+        raise UserError(error)
+    run_dir, model_dict, train_dict, channels = payload
+    return Path(run_dir), ModelConfig.from_dict(model_dict), TrainConfig.from_dict(train_dict), int(channels)
+
+
+def _load_data(ctx: DistContext, args: argparse.Namespace, model_config: ModelConfig, train_config: TrainConfig, channels: int) -> ImageData:
+    """Every process loads the whole data set; the first process of each machine goes first (download, folder cache)."""
+
+    def load() -> ImageData:
+        return load_dataset(train_config.dataset, train_config.data_dir, model_config.image_size, channels, download=args.download, seed=train_config.seed)
+
+    if not ctx.enabled:
+        return load()
+    data, error = None, None
+    for turn in (True, False):  # local rank 0 first, then the others (its cache and download are theirs to read)
+        if (ctx.local_rank == 0) == turn:
+            try:
+                data = load()
+            except DataError as e:
+                error = str(e)
+        shared = distributed.first_error(ctx, error)
+        if shared is not None:
+            raise DataError(shared)
+    assert data is not None
+    return data
+
+
+def _setup_device(ctx: DistContext, args: argparse.Namespace) -> torch.device:
+    try:
+        device = distributed.device_for(ctx, pick_device(args.device))
+        distributed.resolve_amp(args.amp, device)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    return device
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        ctx = distributed.context_from_env()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not ctx.enabled:
+        run_dir, model_config, train_config, channels = _decide_run(args)
+        device = _setup_device(ctx, args)
+    else:
+        device = _setup_device(ctx, args)
+        ctx = distributed.init(ctx, device)
+    try:
+        if ctx.enabled:
+            run_dir, model_config, train_config, channels = _shared_decision(ctx, args)
+        return _train(ctx, args, device, run_dir, model_config, train_config, channels)
+    except RuntimeError as e:
+        if not ctx.enabled:
+            raise
+        # a collective of the set-up failed: another process died (fit reports failures during training)
+        raise ProcessLost(f"a process of the {ctx.world_size}-process job failed or went away ({one_line(e)})") from None
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _train(ctx: DistContext, args: argparse.Namespace, device: torch.device, run_dir: Path, model_config: ModelConfig, train_config: TrainConfig, channels: int) -> int:
+    if device.type == "cpu":
+        torch.set_num_threads(distributed.cpu_threads(ctx))
+    data = _load_data(ctx, args, model_config, train_config, channels)
+    speaks = args.progress != "none" and ctx.is_main
+    if speaks:
+        print(f"data: {data.source.get('note', data.source.get('name'))}", file=sys.stderr)
+        extras = "" if not ctx.enabled else f"  processes: {ctx.describe()}"
+        amp = distributed.resolve_amp(args.amp, device)
+        extras += "" if amp is None else f"  precision: {distributed.precision_name(amp)}"
+        extras += "  compile: on" if args.compile else ""
+        print(f"run: {run_dir}  device: {device}{extras}", file=sys.stderr)
+    stop = StopFlag()
+    stop.install()
+    if ctx.is_main:
+        _make_run_dir(run_dir)
+    trainer = fit(model_config, train_config, data, run_dir, device, resume=args.resume, stop=stop, progress=args.progress, dist=ctx, amp=args.amp, compile_model=args.compile)
+    if speaks:
         state = "stopped" if trainer.epoch < train_config.epochs else "finished"
         last = trainer.history[-1] if trainer.history else {}
         loss = f", test loss {last['test_loss']:.2f} nats" if last else ""

@@ -3,6 +3,11 @@
 Determinism: the shuffling and the reparameterisation noise of epoch e come from a generator
 seeded by (seed, e), and the LR and beta schedules are functions of (epoch, step), so a run
 resumed at an epoch boundary continues exactly as if it had never stopped.
+
+Several processes (torchrun, see distributed.py) draw the same permutation and the noise of the
+whole global batch from that generator, each process taking its slice; gradients are exchanged by
+DistributedDataParallel, so N processes follow the one-process run up to floating-point rounding,
+and a run may be resumed with another number of processes.
 """
 from __future__ import annotations
 
@@ -18,23 +23,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import contextlib
+from contextlib import AbstractContextManager
+
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from models import VAE, LossTerms, ModelConfig, build_model, to_float_images, vae_loss
+from models import VAE, DiagonalGaussian, LossTerms, ModelConfig, build_model, to_float_images, vae_loss
 
-from . import metrics
+from . import distributed, metrics
 from .config import TrainConfig
 from .data import ImageData
+from .distributed import DistContext, all_reduce_sum, shard_bounds
 from .runs import RunError, RunLock, RunWriter, discard_after, load_run, write_status
 
 log = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 1000
 EVAL_SEED_OFFSET = 7919  # evaluation noise is seeded apart from training noise
+EVAL_SUMS = ("loss", "recon", "kl", "mse", "psnr", "ssim")  # test metrics summed over images, then averaged
+STOP_SLOT = len(LossTerms._fields)  # index of the stop flag after the loss terms in a step's all-reduce
+DEVICE_DATA_SHARE = 0.5  # the data sets live on the GPU if they take at most this share of its free memory
+ERROR_LINE_CHARS = 200  # a collective's error is cut to this many characters in the one-line message
 
 
 class TrainingFailed(Exception):
     """The run stopped as failed (non-finite loss, unwritable folder); the message says why."""
+
+
+class ProcessLost(TrainingFailed):
+    """A collective failed: another process of a multi-process job died or broke off."""
+
+
+# Errors of rank 0's run-folder work that every process re-raises (see distributed.share_main_error).
+SHARED_ERRORS: tuple[type[BaseException], ...] = (RunError, TrainingFailed, OSError)
 
 
 def code_version() -> str:
@@ -82,6 +105,41 @@ class EvalResult:
     logvar: torch.Tensor | None  # (M, D), None for an AE
 
 
+class ReparamNet(nn.Module):
+    """The training forward with explicit noise, (x, eps) -> (x_hat, mean, logvar): what DDP and compile wrap.
+
+    The noise comes in from outside so that every process can draw the whole global batch's noise
+    from the epoch generator and use its own slice; logvar is None for an autoencoder.
+    """
+
+    def __init__(self, vae: VAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        posterior = self.vae.encode(x)  # over (B, D)
+        if posterior.deterministic:
+            return self.vae.decode(posterior.mean), posterior.mean, None
+        z = posterior.mean + posterior.std * eps  # (B, D), the same arithmetic as DiagonalGaussian.sample
+        return self.vae.decode(z), posterior.mean, posterior.logvar
+
+
+def _float_posterior(mean: torch.Tensor, logvar: torch.Tensor | None) -> DiagonalGaussian:
+    """The posterior in float32 for the loss (a no-op without autocast)."""
+    return DiagonalGaussian(mean.float(), None if logvar is None else logvar.float())
+
+
+def _to_cpu(obj: Any) -> Any:
+    """A copy of a (nested) state dict with every tensor on the CPU."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 class Trainer:
     def __init__(
         self,
@@ -89,14 +147,27 @@ class Trainer:
         train_config: TrainConfig,
         data: ImageData,
         device: torch.device | str = "cpu",
+        *,
+        dist: DistContext | None = None,
+        amp: str = "off",
+        compile_model: bool = False,
     ):
+        """dist: this process's place in a torchrun job (None: one process); amp: see distributed.resolve_amp;
+        compile_model: torch.compile the training forward."""
         self.model_config, self.config, self.data = model_config, train_config, data
         self.device = torch.device(device)
+        self.dist = dist or distributed.SINGLE
+        self.amp_dtype = distributed.resolve_amp(amp, self.device)
+        self.compiled = compile_model
+        self.channels_last = self.device.type == "cuda" and model_config.arch != "mlp"
         torch.manual_seed(train_config.seed)
-        self.model: VAE = build_model(model_config).to(self.device)
+        self.model: VAE = build_model(model_config).to(self.device)  # the bare model: what is saved, never a wrapper
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_config.lr, fused=True)
-        self.train_x = data.train_x.to(self.device)  # (N, C, H, W) uint8 stays uint8 in memory
-        self.test_x = data.test_x.to(self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        self.net: nn.Module = self._training_net()
+        self.train_x, self.test_x = self._place(data.train_x, data.test_x)  # (N, C, H, W) uint8 stays uint8 in memory
         self.steps_per_epoch = math.ceil(len(self.train_x) / train_config.batch_size)
         self.epoch = 0  # completed epochs
         self.history: list[dict[str, Any]] = []
@@ -104,6 +175,60 @@ class Trainer:
         self.latent_epochs: list[int] = []
         self.latent_means: list[np.ndarray] = []
         self.latent_logvars: list[np.ndarray] = []
+
+    # ------------------------------------------------------------ device setup
+
+    def _training_net(self) -> nn.Module:
+        """ReparamNet over the model, compiled if asked, inside DDP when there are several processes."""
+        net: nn.Module = ReparamNet(self.model)
+        if self.compiled:
+            net.compile()  # compile the inner module, then wrap: the order torch.compile's docs advise for DDP
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(net, device_ids=ids)  # broadcasts rank 0's weights (the model has no buffers)
+        return net
+
+    def _place(self, train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The data sets on the device if they fit there, else in pinned host memory (copied per batch)."""
+        if self.device.type != "cuda":
+            return train_x.to(self.device), test_x.to(self.device)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if train_x.nbytes + test_x.nbytes <= DEVICE_DATA_SHARE * free:
+            return train_x.to(self.device), test_x.to(self.device)
+        return train_x.pin_memory(), test_x.pin_memory()
+
+    def setup_info(self) -> dict[str, Any]:
+        """How this run is computed, for config.json (the run folder itself does not depend on it)."""
+        return {
+            "world_size": self.dist.world_size,
+            "backend": self.dist.backend,
+            "precision": distributed.precision_name(self.amp_dtype),
+            "compile": self.compiled,
+            "channels_last": self.channels_last,
+            "data_on_device": self.train_x.device.type == self.device.type,
+        }
+
+    def autocast(self) -> AbstractContextManager:
+        """Mixed precision for forward passes when --amp chose a dtype, else nothing."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def images(self, source: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
+        """Rows `index` of uint8 images (N, C, H, W) as float32 in [0, 1] on the device, (B, C, H, W)."""
+        xb = source[index]
+        if xb.device.type != self.device.type:  # host-resident data: pinned staging buffer, asynchronous copy
+            if not xb.is_pinned():
+                xb = xb.pin_memory()
+            xb = xb.to(self.device, non_blocking=True)
+        x = to_float_images(xb)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def noise(self, n: int, generator: torch.Generator | None) -> torch.Tensor | None:
+        """Reparameterisation noise (n, D) from `generator`, as DiagonalGaussian.sample draws it; None for an AE."""
+        if self.model_config.kind == "ae":
+            return None
+        return torch.randn((n, self.model_config.latent_dim), generator=generator, device=self.device)
 
     # ------------------------------------------------------------ steps
 
@@ -114,50 +239,116 @@ class Trainer:
             group["lr"] = lr
         return lr, beta
 
-    def train_step(self, x: torch.Tensor, beta: float, generator: torch.Generator) -> LossTerms:
-        """One optimiser step on a batch x (B, C, H, W) in [0, 1]."""
-        self.model.train()
-        out = self.model(x, generator=generator)
-        terms = vae_loss(x, out.x_hat, out.posterior, recon_loss=self.config.recon_loss, beta=beta, recon_weight=self.config.recon_weight)
+    def train_step(
+        self,
+        x: torch.Tensor,
+        beta: float,
+        generator: torch.Generator | None = None,
+        *,
+        eps: torch.Tensor | None = None,
+        global_batch: int | None = None,
+        stop: bool = False,
+    ) -> LossTerms | None:
+        """One optimiser step on a batch x (B, C, H, W) in [0, 1]; eps (B, D) is drawn from `generator` if not given.
+
+        With several processes, x and eps are this process's slice of a global batch of `global_batch`
+        images: the returned terms are the global batch's, the gradient is the one-process gradient of
+        the whole global batch, and the step returns None without stepping if any process sets `stop`.
+        """
+        b = len(x)
+        n = b if global_batch is None else global_batch
+        if eps is None:
+            eps = self.noise(b, generator)
+        if b == 0:
+            # This process's slice of a short last batch is empty. It must still join the gradient
+            # exchange: one blank image stands in with weight 0 (a real size keeps torch.compile happy).
+            x = x.new_zeros((1, *x.shape[1:]))
+            eps = None if eps is None else eps.new_zeros((1, eps.shape[1]))
+        self.net.train()
+        with self.autocast():
+            x_hat, mean, logvar = self.net(x, eps)
+        if b:
+            terms = vae_loss(x, x_hat, _float_posterior(mean, logvar), recon_loss=self.config.recon_loss, beta=beta, recon_weight=self.config.recon_weight)
+            objective = terms.loss
+        else:
+            zero = x_hat.new_zeros((), dtype=torch.float32)
+            terms, objective = LossTerms(zero, zero, zero), x_hat.float().sum() * 0.0
+        if self.dist.enabled:
+            local = torch.stack([t.detach() for t in terms]) * b  # (3,) this slice's sums
+            shared = all_reduce_sum(self.dist, torch.cat([local, local.new_tensor([float(stop)])]))
+            if shared[STOP_SLOT] > 0:
+                return None
+            terms = LossTerms(*(shared[:STOP_SLOT] / n))
+            objective = objective * (b * self.dist.world_size / n)  # DDP averages over processes: weight by this slice's share
         if not torch.isfinite(terms.loss):
             raise TrainingFailed(f"loss became {terms.loss.item()} (recon {terms.recon.item():.4g}, kl {terms.kl.item():.4g})")
         self.optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            objective.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(objective).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         return terms
 
     @torch.no_grad()
     def evaluate(self, beta: float) -> EvalResult:
-        """ELBO terms (with a seeded posterior sample) and image metrics of the mode's reconstructions on the test set."""
+        """ELBO terms (with a seeded posterior sample) and image metrics of the mode's reconstructions on the test set.
+
+        Each process evaluates its slice of every chunk of the test set; sums and posteriors are added
+        up over processes, so every process returns the whole test set's result.
+        """
         self.model.eval()
         g = epoch_generator(self.config.seed + EVAL_SEED_OFFSET, 0, self.device)
-        sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "mse": 0.0, "psnr": 0.0, "ssim": 0.0}
-        kl_dim = torch.zeros(self.model_config.latent_dim, device=self.device)
-        means, logvars = [], []
-        n = len(self.test_x)
-        for xb_u8 in self.test_x.split(EVAL_BATCH_SIZE):
-            x = to_float_images(xb_u8)
-            posterior = self.model.encode(x)
-            x_hat = self.model.decode(posterior.sample(g))
-            terms = vae_loss(x, x_hat, posterior, recon_loss=self.config.recon_loss, beta=beta, recon_weight=self.config.recon_weight)
-            images = torch.sigmoid(self.model.decode(posterior.mode()))
-            b = len(x)
-            sums["loss"] += terms.loss.item() * b
-            sums["recon"] += terms.recon.item() * b
-            sums["kl"] += terms.kl.item() * b
-            sums["mse"] += metrics.mse_per_image(images, x).sum().item()
-            sums["psnr"] += metrics.psnr_per_image(images, x).sum().item()
-            sums["ssim"] += metrics.ssim(images, x).item() * b
-            kl_dim += posterior.kl_per_dim().sum(0)
-            means.append(posterior.mean.float().cpu())
-            if not posterior.deterministic:
-                logvars.append(posterior.logvar.float().cpu())
-        mean = torch.cat(means)
-        kl_per_dim = (kl_dim / n).cpu().numpy()
+        n, dim = len(self.test_x), self.model_config.latent_dim
         deterministic = self.model_config.kind == "ae"
+        rank, world = self.dist.rank, self.dist.world_size
+        sums = torch.zeros(len(EVAL_SUMS), dtype=torch.float64, device=self.device)  # summed over images, in float64
+        kl_dim = torch.zeros(dim, device=self.device)
+        means = torch.zeros(n, dim, device=self.device)  # (M, D)
+        logvars = None if deterministic else torch.zeros(n, dim, device=self.device)
+        for start in range(0, n, EVAL_BATCH_SIZE):
+            size = min(EVAL_BATCH_SIZE, n - start)
+            eps = self.noise(size, g)  # the whole chunk's noise on every process
+            lo, hi = shard_bounds(size, rank, world)
+            if lo == hi:
+                continue
+            x = self.images(self.test_x, slice(start + lo, start + hi))
+            with self.autocast():
+                encoded = self.model.encode(x)
+                z = encoded.mean if eps is None else encoded.mean + encoded.std * eps[lo:hi]
+                x_hat = self.model.decode(z)
+                mode_logits = self.model.decode(encoded.mode())
+            posterior = _float_posterior(encoded.mean, None if encoded.deterministic else encoded.logvar)
+            terms = vae_loss(x, x_hat, posterior, recon_loss=self.config.recon_loss, beta=beta, recon_weight=self.config.recon_weight)
+            images = torch.sigmoid(mode_logits.float())
+            b = hi - lo
+            sums += torch.stack([
+                terms.loss.double() * b,
+                terms.recon.double() * b,
+                terms.kl.double() * b,
+                metrics.mse_per_image(images, x).sum().double(),
+                metrics.psnr_per_image(images, x).sum().double(),
+                metrics.ssim(images, x).double() * b,
+            ])
+            kl_dim += posterior.kl_per_dim().sum(0)
+            means[start + lo : start + hi] = posterior.mean
+            if logvars is not None:
+                logvars[start + lo : start + hi] = posterior.logvar
+        if self.dist.enabled:
+            all_reduce_sum(self.dist, sums)
+            parts = [kl_dim, means.flatten()] + ([] if logvars is None else [logvars.flatten()])
+            packed = all_reduce_sum(self.dist, torch.cat(parts))
+            kl_dim = packed[:dim]
+            means = packed[dim : dim + n * dim].view(n, dim)
+            if logvars is not None:
+                logvars = packed[dim + n * dim :].view(n, dim)
+        mean = means.cpu()
+        kl_per_dim = (kl_dim / n).cpu().numpy()
         active = metrics.active_units(torch.from_numpy(kl_per_dim), mean.var(0) if n > 1 else torch.zeros(mean.shape[1]), deterministic)
-        avg = {k: v / n for k, v in sums.items()}
-        return EvalResult(**avg, active_units=active, kl_per_dim=kl_per_dim, mean=mean, logvar=None if deterministic else torch.cat(logvars))
+        avg = dict(zip(EVAL_SUMS, (sums / n).tolist()))
+        return EvalResult(**avg, active_units=active, kl_per_dim=kl_per_dim, mean=mean, logvar=None if logvars is None else logvars.cpu())
 
     def record_latents(self, result: EvalResult) -> None:
         self.latent_epochs.append(self.epoch)
@@ -172,21 +363,33 @@ class Trainer:
         return out
 
     def train_epoch(self, should_stop: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
-        """Train epoch `self.epoch` (0-based); returns the mean train terms, or None if stopped part-way."""
+        """Train epoch `self.epoch` (0-based); returns the mean train terms, or None if stopped part-way.
+
+        With several processes every one draws the same permutation and noise and trains on its slice
+        of each global batch; a stop asked on any process stops all of them at the same step.
+        """
         cfg, epoch = self.config, self.epoch
+        rank, world = self.dist.rank, self.dist.world_size
         g = epoch_generator(cfg.seed, epoch, self.device)
         order = torch.randperm(len(self.train_x), generator=g, device=self.device)
+        order = order.to(self.train_x.device)  # host-resident data is gathered on the host
         totals = torch.zeros(3, device=self.device)
         seen = 0
         lr = beta = 0.0
         for step, idx in enumerate(order.split(cfg.batch_size)):
-            if should_stop():
+            if not self.dist.enabled and should_stop():
                 return None
             lr, beta = self.set_schedule(epoch, step)
-            x = to_float_images(self.train_x[idx])
-            terms = self.train_step(x, beta, g)
-            totals += torch.stack([t.detach() for t in terms]) * len(idx)
-            seen += len(idx)
+            b = len(idx)
+            eps = self.noise(b, g)  # (b, D): the global batch's noise, drawn on every process
+            lo, hi = shard_bounds(b, rank, world)
+            x = self.images(self.train_x, idx[lo:hi])
+            local_eps = None if eps is None else eps[lo:hi]
+            terms = self.train_step(x, beta, eps=local_eps, global_batch=b, stop=self.dist.enabled and should_stop())
+            if terms is None:
+                return None
+            totals += torch.stack([t.detach() for t in terms]) * b
+            seen += b
         loss, recon, kl = (totals / seen).tolist()
         return {"train_loss": loss, "train_recon": recon, "train_kl": kl, "lr": lr, "beta": beta}
 
@@ -196,21 +399,44 @@ class Trainer:
         """Continue from a run folder's last completed epoch (weights, optimiser, history, latents)."""
         run = load_run(run_dir, device=self.device)
         self.model.load_state_dict(run.model.state_dict())
-        self.optimizer.load_state_dict(run.optimizer_state())
+        self._load_optimizer_state(run.optimizer_state())
         self.epoch, self.history = run.epoch, list(run.history)
         atlas = run.atlas
         self.latent_epochs = atlas.epochs.tolist()
         self.latent_means = [m.astype(np.float16) for m in atlas.means]
         self.latent_logvars = [] if atlas.logvars is None else [lv.astype(np.float16) for lv in atlas.logvars]
 
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Load optimiser state, laying each tensor out like its parameter (channels_last included)."""
+        self.optimizer.load_state_dict(state)
+        for p, st in self.optimizer.state.items():
+            for key, value in st.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    st[key] = torch.empty_like(p).copy_(value)
 
-def run_info(data: ImageData, device: torch.device) -> dict[str, Any]:
+    def broadcast_state(self) -> None:
+        """Give every process rank 0's epoch, weights and optimiser state (after rank 0 restored a run)."""
+        if not self.dist.enabled:
+            return
+        state = None
+        if self.dist.is_main:
+            state = {"epoch": self.epoch, "model": _to_cpu(self.model.state_dict()), "optimizer": _to_cpu(self.optimizer.state_dict())}
+        state = distributed.broadcast_object(self.dist, state)
+        if not self.dist.is_main:
+            self.epoch = int(state["epoch"])
+            self.model.load_state_dict(state["model"])
+            self._load_optimizer_state(state["optimizer"])
+
+
+def run_info(data: ImageData, device: torch.device, setup: dict[str, Any] | None = None) -> dict[str, Any]:
+    """config.json's provenance: data, code and torch versions, device, and how the run is computed (`setup`)."""
     return {
         "data": data.source,
         "class_names": data.class_names,
         "code_version": code_version(),
         "device": str(device),
         "torch": torch.__version__,
+        **(setup or {}),
     }
 
 
@@ -240,109 +466,158 @@ def fit(
     resume: bool = False,
     stop: Callable[[], bool] | None = None,
     progress: str = "auto",
+    *,
+    dist: DistContext | None = None,
+    amp: str = "off",
+    compile_model: bool = False,
 ) -> Trainer:
     """Train into `run_dir`, saving a consistent checkpoint after every epoch. Returns the trainer.
 
     progress: 'bar' (tqdm), 'json' (one JSON line per epoch on stdout), 'none', or 'auto' (bar on a terminal).
+    dist: this process's place in a torchrun job (every process calls fit; only rank 0 touches run_dir).
+    amp, compile_model: see Trainer.
     Raises TrainingFailed or RunError with a readable message; the last completed epoch stays loadable.
     """
+    ctx = dist or distributed.SINGLE
     run_dir = Path(run_dir)
     stop = stop or (lambda: False)
     if progress == "auto":
         progress = "bar" if sys.stderr.isatty() else "json"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(run_dir)
-    lock.acquire()
+    if not ctx.is_main:
+        progress = "none"
+    lock = RunLock(run_dir) if ctx.is_main else None
+    error: BaseException | None = None
+    if lock is not None:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except (OSError, RunError) as e:
+            error = e
+    distributed.share_main_error(ctx, error, SHARED_ERRORS)
     try:
-        return _fit_locked(model_config, train_config, data, run_dir, torch.device(device), resume, stop, progress)
+        return _fit_locked(model_config, train_config, data, run_dir, torch.device(device), resume, stop, progress, ctx, amp, compile_model)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
-def _fit_locked(model_config, train_config, data, run_dir, device, resume, stop, progress) -> Trainer:
-    trainer = Trainer(model_config, train_config, data, device)
+def one_line(e: BaseException) -> str:
+    """'Type: first line of the message', cut short: for errors from deep inside torch.distributed."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:ERROR_LINE_CHARS] if text else ''}"
+
+
+def _fit_locked(model_config, train_config, data, run_dir, device, resume, stop, progress, ctx, amp, compile_model) -> Trainer:
+    trainer = Trainer(model_config, train_config, data, device, dist=ctx, amp=amp, compile_model=compile_model)
     writer = RunWriter(run_dir)
     started = time.time()
-    status = {"pid": os.getpid(), "total": train_config.epochs, "started": started}
+    status: dict[str, Any] = {"pid": os.getpid(), "total": train_config.epochs, "started": started}
+    if ctx.enabled:
+        status["world_size"] = ctx.world_size
+    info = run_info(data, device, trainer.setup_info())
+    saved = trainer.epoch  # the epoch the run folder holds, for messages
 
     def set_status(state: str, **extra: Any) -> None:
+        if not ctx.is_main:
+            return
         try:
             write_status(run_dir, state=state, epoch=trainer.epoch, **status, **extra)
         except OSError as e:
             log.warning("could not write status.json: %s", e)
 
-    if resume:
-        trainer.restore(run_dir)
-        discard_after(run_dir, trainer.epoch)
-        writer.write_config(model_config, train_config, run_info(data, device) | {"resumed_from": trainer.epoch})
-    else:
-        atlas_x = data.test_x[torch.from_numpy(trainer.atlas_idx)].cpu().numpy()
-        atlas_y = data.test_y[torch.from_numpy(trainer.atlas_idx)].cpu().numpy()
-        writer.create(model_config, train_config, run_info(data, device), atlas_x, atlas_y)
-        result = trainer.evaluate(train_config.beta_at(0, 0.0))
-        trainer.record_latents(result)
-        writer.save_epoch(0, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), train_config.weights_dtype)
-
-    bar = None
-    if progress == "bar":
-        from tqdm import tqdm
-
-        bar = tqdm(total=train_config.epochs, initial=trainer.epoch, unit="epoch", dynamic_ncols=True)
-    train_seconds = sum(r.get("seconds", 0.0) for r in trainer.history)
-    set_status("running", seconds=train_seconds, eta=None)
-    try:
-        while trainer.epoch < train_config.epochs:
-            t0 = time.perf_counter()
+    def on_main(action: Callable[[], Any]) -> None:
+        """Run-folder work on rank 0 only; every process learns whether it worked and raises the same error."""
+        error: BaseException | None = None
+        if ctx.is_main:
             try:
-                train_terms = trainer.train_epoch(stop)
-            except TrainingFailed as e:
-                raise TrainingFailed(f"{e} in epoch {trainer.epoch + 1}; the last good checkpoint (epoch {trainer.epoch}) is kept") from None
-            if train_terms is None:
-                break
-            t_train = time.perf_counter() - t0
-            trainer.epoch += 1
-            result = trainer.evaluate(train_terms["beta"])
-            seconds = time.perf_counter() - t0
-            train_seconds += seconds
-            row = {
-                "epoch": trainer.epoch,
-                **train_terms,
-                "test_loss": result.loss,
-                "test_recon": result.recon,
-                "test_kl": result.kl,
-                "mse": result.mse,
-                "psnr": result.psnr,
-                "ssim": result.ssim,
-                "active_units": result.active_units,
-                "kl_per_dim": [round(float(v), 5) for v in result.kl_per_dim],
-                "seconds": seconds,
-                "train_seconds": t_train,
-                "images_per_s": len(trainer.train_x) / t_train,
-            }
-            if not math.isfinite(result.loss):
-                trainer.epoch -= 1
-                raise TrainingFailed(f"test loss became {result.loss} after epoch {trainer.epoch + 1}; the last good checkpoint (epoch {trainer.epoch}) is kept")
-            trainer.history.append(row)
+                action()
+            except SHARED_ERRORS as e:
+                error = e
+        distributed.share_main_error(ctx, error, SHARED_ERRORS)
+
+    train_seconds = 0.0
+    try:
+        if resume:
+            on_main(lambda: trainer.restore(run_dir))
+            trainer.broadcast_state()
+            saved = trainer.epoch
+            on_main(lambda: (discard_after(run_dir, trainer.epoch), writer.write_config(model_config, train_config, info | {"resumed_from": trainer.epoch})))
+        else:
+            atlas_x = data.test_x[torch.from_numpy(trainer.atlas_idx)].cpu().numpy()
+            atlas_y = data.test_y[torch.from_numpy(trainer.atlas_idx)].cpu().numpy()
+            on_main(lambda: writer.create(model_config, train_config, info, atlas_x, atlas_y))
+            result = trainer.evaluate(train_config.beta_at(0, 0.0))
             trainer.record_latents(result)
-            keep = trainer.epoch in train_config.keep_epochs
-            writer.save_epoch(trainer.epoch, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), train_config.weights_dtype, keep)
-            per_epoch = train_seconds / max(1, len(trainer.history))
-            set_status("running", seconds=train_seconds, eta=per_epoch * (train_config.epochs - trainer.epoch))
+            on_main(lambda: writer.save_epoch(0, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), train_config.weights_dtype))
+
+        bar = None
+        if progress == "bar":
+            from tqdm import tqdm
+
+            bar = tqdm(total=train_config.epochs, initial=trainer.epoch, unit="epoch", dynamic_ncols=True)
+        train_seconds = sum(r.get("seconds", 0.0) for r in trainer.history)
+        set_status("running", seconds=train_seconds, eta=None)
+        try:
+            while trainer.epoch < train_config.epochs:
+                t0 = time.perf_counter()
+                try:
+                    train_terms = trainer.train_epoch(stop)
+                except TrainingFailed as e:
+                    raise TrainingFailed(f"{e} in epoch {trainer.epoch + 1}; the last good checkpoint (epoch {trainer.epoch}) is kept") from None
+                if train_terms is None:
+                    break
+                t_train = time.perf_counter() - t0
+                trainer.epoch += 1
+                result = trainer.evaluate(train_terms["beta"])
+                seconds = time.perf_counter() - t0
+                train_seconds += seconds
+                row = {
+                    "epoch": trainer.epoch,
+                    **train_terms,
+                    "test_loss": result.loss,
+                    "test_recon": result.recon,
+                    "test_kl": result.kl,
+                    "mse": result.mse,
+                    "psnr": result.psnr,
+                    "ssim": result.ssim,
+                    "active_units": result.active_units,
+                    "kl_per_dim": [round(float(v), 5) for v in result.kl_per_dim],
+                    "seconds": seconds,
+                    "train_seconds": t_train,
+                    "images_per_s": len(trainer.train_x) / t_train,
+                }
+                if not math.isfinite(result.loss):
+                    trainer.epoch -= 1
+                    raise TrainingFailed(f"test loss became {result.loss} after epoch {trainer.epoch + 1}; the last good checkpoint (epoch {trainer.epoch}) is kept")
+                trainer.history.append(row)
+                trainer.record_latents(result)
+                keep = trainer.epoch in train_config.keep_epochs
+                on_main(lambda: writer.save_epoch(trainer.epoch, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), train_config.weights_dtype, keep))
+                saved = trainer.epoch
+                per_epoch = train_seconds / max(1, len(trainer.history))
+                set_status("running", seconds=train_seconds, eta=per_epoch * (train_config.epochs - trainer.epoch))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(test_loss=f"{result.loss:.2f}", psnr=f"{result.psnr:.2f}")
+                elif progress == "json":
+                    print(json.dumps({k: v for k, v in row.items() if k != "kl_per_dim"}), flush=True)
+        except TrainingFailed as e:
+            set_status("failed", seconds=train_seconds, eta=None, message=str(e))
+            raise
+        except OSError as e:
+            message = f"could not write the run folder {run_dir} ({e.strerror or e}); the last saved epoch ({trainer.epoch}) is kept"
+            set_status("failed", seconds=train_seconds, eta=None, message=message)
+            raise TrainingFailed(message) from None
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(test_loss=f"{result.loss:.2f}", psnr=f"{result.psnr:.2f}")
-            elif progress == "json":
-                print(json.dumps({k: v for k, v in row.items() if k != "kl_per_dim"}), flush=True)
-    except TrainingFailed as e:
-        set_status("failed", seconds=train_seconds, eta=None, message=str(e))
-        raise
-    except OSError as e:
-        message = f"could not write the run folder {run_dir} ({e.strerror or e}); the last saved epoch ({trainer.epoch}) is kept"
+                bar.close()
+    except RuntimeError as e:
+        if not ctx.enabled:
+            raise
+        # gloo / nccl raise RuntimeError (DistBackendError among them) when another process died or broke off.
+        message = f"a process of the {ctx.world_size}-process job failed or went away ({one_line(e)}); the last saved epoch ({saved}) is kept"
         set_status("failed", seconds=train_seconds, eta=None, message=message)
-        raise TrainingFailed(message) from None
-    finally:
-        if bar is not None:
-            bar.close()
+        raise ProcessLost(message) from None
     if trainer.epoch < train_config.epochs:
         set_status("stopped", seconds=train_seconds, eta=None, message=f"stopped after epoch {trainer.epoch}; resume with --resume")
     else:

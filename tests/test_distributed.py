@@ -1,0 +1,222 @@
+"""Multi-process training: 2 CPU processes (gloo) under torchrun against the one-process trainer.
+
+Every job runs `python -m torch.distributed.run ... -m trainer` on 127.0.0.1 with a free port, on a
+tiny IDX copy of the bundled digits: 76 training images in global batches of 25 split 13/12 over the
+two processes, and a last batch of 1 that leaves rank 1 an empty slice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer.cli import build_parser, configs_from_args
+from trainer.config import TrainConfig
+from trainer.data import load_dataset
+from trainer.distributed import shard_bounds
+from trainer.runs import MANIFEST_FILE, load_run, read_config, read_status
+from trainer.train import fit
+
+from .conftest import tiny_data
+
+ROOT = Path(__file__).resolve().parent.parent
+N_TRAIN, N_TEST = 76, 48
+RUN_FLAGS = ["--device", "cpu", "--progress", "none"]
+FLAGS = ["--dataset", "mnist", "--widths", "4,8,8", "--hidden-dim", "0", "--latent-dim", "2", "--batch-size", "25",
+         "--lr", "0.01", "--atlas-size", "40", *RUN_FLAGS]
+REL_TOL = 1e-5
+LONG_EPOCHS = 2000  # jobs that are stopped or killed long before the end
+JOB_TIMEOUT_S = 120
+WAIT_S = 60
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """MNIST's IDX format: magic 0 0 0x08 ndim, big-endian dimensions, then uint8 data."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    dims = b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(bytes([0, 0, 0x08, array.ndim]) + dims + array.tobytes())
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    folder = root / "mnist"
+    folder.mkdir()
+    d = tiny_data(N_TRAIN, N_TEST)
+    write_idx(folder / "train-images-idx3-ubyte", d.train_x[:, 0].numpy())
+    write_idx(folder / "train-labels-idx1-ubyte", d.train_y.numpy())
+    write_idx(folder / "t10k-images-idx3-ubyte", d.test_x[:, 0].numpy())
+    write_idx(folder / "t10k-labels-idx1-ubyte", d.test_y.numpy())
+    return root
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args: list[str], nproc: int = 2) -> subprocess.Popen:
+    """`torchrun --nproc-per-node N -m trainer ARGS` on the loopback interface, in its own process group."""
+    env = os.environ | {"PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "trainer", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = JOB_TIMEOUT_S) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"the job did not end within {timeout} s: {err[-2000:]}")
+    return proc.returncode, err
+
+
+def cli_args(data_dir: Path, checkpoints: Path, name: str, *extra: str) -> list[str]:
+    """A new run's flags; with --resume in `extra`, only what a resumed run may be given."""
+    flags = RUN_FLAGS if "--resume" in extra else FLAGS
+    return [*flags, "--data-dir", str(data_dir), "--checkpoints-dir", str(checkpoints), "--run-name", name, *extra]
+
+
+def one_process(data_dir: Path, run_dir: Path, epochs: int, resume: bool = False) -> None:
+    """The same run in this process, with the configs the CLI builds from the same flags."""
+    model_config, train_config, channels = configs_from_args(build_parser().parse_args(cli_args(data_dir, run_dir.parent, run_dir.name)))
+    if resume:
+        model_config, train_config, _ = read_config(run_dir)
+    train_config = TrainConfig.from_dict(train_config.to_dict() | {"epochs": epochs})
+    data = load_dataset("mnist", str(data_dir), model_config.image_size, channels, seed=train_config.seed)
+    fit(model_config, train_config, data, run_dir, resume=resume, progress="none")
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_run(a).model.state_dict(), load_run(b).model.state_dict()
+    for name, va in wa.items():
+        scale = wb[name].abs().max().item() or 1.0
+        assert (va - wb[name]).abs().max().item() <= REL_TOL * scale, name
+
+
+def rank_pids(launcher: int) -> dict[int, int]:
+    """The worker processes torchrun started: {RANK: pid}, read from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != launcher:  # the parent pid
+                continue
+            env = dict(v.split("=", 1) for v in (entry / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in v)
+        except (OSError, IndexError, ValueError):
+            continue
+        if "RANK" in env:
+            found[int(env["RANK"])] = int(entry.name)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_for_epoch(run_dir: Path, proc: subprocess.Popen, epoch: int = 1) -> None:
+    deadline = time.time() + WAIT_S
+    while time.time() < deadline and proc.poll() is None:
+        manifest = run_dir / MANIFEST_FILE
+        if manifest.exists() and json.loads(manifest.read_text())["epoch"] >= epoch:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"no epoch {epoch} saved: {proc.poll()=} {proc.stderr.read() if proc.poll() is not None else ''}")
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory) -> Path:
+    """The uninterrupted one-process run of 2 epochs."""
+    run_dir = tmp_path_factory.mktemp("ref") / "one"
+    one_process(data_dir, run_dir, epochs=2)
+    return run_dir
+
+
+def test_shards_cover_every_batch_once():
+    for n in (0, 1, 12, 25):
+        bounds = [shard_bounds(n, r, 2) for r in range(2)]
+        assert bounds[0][0] == 0 and bounds[-1][1] == n and bounds[0][1] == bounds[1][0]
+
+
+def test_two_processes_equal_one_and_only_rank0_writes(data_dir, reference, tmp_path):
+    code, err = finish(torchrun(cli_args(data_dir, tmp_path, "two", "--epochs", "2")))
+    assert code == 0, err
+    run_dir = tmp_path / "two"
+    assert_same_weights(run_dir, reference)
+    two, one = load_run(run_dir), load_run(reference)
+    assert [r["test_loss"] for r in two.history] == pytest.approx([r["test_loss"] for r in one.history], rel=REL_TOL)
+    assert np.allclose(two.atlas.means, one.atlas.means, atol=1e-2)  # stored as float16
+    # One writer: the same files as the one-process run (no stray temporaries), its pid in status and lock.
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(p.name for p in reference.iterdir())
+    status = read_status(run_dir)
+    assert status["state"] == "finished" and status["world_size"] == 2
+    assert str(status["pid"]) == (run_dir / "lock").read_text().strip()
+    assert two.info["world_size"] == 2 and two.info["backend"] == "gloo" and two.info["precision"] == "float32"
+    assert not any(k.startswith("module.") for k in load_file(run_dir / two.manifest["files"]["weights"]))
+
+
+def test_resume_from_one_process_into_two(data_dir, reference, tmp_path):
+    one_process(data_dir, tmp_path / "grow", epochs=1)
+    code, err = finish(torchrun(cli_args(data_dir, tmp_path, "grow", "--resume", "--epochs", "2")))
+    assert code == 0, err
+    assert load_run(tmp_path / "grow").epoch == 2
+    assert_same_weights(tmp_path / "grow", reference)
+
+
+def test_sigterm_on_one_rank_stops_all_then_resumes_in_one_process(data_dir, tmp_path):
+    proc = torchrun(cli_args(data_dir, tmp_path, "stop", "--epochs", str(LONG_EPOCHS)))
+    run_dir = tmp_path / "stop"
+    wait_for_epoch(run_dir, proc)
+    pids = rank_pids(proc.pid)
+    assert sorted(pids) == [0, 1] and read_status(run_dir)["pid"] == pids[0]
+    os.kill(pids[1], signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 0, err
+    assert not any(alive(p) for p in pids.values())
+    status = read_status(run_dir)
+    stopped = status["epoch"]
+    assert status["state"] == "stopped" and 1 <= stopped < LONG_EPOCHS and load_run(run_dir).epoch == stopped
+    # Resume the 2-process run in one process: the same weights as one process straight through.
+    one_process(data_dir, run_dir, epochs=stopped + 1, resume=True)
+    one_process(data_dir, tmp_path / "straight", epochs=stopped + 1)
+    assert_same_weights(run_dir, tmp_path / "straight")
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_killed_rank_ends_the_job_and_keeps_the_checkpoint(data_dir, tmp_path, victim):
+    proc = torchrun(cli_args(data_dir, tmp_path, "kill", "--epochs", str(LONG_EPOCHS)))
+    run_dir = tmp_path / "kill"
+    wait_for_epoch(run_dir, proc)
+    pids = rank_pids(proc.pid)
+    os.kill(pids[victim], signal.SIGKILL)
+    code, err = finish(proc)
+    assert code != 0
+    assert not any(alive(p) for p in pids.values())
+    status = read_status(run_dir)
+    assert status["pid"] == pids[0]
+    assert not (status["state"] == "running" and alive(status["pid"]))  # the app shows 'died' for a dead pid
+    if victim == 1:  # rank 0 saw the broken collective and said so
+        assert status["state"] == "failed" and "failed or went away" in status["message"]
+        assert "training failed" in err
+    run = load_run(run_dir)
+    assert run.epoch >= 1 and len(run.history) == run.epoch
+    assert torch.isfinite(torch.cat([p.flatten() for p in run.model.parameters()])).all()
