@@ -1,5 +1,141 @@
-"""Placeholder: the compare page is being written by another engineer."""
+"""Compare page: 2 to 4 runs side by side on identical inputs, one metrics table, overlaid training curves."""
+from __future__ import annotations
+
+import numpy as np
 import streamlit as st
 
-st.title("Compare")
-st.info("This page is not ready yet.")
+from app import compare
+from app.common import cached_run_list, checkpoints_dir, describe_run, open_run
+from app.images import display_scale, tile, upscale
+from app.latent import INTERPOLATION_STEPS, INTERPOLATIONS, robust_range
+from app.plots import latent_scatter
+from trainer.runs import Run, RunSummary
+
+SCATTER_HEIGHT = 340
+IMAGE_TARGET_PX = 56  # each small image is enlarged to about this many pixels
+ROW_COLUMNS = 8  # images per row in a column's strip
+DEFAULT_STEPS = 8
+DEFAULT_SAMPLES = 8
+MAX_SAMPLES = 32
+TABLE_FORMATS = {
+    "test loss": "%.2f", "recon": "%.2f", "KL": "%.2f", "MSE": "%.4f", "PSNR (dB)": "%.2f", "SSIM": "%.3f",
+    "training seconds": "%.1f",
+}
+
+
+def show_strip(images: np.ndarray, caption: str | None = None) -> None:
+    """A row (or rows) of uint8 images (N, C, H, W), enlarged with crisp pixels."""
+    factor = display_scale(images.shape[-1], IMAGE_TARGET_PX)
+    st.image(upscale(tile(images, ROW_COLUMNS), factor), caption=caption)
+
+
+def pick_runs(summaries: list[RunSummary]) -> tuple[list[Run], list[tuple[str, str]]]:
+    """The multiselect of loadable runs; returns the loaded choice and (name, error) of runs that cannot be opened."""
+    openable = [s for s in summaries if not s.error]
+    broken = [(s.name, s.error or "") for s in summaries if s.error]
+    by_name = {s.name: s for s in openable}
+    names = st.multiselect(
+        f"Runs to compare ({compare.MIN_RUNS} to {compare.MAX_RUNS})", list(by_name), default=list(by_name)[: compare.MIN_RUNS],
+        max_selections=compare.MAX_RUNS, key="compare_runs", help="Each run is shown in its own column with the same inputs.",
+    )
+    runs = []
+    for name in names:
+        run, error = open_run(by_name[name])
+        if run is None:
+            broken.append((name, error or "cannot be opened"))
+        else:
+            runs.append(run)
+    return runs, broken
+
+
+def shared_inputs(reference: Run) -> dict:
+    """The inputs every column uses: two atlas images and steps, a prior seed and count, reconstruction count."""
+    n_atlas = len(reference.atlas.images)
+    c1, c2, c3, c4 = st.columns(4)
+    with c1:
+        first = st.number_input("Interpolate from atlas image #", 0, n_atlas - 1, 0, key="compare_from")
+        second = st.number_input("to atlas image #", 0, n_atlas - 1, min(1, n_atlas - 1), key="compare_to")
+    with c2:
+        steps = st.slider("Interpolation steps", *INTERPOLATION_STEPS, DEFAULT_STEPS, key="compare_steps")
+        method = st.segmented_control("Path", INTERPOLATIONS, default=INTERPOLATIONS[0], key="compare_path", required=True)
+    with c3:
+        seed = st.number_input("Prior seed", 0, 2**31 - 1, 0, key="compare_seed")
+        samples = st.slider("Prior samples", 1, MAX_SAMPLES, DEFAULT_SAMPLES, key="compare_samples")
+    with c4:
+        recon = st.slider("Reconstructions (first atlas images)", 1, min(MAX_SAMPLES, n_atlas), min(DEFAULT_SAMPLES, n_atlas), key="compare_recon")
+    return {"pair": [int(first), int(second)], "steps": int(steps), "method": method or INTERPOLATIONS[0],
+            "seed": int(seed), "samples": int(samples), "recon": int(recon)}
+
+
+def render_columns(runs: list[Run], inputs: dict) -> None:
+    """One column per run: aligned latent scatter, interpolation, prior samples, reconstructions."""
+    reference = runs[0]
+    projections = compare.aligned_projections(runs)
+    x_range, y_range = robust_range(np.concatenate([p for p, aligned in projections if aligned]))
+    pair = reference.atlas.images[inputs["pair"]]
+    originals = reference.atlas.images[: inputs["recon"]]
+    same_z = len({r.model_config.latent_dim for r in runs}) == 1
+    st.caption(
+        f"Scatters: atlas latents at each run's last epoch (PCA for more than 2 dimensions), turned onto "
+        f"{reference.name}'s by orthogonal Procrustes (rotation/reflection, scale, shift). Prior samples: seed "
+        f"{inputs['seed']}, " + ("the same z in every run." if same_z else "same seed; latent sizes differ, so z differs.")
+    )
+    show_strip(pair, "The interpolation's two atlas images")
+    for col, run, (points, aligned) in zip(st.columns(len(runs)), runs, projections):
+        with col:
+            st.markdown(f"**{run.name}**")
+            st.caption(describe_run_line(run))
+            title = "aligned to " + reference.name if aligned and run is not reference else ("reference" if aligned else "not aligned: other atlas images")
+            ranges = (x_range, y_range) if aligned else (None, None)
+            fig = latent_scatter(points, run.atlas.labels, run.class_names, axis_titles=("dim 1", "dim 2"),
+                                 x_range=ranges[0], y_range=ranges[1], title=title, height=SCATTER_HEIGHT)
+            fig.update_layout(showlegend=False)
+            st.plotly_chart(fig, key=f"compare_scatter_{run.name}")
+            if not compare.accepts_images(run, pair):
+                st.warning(f"{run.name} takes {run.model_config.image_shape} images, not those of {reference.name}: no interpolation or reconstructions")
+            else:
+                show_strip(compare.interpolate(run, pair, inputs["steps"], inputs["method"]), "Interpolation")
+                show_strip(compare.reconstruct(run, originals), "Reconstructions")
+            show_strip(compare.prior_samples(run, inputs["samples"], inputs["seed"]), "Prior samples")
+    if all(compare.accepts_images(r, originals) for r in runs):
+        show_strip(originals, "Originals of the reconstructions")
+
+
+def describe_run_line(run: Run) -> str:
+    """describe_run for a loaded run (its summary is rebuilt from what the run holds)."""
+    summary = RunSummary(run.name, run.path, {"model": run.model_config.to_dict(), "train": run.train_config.to_dict(), "data": run.info.get("data", {})},
+                         run.epoch, None, None, 0.0)
+    return describe_run(summary, run)
+
+
+def render() -> None:
+    st.title("Compare runs")
+    root = checkpoints_dir()
+    summaries = cached_run_list(str(root))
+    if not summaries:
+        st.info(f"No runs in {root} yet: train one on the Train page or with `python -m trainer`.")
+        return
+    runs, broken = pick_runs(summaries)
+    if broken:
+        with st.expander(f"Runs that cannot be opened ({len(broken)})"):
+            for name, error in broken:
+                st.markdown(f"- **{name}**: {error}")
+    if len(runs) < compare.MIN_RUNS:
+        st.info(f"Pick at least {compare.MIN_RUNS} runs that can be opened.")
+        return
+
+    st.subheader("Metrics at the last epoch")
+    rows = compare.metrics_table(runs)
+    st.dataframe(rows, hide_index=True, key="compare_table",
+                 column_config={k: st.column_config.NumberColumn(k, format=f) for k, f in TABLE_FORMATS.items()})
+
+    st.subheader("Training curves")
+    metric = st.selectbox("Metric", list(compare.CURVE_METRICS), key="compare_metric")
+    st.plotly_chart(compare.curves_figure(runs, metric), key="compare_curves")
+
+    st.subheader("Side by side, same inputs")
+    inputs = shared_inputs(runs[0])
+    render_columns(runs, inputs)
+
+
+render()

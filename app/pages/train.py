@@ -1,5 +1,202 @@
-"""Placeholder: the train page is being written by another engineer."""
+"""Train page: start `python -m trainer` in the background, follow its jobs live, stop them.
+
+The form's values go through app/jobs.py, which checks them with the trainer's own parser and
+config rules, then starts the trainer detached: it keeps training if the browser closes. The job
+list refreshes itself (a fragment with run_every) only while a job is starting or running.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
 import streamlit as st
 
-st.title("Train")
-st.info("This page is not ready yet.")
+from app import jobs
+from app.common import checkpoints_dir, open_run
+from app.compare import loss_figure
+from app.latent import make_projection
+from app.plots import latent_scatter
+from models import ARCHS, KINDS, MAX_LATENT_DIM, RECON_LOSSES, ModelConfig
+from trainer.config import MAX_BATCH_SIZE, MAX_EPOCHS, TrainConfig
+from trainer.data import FOLDER_PREFIX
+from trainer.runs import summarize_run
+
+REFRESH_S = 2.0  # how often the job list redraws while something trains
+PAST_JOBS_SHOWN = 10
+LIVE_SCATTER_HEIGHT = 300
+DATASET_CHOICES = ("mnist", "fashion-mnist", "folder")
+NAME_KEY, NEW_NAME_FLAG, STARTED_KEY, STOP_FEEDBACK_KEY = "train_run_name", "train_new_name", "train_started", "train_stop_feedback"
+STATE_ICONS = {  # Streamlit's material icons (emoji fonts are often missing on Linux desktops)
+    "starting": ":material/hourglass_top:", "running": ":material/play_circle:", "finished": ":material/check_circle:",
+    "stopped": ":material/stop_circle:", "failed": ":material/error:", "died": ":material/heart_broken:",
+}
+
+
+def suggested_name() -> str:
+    return f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def blank_to_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def training_form() -> dict[str, Any] | None:
+    """The trainer's options as a form; the options dict when submitted, else None."""
+    model_defaults, train_defaults = ModelConfig(), TrainConfig()
+    if st.session_state.pop(NEW_NAME_FLAG, False) or NAME_KEY not in st.session_state:
+        st.session_state[NAME_KEY] = suggested_name()
+    help_of = {name: action.help for name, action in jobs.trainer_options().items()}
+    with st.form("train_form"):
+        c1, c2, c3, c4 = st.columns(4)
+        with c1:
+            model = st.selectbox("Model", ARCHS, index=ARCHS.index(model_defaults.arch), help=help_of["model"])
+            kind = st.selectbox("Kind", KINDS, index=KINDS.index(model_defaults.kind), help=help_of["kind"])
+            latent_dim = st.number_input("Latent size", 1, MAX_LATENT_DIM, model_defaults.latent_dim, help=help_of["latent_dim"])
+        with c2:
+            dataset = st.selectbox("Dataset", DATASET_CHOICES, help=help_of["dataset"])
+            folder = st.text_input("Image folder (dataset 'folder')", placeholder="/path/to/images", help="A folder of images, or of class sub-folders of images.")
+            recon_loss = st.selectbox("Reconstruction loss", RECON_LOSSES, index=RECON_LOSSES.index(train_defaults.recon_loss), help=help_of["recon_loss"])
+        with c3:
+            epochs = st.number_input("Epochs", 1, MAX_EPOCHS, train_defaults.epochs, help=help_of["epochs"])
+            batch_size = st.number_input("Batch size", 1, MAX_BATCH_SIZE, train_defaults.batch_size, help=help_of["batch_size"])
+            lr = st.number_input("Learning rate", value=train_defaults.lr, format="%g", step=1e-4, help=help_of["lr"])
+        with c4:
+            beta = st.number_input("Beta (KL weight)", value=train_defaults.beta, format="%g", step=0.1, help=help_of["beta"])
+            beta_warmup = st.number_input("Beta warm-up (epochs)", 0, MAX_EPOCHS, train_defaults.beta_warmup, help=help_of["beta_warmup"])
+            seed = st.number_input("Seed", 0, None, train_defaults.seed, help=help_of["seed"])
+        with st.expander("Advanced"):
+            a1, a2, a3 = st.columns(3)
+            with a1:
+                widths = st.text_input("Conv widths", placeholder=",".join(map(str, model_defaults.widths)), help=help_of["widths"])
+                hidden_dim = st.number_input("Hidden layer", 0, None, None, placeholder="default", help=help_of["hidden_dim"])
+            with a2:
+                image_size = st.selectbox("Image size", (None, 28, 32, 64, 128), format_func=lambda v: "default" if v is None else str(v), help=help_of["image_size"])
+                channels = st.selectbox("Channels", (None, 1, 3), format_func=lambda v: "default" if v is None else str(v), help=help_of["channels"])
+            with a3:
+                atlas_size = st.number_input("Atlas size", 1, None, train_defaults.atlas_size, help=help_of["atlas_size"])
+        run_name = st.text_input("Run name", key=NAME_KEY, help="The run's folder name: letters, digits, '.', '_' or '-'.")
+        submitted = st.form_submit_button("Start training", type="primary")
+    if not submitted:
+        return None
+    return {
+        "model": model, "kind": kind, "latent_dim": latent_dim,
+        "dataset": f"{FOLDER_PREFIX}{folder.strip()}" if dataset == "folder" else dataset,
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "beta": beta, "beta_warmup": beta_warmup,
+        "recon_loss": recon_loss, "seed": seed, "run_name": run_name,
+        "widths": blank_to_none(widths), "hidden_dim": hidden_dim, "image_size": image_size, "channels": channels,
+        "atlas_size": atlas_size,
+    }
+
+
+def start(options: dict[str, Any], root: Path) -> None:
+    """Start the job or show each problem on its own line."""
+    try:
+        started = jobs.start_job(options, root)
+    except jobs.JobError as e:
+        for error in e.errors:
+            st.error(error)
+        return
+    st.session_state[NEW_NAME_FLAG] = True
+    st.session_state[STARTED_KEY] = started.name
+    st.success(f"Started {started.name} (pid {started.pid}). It keeps training if you close this page; it appears in the run picker after its first save.")
+
+
+def job_header(job: jobs.Job) -> str:
+    total = job.total if job.total is not None else "?"
+    parts = [f"{STATE_ICONS.get(job.state, '')} **{job.name}** — {job.state}", f"epoch {job.epoch} / {total}"]
+    if job.active and job.eta is not None:
+        parts.append(f"ETA {jobs.format_seconds(job.eta)}")
+    if job.seconds is not None:
+        parts.append(f"{jobs.format_seconds(job.seconds)} of training")
+    return " · ".join(parts)
+
+
+def live_views(job: jobs.Job) -> None:
+    """Loss curves and the latest latent snapshot of a job's run (once it has saved an epoch)."""
+    summary = summarize_run(job.path)
+    if summary.epoch is None:
+        st.caption("Curves and latents appear after the first save.")
+        return
+    run, error = open_run(summary)
+    if run is None:
+        st.caption(f"Not readable yet: {error}")
+        return
+    left, right = st.columns(2)
+    with left:
+        if run.history:
+            st.plotly_chart(loss_figure(run.history), key=f"train_loss_{job.name}")
+        else:
+            st.caption("The loss curves start after epoch 1.")
+    with right:
+        projection = make_projection(run.atlas.means[-1], "pca")
+        fig = latent_scatter(projection.xy, run.atlas.labels, run.class_names, axis_titles=projection.axis_titles,
+                             title=f"latents of {len(run.atlas.labels)} test images, epoch {run.epoch}", height=LIVE_SCATTER_HEIGHT)
+        st.plotly_chart(fig, key=f"train_scatter_{job.name}")
+
+
+def request_stop(run_dir: str) -> None:
+    """Stop button callback (runs before the rerun, so a click is acted on even while the list redraws)."""
+    name = Path(run_dir).name
+    try:
+        result = ("ok", jobs.stop_job(run_dir))
+    except jobs.JobError as e:
+        result = ("error", str(e))
+    st.session_state.setdefault(STOP_FEEDBACK_KEY, {})[name] = result
+
+
+def job_card(job: jobs.Job, detailed: bool) -> None:
+    """One job: header, progress bar, message, stop button; live views when `detailed`."""
+    with st.container(border=True):
+        head, button = st.columns([5, 1], vertical_alignment="center")
+        head.markdown(job_header(job))
+        if job.active:
+            button.button("Stop training", key=f"stop_{job.name}", on_click=request_stop, args=(str(job.path),),
+                          help="SIGTERM: the trainer finishes its step and keeps the last completed epoch.")
+        feedback = st.session_state.get(STOP_FEEDBACK_KEY, {}).pop(job.name, None)
+        if feedback:
+            (st.error if feedback[0] == "error" else st.toast)(feedback[1])
+        st.progress(job.fraction)
+        if job.message:
+            (st.error if job.state in ("failed", "died") else st.caption)(job.message)
+        if detailed:
+            live_views(job)
+
+
+def jobs_section(root: Path) -> None:
+    """Running and past jobs, redrawn every REFRESH_S seconds only while one is active."""
+    st.subheader("Jobs")
+    active_at_start = any(j.active for j in jobs.list_jobs(root))
+
+    @st.fragment(run_every=REFRESH_S if active_at_start else None)
+    def job_list() -> None:
+        current = jobs.list_jobs(root)
+        if any(j.active for j in current) != active_at_start:
+            st.rerun()  # turn the timer on or off
+        if not current:
+            st.caption(f"No training jobs in {root} yet.")
+            return
+        active = [j for j in current if j.active]
+        past = [j for j in current if not j.active]
+        latest = st.session_state.get(STARTED_KEY)
+        for job in active:
+            job_card(job, detailed=True)
+        for job in past[:PAST_JOBS_SHOWN]:
+            job_card(job, detailed=job.name == latest)
+        if len(past) > PAST_JOBS_SHOWN:
+            st.caption(f"and {len(past) - PAST_JOBS_SHOWN} older jobs")
+
+    job_list()
+
+
+def render() -> None:
+    st.title("Train")
+    root = checkpoints_dir()
+    st.caption(f"New runs are written to {root} by `python -m trainer` running in the background.")
+    options = training_form()
+    if options is not None:
+        start(options, root)
+    jobs_section(root)
+
+
+render()

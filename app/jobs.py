@@ -1,0 +1,441 @@
+"""Background training jobs: build and validate the trainer's command line, start it detached, list, stop.
+
+Plain functions, no Streamlit: the Train page calls them, and so can tests or scripts.
+
+A job is a run folder being (or having been) trained by `python -m trainer` in its own session:
+    <run>/job.json     written here at start: pid, argv, start time, log file (and the exit code once reaped)
+    <run>/train.log    the trainer's stdout (one JSON line per epoch) and stderr
+    <run>/status.json  written by the trainer: state, epoch/total, seconds, ETA, message
+Options use the trainer parser's own names (`latent_dim`, `batch_size`, ...) and are checked by the
+trainer's own parser and config classes, so the app and the CLI accept exactly the same values.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from trainer.cli import PROG, UserError, build_parser, configs_from_args
+from trainer.data import DEBIAN_FASHION_MNIST, FOLDER_PREFIX, IDX_FILES, IMAGE_EXTENSIONS, TORCHVISION_DIRS, BUNDLED_MNIST_SUBSET
+from trainer.runs import STATUS_FILE, RunError, read_json_dict, read_status, validate_run_name
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+JOB_FILE = "job.json"
+LOG_FILE = "train.log"
+TRAINER_MODULE = "trainer"
+LOG_TAIL_LINES = 5
+# Options the Train page's form shows, then the ones tucked under "Advanced".
+FORM_OPTIONS = ("model", "kind", "latent_dim", "dataset", "epochs", "batch_size", "lr", "beta", "beta_warmup", "recon_loss", "seed", "run_name")
+ADVANCED_OPTIONS = ("widths", "hidden_dim", "image_size", "channels", "atlas_size", "lr_schedule", "recon_weight", "weights_dtype")
+# Trainer flags the app sets itself or never offers (offline app: no --download; a new run: no --resume).
+APP_CONTROLLED = ("checkpoints_dir", "progress", "resume", "download", "help")
+KNOWN_DATASETS = ("mnist", "fashion-mnist")
+ACTIVE_STATES = ("starting", "running")
+EXEC_RETRIES, EXEC_RETRY_S = 5, 0.02  # a process inside exec() shows an empty command line for a moment
+
+
+class JobError(Exception):
+    """A job that cannot be started or stopped; `errors` holds one line per problem."""
+
+    def __init__(self, errors: list[str] | str):
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("; ".join(self.errors))
+
+
+# ---------------------------------------------------------------- options -> argv
+
+def trainer_options() -> dict[str, argparse.Action]:
+    """The trainer parser's options by dest (help text, choices, defaults), minus those the app controls."""
+    return {a.dest: a for a in build_parser()._actions if a.option_strings and a.dest not in APP_CONTROLLED}
+
+
+def flag(name: str) -> str:
+    """`batch_size` -> `--batch-size`."""
+    return "--" + name.replace("_", "-")
+
+
+def format_value(value: Any) -> str:
+    """How an option value is written on the command line (lists as comma-separated, floats exactly)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def is_unset(value: Any) -> bool:
+    """None or blank text means "the trainer's default"."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def option_flags(options: Mapping[str, Any]) -> list[str]:
+    """`--name=value` for every set option (`=` keeps values that start with '-' attached to their flag)."""
+    known = trainer_options()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise JobError([f"unknown option {name!r}: not a trainer option the app can set" for name in unknown])
+    flags = []
+    for name in known:  # the parser's order: stable argv
+        if name in options and not is_unset(options[name]):
+            value = options[name]
+            flags.append(f"{flag(name)}={format_value(value).strip() if isinstance(value, str) else format_value(value)}")
+    return flags
+
+
+def build_argv(options: Mapping[str, Any], checkpoints_dir: str | os.PathLike) -> list[str]:
+    """The full command: this Python, `-m trainer`, the options, the app's checkpoints folder, JSON progress."""
+    root = Path(checkpoints_dir).expanduser().resolve()
+    return [sys.executable, "-m", TRAINER_MODULE, *option_flags(options), f"--checkpoints-dir={root}", "--progress=json"]
+
+
+# ---------------------------------------------------------------- validation
+
+def run_name_problem(name: Any) -> str | None:
+    """Why `name` cannot be a new run's folder name, or None (the trainer's rule plus no control characters)."""
+    if not isinstance(name, str) or not name.strip():
+        return "run name is empty: give the run a name (letters, digits, '.', '_' or '-')"
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        return f"invalid run name {name!r}: control characters (newlines, tabs, ...) are not allowed"
+    try:
+        validate_run_name(name)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _parse(flags: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(flags)
+
+
+def _one_line(error: Exception) -> str:
+    """The trainer's message on one line, without the pointer to its --help (app users have the form)."""
+    return " ".join(str(error).replace(f" (see {PROG} --help)", "").split())
+
+
+def _data_dir(options: Mapping[str, Any]) -> Path:
+    value = options.get("data_dir")
+    path = Path("data" if is_unset(value) else str(value)).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path  # the trainer runs in the project root
+
+
+def dataset_problem(dataset: str, data_dir: Path) -> str | None:
+    """Why the trainer would not find `dataset` (mnist, fashion-mnist, folder:PATH), or None."""
+    if dataset.startswith(FOLDER_PREFIX):
+        text = dataset[len(FOLDER_PREFIX):].strip()
+        folder = Path(text).expanduser()
+        folder = folder if folder.is_absolute() else PROJECT_ROOT / folder  # the trainer runs in the project root
+        if not text:
+            return "dataset 'folder:' names no folder: use folder:/path/to/images"
+        if not folder.is_dir():
+            return f"dataset {dataset!r}: {folder} is not a folder (use folder:/path/to/images)"
+        if not any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in folder.rglob("*")):
+            return f"dataset {dataset!r}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder} or its sub-folders"
+        return None
+    if dataset not in KNOWN_DATASETS:
+        return f"unknown dataset {dataset!r}: use mnist, fashion-mnist or folder:PATH (a folder of images)"
+    candidates = [data_dir / dataset, data_dir / TORCHVISION_DIRS[dataset] / "raw", data_dir]
+    candidates += [DEBIAN_FASHION_MNIST] if dataset == "fashion-mnist" else [BUNDLED_MNIST_SUBSET]
+    for folder in candidates:
+        if all((folder / stem).is_file() or (folder / f"{stem}.gz").is_file() for stem in IDX_FILES.values()):
+            return None
+    return f"dataset {dataset!r} not found in {', '.join(map(str, candidates))}: install it (e.g. apt-get install dataset-fashion-mnist) or choose another"
+
+
+def validate_options(options: Mapping[str, Any], checkpoints_dir: str | os.PathLike) -> list[str]:
+    """Every problem with `options` as one line each; [] means the trainer will accept them.
+
+    Each option is first checked alone (parser type/choice, then the config's range rule, other
+    options at their defaults) so several mistakes are reported at once; then all together
+    (rules that involve two options, such as the mlp model needing a hidden layer)."""
+    errors: list[str] = []
+    name_problem = run_name_problem(options.get("run_name"))
+    if name_problem:
+        errors.append(name_problem)
+    elif (Path(checkpoints_dir).expanduser() / options["run_name"]).exists():
+        errors.append(f"run {options['run_name']!r} already exists in {checkpoints_dir}: choose another run name")
+    try:
+        flags = option_flags({k: v for k, v in options.items() if k != "run_name"})
+    except JobError as e:
+        return errors + e.errors
+    for one in flags:
+        try:
+            configs_from_args(_parse([one]))
+        except UserError as e:
+            errors.append(_one_line(e))
+    if errors:
+        return errors
+    try:
+        args = _parse(flags)
+        configs_from_args(args)
+    except UserError as e:
+        return [_one_line(e)]
+    problem = dataset_problem(args.dataset or KNOWN_DATASETS[0], _data_dir(options))
+    return [problem] if problem else []
+
+
+# ---------------------------------------------------------------- processes
+
+def _proc_args(pid: int, retries: int = EXEC_RETRIES) -> list[str] | None:
+    """The command line of a live (not zombie) process, or None if there is none.
+
+    A process caught inside exec() briefly shows an empty command line: look again a few times."""
+    for attempt in range(retries + 1):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return None
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, IndexError):
+            return None
+        if raw:
+            return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+        if attempt < retries:
+            time.sleep(EXEC_RETRY_S)
+    return None
+
+
+def is_trainer_process(pid: Any) -> bool:
+    """True if `pid` is alive and its command line runs this project's trainer (`-m trainer` or trainer/__main__.py)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    args = _proc_args(pid)
+    if not args:
+        return False
+    return any(a == TRAINER_MODULE or a.rstrip("/").endswith(("/trainer", "trainer/__main__.py")) for a in args)
+
+
+# The jobs this process started (pid -> process, run folder), polled to reap them and record exit codes.
+_children: dict[int, tuple[subprocess.Popen, Path]] = {}
+
+
+def reap_children() -> None:
+    """Collect the jobs this process started that have exited (no zombies), recording the exit code in job.json."""
+    for pid, (proc, run_dir) in list(_children.items()):
+        code = proc.poll()
+        if code is None:
+            continue
+        del _children[pid]
+        job_file = run_dir / JOB_FILE
+        try:
+            _write_json(job_file, read_json_dict(job_file) | {"returncode": code, "ended": time.time()})
+        except (RunError, OSError):
+            pass
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    name: str
+    run_dir: Path
+    pid: int
+    log_path: Path
+    argv: list[str]
+
+
+def start_job(options: Mapping[str, Any], checkpoints_dir: str | os.PathLike) -> StartedJob:
+    """Validate, then start the trainer detached (own session, stdin closed, output to <run>/train.log).
+
+    Returns at once; raises JobError with one line per problem. The job outlives the app and the browser."""
+    errors = validate_options(options, checkpoints_dir)
+    if errors:
+        raise JobError(errors)
+    root = Path(checkpoints_dir).expanduser().resolve()
+    name = options["run_name"]
+    run_dir = root / name
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir()
+    except FileExistsError:
+        raise JobError(f"run {name!r} already exists in {root}: choose another run name") from None
+    except OSError as e:
+        raise JobError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
+    argv = build_argv(options, root)
+    log_path = run_dir / LOG_FILE
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                argv, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, env=env, close_fds=True,
+            )
+    except OSError as e:
+        raise JobError(f"could not start the trainer: {e.strerror or e}") from None
+    _children[proc.pid] = (proc, run_dir)
+    _write_json(run_dir / JOB_FILE, {"pid": proc.pid, "argv": argv, "started": time.time(), "log": LOG_FILE})
+    return StartedJob(name, run_dir, proc.pid, log_path, argv)
+
+
+# ---------------------------------------------------------------- listing
+
+@dataclass(frozen=True)
+class Job:
+    """One run folder's training state as the Train page shows it."""
+
+    name: str
+    path: Path
+    state: str  # starting | running | finished | failed | stopped | died
+    epoch: int
+    total: int | None
+    pid: int | None
+    seconds: float | None
+    eta: float | None
+    message: str | None
+    updated: float
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def fraction(self) -> float:
+        """Progress in [0, 1] (0 while the total is unknown)."""
+        if not self.total:
+            return 0.0
+        return min(1.0, max(0.0, self.epoch / self.total))
+
+
+def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last non-JSON lines of the job's log (its messages, not its per-epoch records)."""
+    try:
+        text = (Path(run_dir) / LOG_FILE).read_bytes()[-16384:].decode(errors="replace")
+    except OSError:
+        return []
+    kept = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("{")]
+    return kept[-lines:]
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
+def job_state(run_dir: Path) -> Job | None:
+    """The job of `run_dir` from status.json (or job.json before the trainer's first status), or None."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    record: dict[str, Any] | None = None
+    try:
+        record = read_json_dict(run_dir / JOB_FILE)
+    except RunError:
+        pass
+    if status is None and record is None:
+        return None
+    if status is not None:
+        state = str(status.get("state", "running"))
+        pid = status.get("pid")
+        message = status.get("message")
+        updated = _number(status.get("updated")) or 0.0
+        if state == "running" and not is_trainer_process(pid):
+            state = "died"
+            tail = log_tail(run_dir, 1)
+            message = f"the trainer (pid {pid}) is gone without finishing; the last saved epoch is kept" + (f" — {tail[-1]}" if tail else "")
+    else:
+        assert record is not None
+        pid = record.get("pid")
+        updated = _number(record.get("started")) or 0.0
+        if is_trainer_process(pid):
+            state, message = "starting", "loading data and evaluating the untrained model"
+        elif record.get("stop_requested"):
+            state, message = "stopped", "stopped before its first save"
+        else:
+            state = "died"
+            tail = log_tail(run_dir, 1)
+            code = record.get("returncode")
+            why = tail[-1] if tail else "no output"
+            message = f"the trainer exited before its first epoch{f' (exit code {code})' if code is not None else ''}: {why}"
+    epoch = status.get("epoch") if status else 0
+    total = status.get("total") if status else None
+    return Job(
+        name=run_dir.name,
+        path=run_dir,
+        state=state,
+        epoch=epoch if isinstance(epoch, int) else 0,
+        total=total if isinstance(total, int) else _total_from_argv(record),
+        pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+        seconds=_number(status.get("seconds")) if status else None,
+        eta=_number(status.get("eta")) if status else None,
+        message=str(message) if message else None,
+        updated=updated,
+    )
+
+
+def _total_from_argv(record: dict[str, Any] | None) -> int | None:
+    for arg in (record or {}).get("argv", []):
+        if isinstance(arg, str) and arg.startswith("--epochs="):
+            try:
+                return int(arg.split("=", 1)[1])
+            except ValueError:
+                return None
+    return None
+
+
+def list_jobs(checkpoints_dir: str | os.PathLike) -> list[Job]:
+    """Jobs under `checkpoints_dir` (folders with status.json or job.json): active first, then newest first."""
+    reap_children()
+    root = Path(checkpoints_dir).expanduser()
+    if not root.is_dir():
+        return []
+    jobs = []
+    for d in root.iterdir():
+        if d.is_dir() and not d.is_symlink() and not d.name.startswith(".") and ((d / STATUS_FILE).exists() or (d / JOB_FILE).exists()):
+            job = job_state(d)
+            if job is not None:
+                jobs.append(job)
+    return sorted(jobs, key=lambda j: (not j.active, -j.updated, j.name))
+
+
+# ---------------------------------------------------------------- stopping
+
+def stop_job(run_dir: str | os.PathLike) -> str:
+    """SIGTERM the run's trainer (the pid in status.json, else job.json) if it is alive and is our trainer.
+
+    The trainer finishes its current step, keeps the last completed epoch and writes status "stopped".
+    Returns a one-line confirmation; raises JobError with one line otherwise."""
+    run_dir = Path(run_dir)
+    job = job_state(run_dir)
+    if job is None:
+        raise JobError(f"{run_dir.name}: no job here (no status.json or job.json)")
+    if not job.active:
+        raise JobError(f"{job.name} is not running (it is {job.state})")
+    if not is_trainer_process(job.pid):
+        raise JobError(f"{job.name}: pid {job.pid} is not a running trainer; nothing was signalled")
+    job_file = run_dir / JOB_FILE
+    if job_file.exists():
+        try:
+            _write_json(job_file, read_json_dict(job_file) | {"stop_requested": time.time()})
+        except (RunError, OSError):
+            pass
+    try:
+        os.kill(job.pid, signal.SIGTERM)  # type: ignore[arg-type]
+    except ProcessLookupError:
+        raise JobError(f"{job.name}: the trainer (pid {job.pid}) has just exited") from None
+    except PermissionError:
+        raise JobError(f"{job.name}: not allowed to signal pid {job.pid}") from None
+    return f"asked {job.name} (pid {job.pid}) to stop: it keeps its last completed epoch and can be resumed with the trainer's --resume"
+
+
+def format_seconds(seconds: float | None) -> str:
+    """`75` -> `1 min 15 s`; None -> `-`."""
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {s:02d} s"
+    hours, m = divmod(minutes, 60)
+    return f"{hours} h {m:02d} min"

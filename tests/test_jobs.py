@@ -1,0 +1,207 @@
+"""app/jobs.py: argv building and validation for every option, and real detached training jobs."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from app import jobs
+from trainer.runs import load_run
+
+# A model that trains an epoch of the bundled MNIST subset in about a second on two cores.
+TINY = {"model": "mlp", "hidden_dim": 16, "latent_dim": 2, "atlas_size": 50, "batch_size": 256}
+JOB_TIMEOUT_S = 60.0
+POLL_S = 0.25
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = JOB_TIMEOUT_S, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(POLL_S)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def one_job(root: Path, name: str) -> jobs.Job | None:
+    return next((j for j in jobs.list_jobs(root) if j.name == name), None)
+
+
+# ---------------------------------------------------------------- argv
+
+def test_build_argv_every_option(tmp_path: Path) -> None:
+    options = {
+        "model": "conv-upsample", "kind": "ae", "latent_dim": 8, "dataset": "fashion-mnist", "epochs": 3, "batch_size": 64,
+        "lr": 3e-4, "beta": 0.5, "beta_warmup": 2, "recon_loss": "mse", "seed": 7, "run_name": "r1",
+        "widths": [4, 8, 8], "hidden_dim": 32, "image_size": 32, "channels": 3, "atlas_size": 100,
+        "lr_schedule": "cosine", "recon_weight": 2.0, "weights_dtype": "float16",
+    }
+    argv = jobs.build_argv(options, tmp_path)
+    assert argv[:3] == [sys.executable, "-m", "trainer"]
+    for name, value in options.items():
+        expected = ",".join(map(str, value)) if isinstance(value, list) else (repr(value) if isinstance(value, float) else str(value))
+        assert f"{jobs.flag(name)}={expected}" in argv
+    assert f"--checkpoints-dir={tmp_path.resolve()}" in argv and argv[-1] == "--progress=json"
+    parsed = jobs.build_parser().parse_args(argv[3:])  # the trainer's own parser takes it unchanged
+    assert parsed.lr == 3e-4 and parsed.widths == [4, 8, 8] and parsed.run_name == "r1"
+
+
+def test_unset_options_are_left_to_the_trainer(tmp_path: Path) -> None:
+    argv = jobs.build_argv({"model": None, "dataset": "  ", "epochs": 2, "run_name": "x"}, tmp_path)
+    assert not any(a.startswith(("--model", "--dataset")) for a in argv)
+    assert "--epochs=2" in argv
+
+
+def test_valid_options_pass(tmp_path: Path) -> None:
+    assert jobs.validate_options(TINY | {"epochs": 2, "run_name": "ok-1.a_b"}, tmp_path) == []
+    assert jobs.validate_options({"run_name": "defaults"}, tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [
+        ("model", "resnet", "invalid choice: 'resnet'"),
+        ("kind", "gan", "invalid choice: 'gan'"),
+        ("latent_dim", 0, "latent_dim must be an integer from 1 to 512"),
+        ("latent_dim", 513, "latent_dim must be an integer from 1 to 512"),
+        ("latent_dim", "two", "--latent-dim: invalid int value: 'two'"),
+        ("latent_dim", True, "--latent-dim: invalid int value: 'True'"),
+        ("dataset", "cifar10", "unknown dataset 'cifar10'"),
+        ("dataset", "folder:/no/such/folder", "is not a folder"),
+        ("epochs", 0, "epochs must be an integer from 1 to 100000"),
+        ("epochs", 2.5, "--epochs: invalid int value: '2.5'"),
+        ("batch_size", 0, "batch_size must be an integer from 1 to 65536"),
+        ("batch_size", "lots", "--batch-size: invalid int value: 'lots'"),
+        ("lr", 0.0, "lr must be a number in (0, 10]"),
+        ("lr", 11.0, "lr must be a number in (0, 10]"),
+        ("lr", float("nan"), "lr must be a number in (0, 10], got nan"),
+        ("lr", "fast", "--lr: invalid float value: 'fast'"),
+        ("beta", -1.0, "beta must be a number from 0 to 1000"),
+        ("beta", "x", "--beta: invalid float value: 'x'"),
+        ("beta_warmup", -1, "beta_warmup must be a non-negative integer"),
+        ("beta_warmup", 1.5, "--beta-warmup: invalid int value: '1.5'"),
+        ("recon_loss", "l1", "invalid choice: 'l1'"),
+        ("seed", -1, "seed must be a non-negative integer"),
+        ("seed", "abc", "--seed: invalid int value: 'abc'"),
+        ("widths", [4, 8], "widths must be 3 positive channel counts"),
+        ("widths", "a,b", "--widths: expected comma-separated integers"),
+        ("hidden_dim", -1, "hidden_dim must be a non-negative integer"),
+        ("image_size", 30, "image_size must be one of"),
+        ("channels", 2, "in_channels must be 1 or 3"),
+        ("atlas_size", 0, "atlas_size must be an integer from 1 to 100000"),
+        ("lr_schedule", "linear", "invalid choice: 'linear'"),
+        ("recon_weight", -2.0, "recon_weight must be a number from 0 to 1000"),
+        ("weights_dtype", "int8", "invalid choice: 'int8'"),
+    ],
+)
+def test_bad_option_gives_one_clear_line(tmp_path: Path, option: str, value: Any, fragment: str) -> None:
+    errors = jobs.validate_options({"run_name": "fine", option: value}, tmp_path)
+    assert len(errors) == 1, errors
+    assert fragment in errors[0] and "\n" not in errors[0] and "--help" not in errors[0]
+
+
+def test_several_mistakes_reported_together(tmp_path: Path) -> None:
+    errors = jobs.validate_options({"run_name": "a/b", "epochs": 0, "lr": "fast", "model": "x"}, tmp_path)
+    assert len(errors) == 4
+    assert all("\n" not in e for e in errors)
+
+
+def test_rules_involving_two_options(tmp_path: Path) -> None:
+    assert jobs.validate_options({"run_name": "m", "model": "mlp", "hidden_dim": 0}, tmp_path) == [
+        "the mlp model needs hidden_dim > 0 (the classic MNIST VAE uses 400)"
+    ]
+    errors = jobs.validate_options({"run_name": "m", "beta": 0.0, "recon_weight": 0.0}, tmp_path)
+    assert len(errors) == 1 and "cannot both be 0" in errors[0]
+
+
+def test_unknown_option_refused(tmp_path: Path) -> None:
+    errors = jobs.validate_options({"run_name": "m", "checkpoints_dir": "/etc"}, tmp_path)
+    assert errors == ["unknown option 'checkpoints_dir': not a trainer option the app can set"]
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "/abs", "x\n", "", "   ", "a\tb", "../up", "a\\b", ".hidden", None, 5])
+def test_bad_run_names_refused(tmp_path: Path, name: Any) -> None:
+    errors = jobs.validate_options({"run_name": name}, tmp_path)
+    assert len(errors) == 1 and "run name" in errors[0] and "\n" not in errors[0]
+
+
+def test_existing_run_name_refused(tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    assert jobs.validate_options({"run_name": "taken"}, tmp_path) == [f"run 'taken' already exists in {tmp_path}: choose another run name"]
+    with pytest.raises(jobs.JobError, match="already exists"):
+        jobs.start_job({"run_name": "taken"}, tmp_path)
+
+
+def test_start_refuses_invalid_and_starts_nothing(tmp_path: Path) -> None:
+    with pytest.raises(jobs.JobError) as info:
+        jobs.start_job({"run_name": "bad/name", "epochs": -3}, tmp_path)
+    assert len(info.value.errors) == 2
+    assert list(tmp_path.iterdir()) == [] and jobs.list_jobs(tmp_path) == []
+
+
+def test_stop_refuses_what_is_not_our_running_trainer(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "status.json").write_text('{"state": "running", "pid": 1, "epoch": 1, "total": 5, "updated": 0}')
+    job = jobs.job_state(run)
+    assert job is not None and job.state == "died" and "pid 1" in (job.message or "")  # pid 1 is init, not a trainer
+    with pytest.raises(jobs.JobError, match="not running"):
+        jobs.stop_job(run)
+    assert not jobs.is_trainer_process(1) and not jobs.is_trainer_process(None) and not jobs.is_trainer_process(True)
+
+
+def test_format_seconds() -> None:
+    assert [jobs.format_seconds(s) for s in (None, 4.4, 75, 3725)] == ["-", "4 s", "1 min 15 s", "1 h 02 min"]
+
+
+# ---------------------------------------------------------------- real jobs
+
+def test_job_runs_to_finished_and_is_listed(tmp_path: Path) -> None:
+    started = jobs.start_job(TINY | {"epochs": 2, "run_name": "tiny"}, tmp_path)
+    assert started.run_dir == (tmp_path / "tiny").resolve() and started.pid > 0
+    assert jobs.is_trainer_process(started.pid)
+    job = wait_for(lambda: (j := one_job(tmp_path, "tiny")) and not j.active and j, what="the job to end")
+    assert job.state == "finished", (job, jobs.log_tail(job.path))
+    assert (job.epoch, job.total, job.fraction) == (2, 2, 1.0)
+    run = load_run(tmp_path / "tiny")
+    assert run.epoch == 2 and len(run.history) == 2
+    assert '"epoch": 2' in started.log_path.read_text()  # JSON progress went to the log
+    assert jobs.validate_options({"run_name": "tiny"}, tmp_path)[0].startswith("run 'tiny' already exists")
+
+
+def test_stop_a_running_job_keeps_it_loadable(tmp_path: Path) -> None:
+    started = jobs.start_job(TINY | {"epochs": 500, "run_name": "long"}, tmp_path)
+    try:
+        job = wait_for(lambda: (j := one_job(tmp_path, "long")) and j.state == "running" and j.epoch >= 1 and j,
+                       what="the first epoch")
+        assert job.eta is not None and job.eta > 0 and job.pid == started.pid
+        message = jobs.stop_job(job.path)
+        assert "asked long" in message and str(started.pid) in message
+        job = wait_for(lambda: (j := one_job(tmp_path, "long")) and not j.active and j, what="the job to stop")
+        assert job.state == "stopped", (job, jobs.log_tail(job.path))
+        assert 1 <= job.epoch < 500
+        run = load_run(tmp_path / "long")
+        assert run.epoch == job.epoch
+        job_file = tmp_path / "long" / jobs.JOB_FILE
+        # list_jobs reaps the exited process and records its exit code.
+        wait_for(lambda: jobs.list_jobs(tmp_path) and "returncode" in job_file.read_text(), what="the exit code")
+        assert '"returncode": 0' in job_file.read_text() and "stop_requested" in job_file.read_text()
+    finally:
+        if jobs.is_trainer_process(started.pid):
+            import os
+            import signal
+
+            os.kill(started.pid, signal.SIGKILL)
+
+
+def test_job_that_dies_early_shows_why(tmp_path: Path) -> None:
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "broken.png").write_bytes(b"not a png")  # passes the app's check, fails in the trainer
+    jobs.start_job({"dataset": f"folder:{images}", "run_name": "doomed", "epochs": 1}, tmp_path / "ck")
+    job = wait_for(lambda: (j := one_job(tmp_path / "ck", "doomed")) and j.state == "died" and j, what="the job to die")
+    assert "none of its 1 image files could be read" in (job.message or ""), job
