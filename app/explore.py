@@ -243,7 +243,7 @@ def explorer(view: View, overlays: list[Overlay]) -> None:
         st.number_input("Seed of the random sample", 0, MAX_SEED, 0, key=view.k("start_seed"))
         idx = selected_index(view)
         if idx is not None:
-            show_image(thumbnail(view.run.atlas.images[idx]), caption=f"Clicked: image #{idx}, class {view.class_name(view.labels[idx])}")
+            show_image(thumbnail(view.run.atlas.images[idx]), caption=f"Clicked: image #{idx}, class {view.class_name(view.labels[idx])}", width=THUMB_SIDE)
         else:
             st.caption("Click a point on the scatter to see its image here.")
 
@@ -311,14 +311,14 @@ def pick_end(view: View, end: str) -> tuple[np.ndarray, np.ndarray] | None:
     source = st.radio(f"End {end}", END_SOURCES, key=view.k(f"interp_{end}_source"), horizontal=True)
     if source == END_SOURCES[0]:
         idx = pick_atlas_image(view, f"interp_{end}", default_rank=0 if end == "A" else 1)
-        show_image(thumbnail(view.run.atlas.images[idx]), caption=f"{end}: image #{idx}, class {view.class_name(view.labels[idx])}")
+        show_image(thumbnail(view.run.atlas.images[idx]), caption=f"{end}: image #{idx}, class {view.class_name(view.labels[idx])}", width=THUMB_SIDE)
         return view.means[idx], view.run.atlas.images[idx]
     upload = read_upload(view, f"Image for end {end}", view.k(f"interp_{end}_upload"))
     if upload is None:
         st.caption("Upload an image to use it as this end.")
         return None
     mean, _ = data.encode_upload(view.key, view.run, upload.x)
-    show_image(thumbnail(upload.x), caption=f"{end}: the upload, preprocessed")
+    show_image(thumbnail(upload.x), caption=f"{end}: the upload, preprocessed", width=THUMB_SIDE)
     return mean, upload.x
 
 
