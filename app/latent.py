@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
+from typing import Callable
 
 import numpy as np
 import torch
@@ -367,7 +368,8 @@ class ManifoldGrid:
     outline: np.ndarray  # (4 * n + 1, D) the grid's border, closed, for drawing its extent
 
 
-def _grid_from_axes(n: int, make: "callable") -> ManifoldGrid:
+def _grid_from_axes(n: int, make: Callable[[np.ndarray], np.ndarray]) -> ManifoldGrid:
+    """Lay out make(grid indices (B, 2)) -> latents (B, D) as rows (top first) plus the closed border."""
     a = b = np.arange(n)
     rows = [make(np.stack([a, np.full(n, n - 1 - r)], 1)) for r in range(n)]  # top row first
     border_idx = np.concatenate([
