@@ -17,6 +17,9 @@ from models import VAE
 MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_UPLOAD_PIXELS = 40_000_000
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "gif", "webp", "bmp", "tif", "tiff")
+# The decoders PIL may use for them (never EPS & co, whose plugins run programs such as Ghostscript).
+UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+WORK_SIDE = 1024  # larger uploads are shrunk to this before any array is made of them (results are 28-128 px)
 MNIST_SIZE, MNIST_BOX = 28, 20  # MNIST digits fit a 20x20 box, centred by mass in 28x28
 INK_FLOOR = 0.2  # after stretching to [0, 1], fainter pixels are background (paper texture, JPEG noise)
 LIGHT = 128  # a background brighter than this is paper: invert to MNIST's white-on-black
@@ -106,7 +109,7 @@ def _open_image(data: bytes):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
             if im.width * im.height > MAX_UPLOAD_PIXELS:
                 raise UploadError(f"the image is {im.width}x{im.height} pixels; the limit is {MAX_UPLOAD_PIXELS // 10**6} megapixels")
             im.seek(0)  # animated GIF / WebP / multi-page TIFF: the first frame
@@ -120,9 +123,11 @@ def _open_image(data: bytes):
         raise UploadError("not an image file that can be read (use PNG, JPEG, GIF, WebP, BMP or TIFF)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise UploadError(f"the image could not be decoded ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    sixteen_bit = im.mode.startswith("I;16")
+    im = _shrink(im)
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):  # 16-bit / float grayscale: scale to 8 bits
         arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        top = 65535.0 if sixteen_bit or arr.max() > 255 else 1.0 if im.mode == "F" and arr.max() <= 1.0 else 255.0
         im = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
     if im.mode == "P" or im.mode == "PA":
         im = im.convert("RGBA")
@@ -131,6 +136,16 @@ def _open_image(data: bytes):
     elif im.mode not in ("L", "RGB", "RGBA"):
         im = im.convert("RGB")  # CMYK, YCbCr, LAB, 1-bit, ...
     return im
+
+
+def _shrink(im):
+    """A decoded upload reduced (box filter) to at most WORK_SIDE a side, so later float arrays stay small."""
+    factor = -(-max(im.size) // WORK_SIDE)
+    if factor <= 1:
+        return im
+    if im.mode in ("1", "P", "PA") or im.mode.startswith("I;16"):  # modes Image.reduce cannot average
+        im = im.convert({"1": "L", "P": "RGBA", "PA": "RGBA"}.get(im.mode, "I"))
+    return im.reduce(factor)
 
 
 def _flatten_alpha(im) -> np.ndarray:
