@@ -101,3 +101,58 @@ def test_shared_inputs(runs: dict[str, Run]) -> None:
     np.testing.assert_array_equal(compare.prior_samples(vae2, 4, 3), compare.prior_samples(vae2, 4, 3))
     assert compare.prior_samples(vae5, 4, 3).shape == (4, *vae5.model_config.image_shape)
     assert compare.accepts_images(vae5, pair) and not compare.accepts_images(vae5, np.zeros((1, 3, 28, 28), np.uint8))
+
+
+# ---------------------------------------------------------------- the page
+
+@pytest.fixture
+def compare_page(monkeypatch, runs_root: Path, tmp_path: Path):
+    """app/main.py on the Compare page over a copy of the tiny runs plus one broken run."""
+    import shutil
+
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.testing.v1 import AppTest
+
+    from app.common import CHECKPOINTS_ENV
+    from tests.test_app_explore import MAIN, TIMEOUT_S, NavigationPagesManager, ok
+
+    root = tmp_path / "runs"
+    for name in ("vae2", "ae2", "vae5"):
+        shutil.copytree(runs_root / name, root / name)
+    (root / "broken").mkdir()
+    (root / "broken" / "config.json").write_text("{not json")
+    monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
+    monkeypatch.setenv(CHECKPOINTS_ENV, str(root))
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT_S)
+    ok(at.run())
+    return ok(at.switch_page(COMPARE_PAGE).run()), ok
+
+
+COMPARE_PAGE = "pages/compare.py"
+
+
+def test_compare_page_shows_metrics_table(compare_page) -> None:
+    at, ok = compare_page
+    assert at.title[0].value == "Compare runs"
+    assert at.multiselect(key="compare_runs").value == ["ae2", "vae2"]  # the first two that open
+    assert "broken" not in at.multiselect(key="compare_runs").options
+    assert any(m.value.startswith("- **broken**: ") and "not valid JSON" in m.value for m in at.markdown)
+    table = at.dataframe[0].value
+    assert list(table["run"]) == ["ae2", "vae2"]
+    assert {"test loss", "PSNR (dB)", "SSIM", "active units", "parameters", "epochs", "training seconds"} <= set(table.columns)
+    assert len(at.get("plotly_chart")) == 3  # the curves and one scatter per run
+    # A third run, and another curve metric: still no exception, one more column of views.
+    at.multiselect(key="compare_runs").set_value(["vae2", "ae2", "vae5"])
+    at.selectbox(key="compare_metric").set_value("PSNR (dB)")
+    at = ok(at.run())
+    assert list(at.dataframe[0].value["run"]) == ["vae2", "ae2", "vae5"]
+    assert len(at.get("plotly_chart")) == 4
+    assert any("aligned to vae2" in str(c.proto) for c in at.get("plotly_chart"))
+
+
+def test_compare_page_needs_two_runs(compare_page) -> None:
+    at, ok = compare_page
+    at.multiselect(key="compare_runs").set_value(["vae5"])
+    at = ok(at.run())
+    assert any("at least 2" in i.value for i in at.info)
+    assert not at.get("arrow_data_frame") and not at.get("plotly_chart")

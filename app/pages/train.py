@@ -17,7 +17,8 @@ from app.common import checkpoints_dir, open_run
 from app.compare import loss_figure
 from app.latent import make_projection
 from app.plots import latent_scatter
-from models import ARCHS, KINDS, MAX_LATENT_DIM, RECON_LOSSES, ModelConfig
+from models import ARCHS, IMAGE_SIZES, KINDS, MAX_LATENT_DIM, RECON_LOSSES, ModelConfig
+from models.vae import CHANNELS
 from trainer.config import MAX_BATCH_SIZE, MAX_EPOCHS, TrainConfig
 from trainer.data import FOLDER_PREFIX
 from trainer.runs import summarize_run
@@ -50,33 +51,33 @@ def training_form() -> dict[str, Any] | None:
     with st.form("train_form"):
         c1, c2, c3, c4 = st.columns(4)
         with c1:
-            model = st.selectbox("Model", ARCHS, index=ARCHS.index(model_defaults.arch), help=help_of["model"])
-            kind = st.selectbox("Kind", KINDS, index=KINDS.index(model_defaults.kind), help=help_of["kind"])
-            latent_dim = st.number_input("Latent size", 1, MAX_LATENT_DIM, model_defaults.latent_dim, help=help_of["latent_dim"])
+            model = st.selectbox("Model", ARCHS, index=ARCHS.index(model_defaults.arch), help=help_of["model"], key="train_model")
+            kind = st.selectbox("Kind", KINDS, index=KINDS.index(model_defaults.kind), help=help_of["kind"], key="train_kind")
+            latent_dim = st.number_input("Latent size", 1, MAX_LATENT_DIM, model_defaults.latent_dim, help=help_of["latent_dim"], key="train_latent_dim")
         with c2:
-            dataset = st.selectbox("Dataset", DATASET_CHOICES, help=help_of["dataset"])
-            folder = st.text_input("Image folder (dataset 'folder')", placeholder="/path/to/images", help="A folder of images, or of class sub-folders of images.")
-            recon_loss = st.selectbox("Reconstruction loss", RECON_LOSSES, index=RECON_LOSSES.index(train_defaults.recon_loss), help=help_of["recon_loss"])
+            dataset = st.selectbox("Dataset", DATASET_CHOICES, help=help_of["dataset"], key="train_dataset")
+            folder = st.text_input("Image folder (dataset 'folder')", placeholder="/path/to/images", help="A folder of images, or of class sub-folders of images.", key="train_folder")
+            recon_loss = st.selectbox("Reconstruction loss", RECON_LOSSES, index=RECON_LOSSES.index(train_defaults.recon_loss), help=help_of["recon_loss"], key="train_recon_loss")
         with c3:
-            epochs = st.number_input("Epochs", 1, MAX_EPOCHS, train_defaults.epochs, help=help_of["epochs"])
-            batch_size = st.number_input("Batch size", 1, MAX_BATCH_SIZE, train_defaults.batch_size, help=help_of["batch_size"])
-            lr = st.number_input("Learning rate", value=train_defaults.lr, format="%g", step=1e-4, help=help_of["lr"])
+            epochs = st.number_input("Epochs", 1, MAX_EPOCHS, train_defaults.epochs, help=help_of["epochs"], key="train_epochs")
+            batch_size = st.number_input("Batch size", 1, MAX_BATCH_SIZE, train_defaults.batch_size, help=help_of["batch_size"], key="train_batch_size")
+            lr = st.number_input("Learning rate", value=train_defaults.lr, format="%g", step=1e-4, help=help_of["lr"], key="train_lr")
         with c4:
-            beta = st.number_input("Beta (KL weight)", value=train_defaults.beta, format="%g", step=0.1, help=help_of["beta"])
-            beta_warmup = st.number_input("Beta warm-up (epochs)", 0, MAX_EPOCHS, train_defaults.beta_warmup, help=help_of["beta_warmup"])
-            seed = st.number_input("Seed", 0, None, train_defaults.seed, help=help_of["seed"])
+            beta = st.number_input("Beta (KL weight)", value=train_defaults.beta, format="%g", step=0.1, help=help_of["beta"], key="train_beta")
+            beta_warmup = st.number_input("Beta warm-up (epochs)", 0, MAX_EPOCHS, train_defaults.beta_warmup, help=help_of["beta_warmup"], key="train_beta_warmup")
+            seed = st.number_input("Seed", 0, None, train_defaults.seed, help=help_of["seed"], key="train_seed")
         with st.expander("Advanced"):
             a1, a2, a3 = st.columns(3)
             with a1:
-                widths = st.text_input("Conv widths", placeholder=",".join(map(str, model_defaults.widths)), help=help_of["widths"])
-                hidden_dim = st.number_input("Hidden layer", 0, None, None, placeholder="default", help=help_of["hidden_dim"])
+                widths = st.text_input("Conv widths", placeholder=",".join(map(str, model_defaults.widths)), help=help_of["widths"], key="train_widths")
+                hidden_dim = st.number_input("Hidden layer", 0, None, None, placeholder="default", help=help_of["hidden_dim"], key="train_hidden_dim")
             with a2:
-                image_size = st.selectbox("Image size", (None, 28, 32, 64, 128), format_func=lambda v: "default" if v is None else str(v), help=help_of["image_size"])
-                channels = st.selectbox("Channels", (None, 1, 3), format_func=lambda v: "default" if v is None else str(v), help=help_of["channels"])
+                image_size = st.selectbox("Image size", (None, *IMAGE_SIZES), format_func=lambda v: "default" if v is None else str(v), help=help_of["image_size"], key="train_image_size")
+                channels = st.selectbox("Channels", (None, *CHANNELS), format_func=lambda v: "default" if v is None else str(v), help=help_of["channels"], key="train_channels")
             with a3:
-                atlas_size = st.number_input("Atlas size", 1, None, train_defaults.atlas_size, help=help_of["atlas_size"])
+                atlas_size = st.number_input("Atlas size", 1, None, train_defaults.atlas_size, help=help_of["atlas_size"], key="train_atlas_size")
         run_name = st.text_input("Run name", key=NAME_KEY, help="The run's folder name: letters, digits, '.', '_' or '-'.")
-        submitted = st.form_submit_button("Start training", type="primary")
+        submitted = st.form_submit_button("Start training", type="primary", key="train_submit")
     if not submitted:
         return None
     return {

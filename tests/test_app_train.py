@@ -1,0 +1,93 @@
+"""The Train page through streamlit's AppTest: the form, its one-line errors, and a real job started from it."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app import jobs
+from app.common import CHECKPOINTS_ENV
+from tests.test_app_explore import MAIN, TIMEOUT_S, NavigationPagesManager, ok
+
+TRAIN_PAGE = "pages/train.py"
+JOB_TIMEOUT_S = 60.0
+
+
+@pytest.fixture
+def train_page(monkeypatch, tmp_path: Path) -> AppTest:
+    """app/main.py on the Train page, with an empty checkpoints folder."""
+    import streamlit.testing.v1.app_test as app_test
+
+    monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
+    monkeypatch.setenv(CHECKPOINTS_ENV, str(tmp_path))
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT_S)
+    ok(at.run())
+    return ok(at.switch_page(TRAIN_PAGE).run())
+
+
+def submit(at: AppTest, **values) -> AppTest:
+    """Fill the form's widgets (by their `train_<option>` keys) and press Start training."""
+    for name, value in values.items():
+        key = "train_run_name" if name == "run_name" else f"train_{name}"
+        at.get_by_key(key).set_value(value)
+    at.button(key="train_submit").click()
+    return ok(at.run())
+
+
+def test_train_page_renders(train_page: AppTest, tmp_path: Path) -> None:
+    at = train_page
+    assert at.title[0].value == "Train"
+    assert at.button(key="train_submit").label == "Start training"
+    assert at.selectbox(key="train_model").value == "conv" and at.number_input(key="train_epochs").value >= 1
+    assert at.text_input(key="train_run_name").value.startswith("run-")
+    assert any(f"No training jobs in {tmp_path}" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "/abs", ""])
+def test_invalid_run_name_shows_error_and_starts_nothing(train_page: AppTest, tmp_path: Path, name: str) -> None:
+    at = submit(train_page, run_name=name)
+    assert len(at.error) == 1 and "run name" in at.error[0].value and "\n" not in at.error[0].value
+    assert not at.success
+    assert list(tmp_path.iterdir()) == [] and jobs.list_jobs(tmp_path) == []
+
+
+def test_each_mistake_on_its_own_line(train_page: AppTest, tmp_path: Path) -> None:
+    at = submit(train_page, run_name="fine", lr=0.0, beta=-1.0, model="mlp", hidden_dim=0)
+    messages = [e.value for e in at.error]
+    assert len(messages) == 2, messages  # lr and beta; the mlp/hidden rule waits until single options pass
+    assert any(m.startswith("lr must be") for m in messages) and any(m.startswith("beta must be") for m in messages)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_run_name_refused(train_page: AppTest, tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    at = submit(train_page, run_name="taken")
+    assert [e.value for e in at.error] == [f"run 'taken' already exists in {tmp_path}: choose another run name"]
+
+
+def test_start_from_the_form_then_follow_it(train_page: AppTest, tmp_path: Path) -> None:
+    at = submit(train_page, run_name="from-form", model="mlp", hidden_dim=16, latent_dim=2, epochs=1, atlas_size=40)
+    assert not at.error, [e.value for e in at.error]
+    assert "Started from-form" in at.success[0].value
+    job = jobs.job_state(tmp_path / "from-form")
+    try:
+        assert job is not None and job.pid is not None
+        assert any("from-form" in m.value for m in at.markdown)  # listed at once, as starting or running
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while (job := jobs.job_state(tmp_path / "from-form")) is not None and job.active and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert job is not None and job.state == "finished", (job, jobs.log_tail(tmp_path / "from-form"))
+        at = ok(at.run())
+        card = [m.value for m in at.markdown if "from-form" in m.value]
+        assert card and "finished" in card[0] and "epoch 1 / 1" in card[0]
+        assert at.text_input(key="train_run_name").value != "from-form"  # a fresh suggestion for the next run
+        time.sleep(2.1)  # the run list is cached for two seconds
+        at = ok(at.run())
+        assert any(o.startswith("from-form") for o in at.selectbox(key="run_path").options)  # in the sidebar picker
+    finally:
+        if job is not None and jobs.is_trainer_process(job.pid):
+            os.kill(job.pid, signal.SIGKILL)

@@ -1,0 +1,146 @@
+"""End to end in a real browser: `streamlit run app/main.py` driven by Debian's Chromium through Playwright.
+
+Moves a latent slider and sees the decoded image change, runs an interpolation, opens the Compare and
+Train pages; screenshots go to test-artifacts/ (gitignored). Skipped only when /usr/bin/chromium is absent.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SERVER_START_S = 45.0
+STEP_MS = 45_000  # per wait in the browser; the machine is small and shared
+SLIDER_PRESSES = 40  # arrow presses on a latent slider (0.01 each)
+VIEWPORT = {"width": 1400, "height": 1000}
+TALL_VIEWPORT = {"width": 1400, "height": 2600}  # streamlit scrolls inside the page: a tall window shows it all
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium): no real-browser test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(runs_root: Path) -> Iterator[str]:
+    """A headless streamlit server of app/main.py over the tiny runs; killed (its whole session) afterwards."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true", "--server.port", str(port),
+        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--", "--checkpoints-dir", str(runs_root),
+    ]
+    with open(ARTIFACTS / "browser-server.log", "wb") as log:
+        proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}; see {ARTIFACTS / 'browser-server.log'}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not answer on {url} within {SERVER_START_S:.0f} s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def decoded_src(page) -> str | None:
+    """The src of the Explore page's decoded image (its caption starts with "Decoded z")."""
+    image = page.locator("[data-testid='stImage']").filter(has_text="Decoded z").locator("img").first
+    return image.get_attribute("src") if image.count() else None
+
+
+def wait_until(predicate, what: str, timeout_s: float = STEP_MS / 1000):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def test_explore_compare_train_in_chromium(server: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(STEP_MS)
+            page.goto(server)
+
+            # Explore: move the first latent slider with the keyboard and watch the decoded image change.
+            slider = page.get_by_role("slider", name="z0")
+            slider.wait_for()
+            before = wait_until(lambda: decoded_src(page), "the decoded image")
+            page.screenshot(path=str(ARTIFACTS / "browser-explore.png"))
+            start_value = float(slider.get_attribute("aria-valuetext") or 0)
+            slider.focus()
+            for _ in range(SLIDER_PRESSES):
+                slider.press("ArrowRight")
+            wait_until(lambda: float(slider.get_attribute("aria-valuetext") or 0) > start_value, "the slider to move")
+            after = wait_until(lambda: (src := decoded_src(page)) and src != before and src, "the decoded image to change")
+            assert after != before
+            page.screenshot(path=str(ARTIFACTS / "browser-explore-moved.png"))
+
+            # Interpolation: open the tab, see its frames, ask for one more frame and see it drawn.
+            page.get_by_role("tab", name="Interpolation").click()
+            frames = page.locator("[data-testid='stImageCaption']").filter(has_text="t=")
+            wait_until(lambda: frames.count() >= 3, "the interpolation frames")
+            n_frames = frames.count()
+            page.get_by_role("slider", name="Frames").focus()
+            page.get_by_role("slider", name="Frames").press("ArrowRight")
+            wait_until(lambda: frames.count() == n_frames + 1, "one more interpolation frame")
+            page.screenshot(path=str(ARTIFACTS / "browser-interpolation.png"))
+
+            # Compare: two runs side by side with the metrics table.
+            page.get_by_role("link", name="Compare").click()
+            page.get_by_text("Metrics at the last epoch").wait_for()
+            page.locator("[data-testid='stDataFrame']").first.wait_for()
+            wait_until(lambda: page.locator("[data-testid='stImage']").filter(has_text="Prior samples").count() == 2, "both runs' prior samples")
+            page.set_viewport_size(TALL_VIEWPORT)
+            page.wait_for_timeout(1000)  # plotly re-lays out to the new size
+            page.screenshot(path=str(ARTIFACTS / "browser-compare.png"))
+
+            # Train: the form and the list of past jobs (the tiny runs have status.json files).
+            page.get_by_role("link", name="Train").click()
+            page.get_by_role("button", name="Start training", exact=True).wait_for()
+            page.get_by_text("finished").first.wait_for()
+            bar = page.locator("[data-testid='stProgress'] [role='progressbar']").first
+            wait_until(lambda: bar.get_attribute("aria-valuenow") == "100", "a finished job's full progress bar")
+            page.wait_for_timeout(1000)  # the bars animate to their value
+            page.screenshot(path=str(ARTIFACTS / "browser-train.png"))
+        finally:
+            browser.close()
