@@ -39,6 +39,7 @@ CLASS_NAMES = {
 TORCHVISION_DIRS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 NATIVE_SIZE = 28
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")  # PIL decoders for them: never EPS & co, whose plugins run programs
 FOLDER_TEST_FRACTION = 0.1
 FOLDER_PREFIX = "folder:"
 MAX_FOLDER_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs
@@ -184,7 +185,9 @@ def decode_image(data: bytes, image_size: int, channels: int) -> np.ndarray:
     from PIL import Image, ImageOps
 
     Image.MAX_IMAGE_PIXELS = MAX_FOLDER_IMAGE_PIXELS
-    with Image.open(io.BytesIO(data)) as im:
+    with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+        if im.width * im.height > MAX_FOLDER_IMAGE_PIXELS:  # PIL itself only warns below twice its limit
+            raise DataError(f"{im.width}x{im.height} pixels is more than the {MAX_FOLDER_IMAGE_PIXELS:,}-pixel limit")
         im = ImageOps.exif_transpose(im)
         im = im.convert("L" if channels == 1 else "RGB")
         im = ImageOps.fit(im, (image_size, image_size), method=Image.Resampling.BILINEAR)

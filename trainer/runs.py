@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import io
 import json
+import math
 import os
 import re
+import stat
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +54,16 @@ LOCK_FILE = "lock"
 MAX_JSON_BYTES = 16 * 2**20
 MAX_TENSOR_FILE_BYTES = 4 * 2**30
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # a file named by a manifest: no path, no dot-files
 LOAD_RETRIES = 5
+READ_CHUNK = 2**24
+# What an untrusted run folder may declare before anything is allocated for it.
+MAX_MODEL_PARAMS = 2**28  # 1 GiB of float32 weights
+MAX_CLASSES = 100_000
+MAX_FLOAT_BYTES = 8  # latents may be stored as float16 to float64
+LABEL_BYTES = 8  # labels are stored as int64
+NPZ_SLACK_BYTES = 2**16  # zip and .npy headers on top of the arrays themselves
+HISTORY_NUMBERS = ("test_loss", "psnr")  # per-epoch numbers every reader of history.jsonl may format
 
 
 class RunError(Exception):
@@ -111,28 +124,60 @@ def sha256(data: bytes) -> str:
 
 # ---------------------------------------------------------------- safe reads
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _read_bytes(path: Path, limit: int) -> bytes:
-    if path.is_symlink():
-        raise RunError(f"{path}: is a symbolic link; run files must be regular files")
+    """The whole of a regular file of at most `limit` bytes; symlinks, FIFOs and devices are refused unopened."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        size = path.stat().st_size
-        if size > limit:
-            raise RunError(f"{path}: {size} bytes is larger than the {limit}-byte limit")
-        return path.read_bytes()
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise RunError(f"{path}: missing") from None
-    except IsADirectoryError:
-        raise RunError(f"{path}: is a folder, expected a file") from None
+    except NotADirectoryError:
+        raise RunError(f"{path}: missing (a parent is not a folder)") from None
     except PermissionError:
         raise RunError(f"{path}: not readable (permission denied)") from None
+    except ValueError:  # an embedded NUL byte
+        raise RunError(f"{path!r}: not a valid file name") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise RunError(f"{path}: is a symbolic link; run files must be regular files") from None
+        raise RunError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise RunError(f"{path}: is a folder, expected a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise RunError(f"{path}: not a regular file (a pipe, socket or device); run files must be regular files")
+        if info.st_size > limit:
+            raise RunError(f"{path}: {info.st_size} bytes is larger than the {limit}-byte limit")
+        chunks, total = [], 0
+        while chunk := os.read(fd, min(READ_CHUNK, max(info.st_size - total, 0) + 1)):  # +1: notice growth and EOF
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise RunError(f"{path}: grew beyond the {limit}-byte limit while being read")
+        return b"".join(chunks)
+    except OSError as e:
+        raise RunError(f"{path}: cannot be read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
 
 
 def read_json(path: Path) -> Any:
     data = _read_bytes(path, MAX_JSON_BYTES)
     try:
         return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise RunError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers beyond Python's digit limit
+        raise RunError(f"{path}: not valid JSON ({str(e).splitlines()[0][:200]})") from None
 
 
 def read_json_dict(path: Path) -> dict[str, Any]:
@@ -144,7 +189,7 @@ def read_json_dict(path: Path) -> dict[str, Any]:
 
 def _read_checked(run_dir: Path, manifest: dict[str, Any], key: str, limit: int = MAX_TENSOR_FILE_BYTES) -> tuple[Path, bytes]:
     name = manifest["files"].get(key)
-    if not isinstance(name, str) or "/" in name or name.startswith("."):
+    if not isinstance(name, str) or not FILE_NAME_RE.fullmatch(name) or ".." in name:
         raise RunError(f"{run_dir / MANIFEST_FILE}: bad or missing file name for '{key}'")
     path = run_dir / name
     data = _read_bytes(path, limit)
@@ -154,33 +199,80 @@ def _read_checked(run_dir: Path, manifest: dict[str, Any], key: str, limit: int 
     return path, data
 
 
-def load_npz(path: Path, data: bytes, required: dict[str, int]) -> dict[str, np.ndarray]:
-    """Read an npz without pickle; `required` maps array names to their number of dimensions."""
+def _npy_header(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype an npz member declares, read from its header alone."""
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    return tuple(shape), dtype
+
+
+def _check_npz_members(path: Path, data: bytes, limit: int) -> None:
+    """Refuse an npz by its zip directory and .npy headers, before any array is decompressed or allocated:
+    more than `limit` bytes uncompressed, Python objects (pickles), or arrays larger than the bytes they hold."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        members = zf.infolist()
+        total = sum(m.file_size for m in members)
+        if total > limit:
+            raise RunError(f"{path}: declares {total} bytes of arrays, more than the {limit} bytes this run can hold")
+        for member in members:
+            name = member.filename.removesuffix(".npy")
+            shape, dtype = _npy_header(path, zf, member)
+            if dtype.hasobject:
+                raise RunError(f"{path}: array '{name}' holds Python objects, which are never unpickled")
+            declared = math.prod(shape) * dtype.itemsize
+            if declared > member.file_size:
+                raise RunError(f"{path}: array '{name}' declares shape {shape} ({declared} bytes) but holds {member.file_size} bytes")
+
+
+def load_npz(path: Path, data: bytes, required: dict[str, int], limit: int = MAX_TENSOR_FILE_BYTES, optional: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Read an npz without pickle; `required` (and `optional`) map array names to their number of dimensions.
+
+    Only the named arrays are decompressed, and only after their declared sizes were checked against `limit`.
+    """
+    wanted = required | (optional or {})
     try:
+        _check_npz_members(path, data, limit)
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as e:  # zip, zlib and format errors of many kinds; object arrays raise ValueError
+            arrays = {k: npz[k] for k in npz.files if k in wanted}
+    except RunError:
+        raise
+    except Exception as e:  # zip, zlib and format errors of many kinds
         raise RunError(f"{path}: unreadable npz ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    for name, ndim in required.items():
+    for name, ndim in wanted.items():
         if name not in arrays:
-            raise RunError(f"{path}: array '{name}' is missing")
+            if name in required:
+                raise RunError(f"{path}: array '{name}' is missing")
+            continue
         if arrays[name].ndim != ndim or arrays[name].dtype == object:
             raise RunError(f"{path}: array '{name}' has {arrays[name].ndim} dimensions, expected {ndim}")
     return arrays
 
 
+def _check_kind(path: Path, name: str, array: np.ndarray, kinds: str, what: str) -> None:
+    if array.dtype.kind not in kinds:
+        raise RunError(f"{path}: array '{name}' has dtype {array.dtype}, expected {what}")
+
+
 def load_safetensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
     try:
         return st_load(data)
-    except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
-        raise RunError(f"{path}: not a valid safetensors file ({str(e).splitlines()[0]})") from None
+    except (SafetensorError, ValueError, RuntimeError, OverflowError, TypeError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RunError(f"{path}: not a valid safetensors file ({detail})") from None
 
 
 def safetensors_metadata(data: bytes) -> dict[str, str]:
     """The __metadata__ of a safetensors file held in memory (already validated by load_safetensors)."""
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_len])
-    return header.get("__metadata__", {}) or {}
+    meta = header.get("__metadata__", {}) or {}
+    return meta if isinstance(meta, dict) else {}
 
 
 # ---------------------------------------------------------------- the atlas
@@ -232,16 +324,30 @@ class Run:
         meta = safetensors_metadata(data)
         try:
             param_groups = json.loads(meta["param_groups"])
-        except (KeyError, json.JSONDecodeError):
+        except (KeyError, TypeError, ValueError, RecursionError):
             raise RunError(f"{path}: optimiser param_groups metadata missing or invalid") from None
+        params = list(self.model.parameters())
+        indices = [i for g in param_groups for i in g.get("params", ())] if isinstance(param_groups, list) and all(isinstance(g, dict) for g in param_groups) else None
+        if not indices or not all(_is_int(i) for i in indices) or sorted(indices) != list(range(len(params))):
+            raise RunError(f"{path}: optimiser param_groups do not describe this model's {len(params)} parameters")
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
-            idx, name = key.split(".", 1)
+            idx, _, name = key.partition(".")
+            if not (idx.isdigit() and int(idx) < len(params) and name) or value.shape not in (torch.Size([]), params[int(idx)].shape):
+                raise RunError(f"{path}: optimiser tensor '{key}' does not fit this model")
             state.setdefault(int(idx), {})[name] = value
         return {"state": state, "param_groups": param_groups}
 
 
+@functools.lru_cache(maxsize=256)
+def model_parameter_count(model_config: ModelConfig) -> int:
+    """Parameters of the model a config describes, counted on the meta device (nothing is allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_model(model_config).parameters())
+
+
 def read_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
+    """config.json checked to the point that every reader may use it (and build its model) without surprises."""
     path = run_dir / CONFIG_FILE
     info = read_json_dict(path)
     try:
@@ -249,8 +355,19 @@ def read_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str, Any]
         train_config = TrainConfig.from_dict(info["train"])
     except KeyError as e:
         raise RunError(f"{path}: key {e} is missing") from None
-    except (TypeError, ValueError) as e:
-        raise RunError(f"{path}: invalid config ({e})") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise RunError(f"{path}: invalid config ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    fmt = info.get("format", FORMAT_VERSION)
+    if not _is_int(fmt) or not 1 <= fmt <= FORMAT_VERSION:
+        raise RunError(f"{path}: format {fmt!r} is not one this version reads (1 to {FORMAT_VERSION}); update the app")
+    names = info.get("class_names", [])
+    if not (isinstance(names, list) and len(names) <= MAX_CLASSES and all(isinstance(n, str) for n in names)):
+        raise RunError(f"{path}: 'class_names' must be a list of at most {MAX_CLASSES} strings")
+    if not isinstance(info.get("data", {}), dict):
+        raise RunError(f"{path}: 'data' must be a JSON object")
+    params = model_parameter_count(model_config)
+    if params > MAX_MODEL_PARAMS:
+        raise RunError(f"{path}: the model it describes has {params:,} parameters, more than the {MAX_MODEL_PARAMS:,} a run may have")
     return model_config, train_config, info
 
 
@@ -259,33 +376,55 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     if not path.exists() and not path.is_symlink():
         raise RunError(f"{path}: missing (the run has not completed its first save yet)")
     manifest = read_json_dict(path)
-    if not isinstance(manifest.get("epoch"), int) or not isinstance(manifest.get("files"), dict):
+    epoch, files = manifest.get("epoch"), manifest.get("files")
+    if not _is_int(epoch) or epoch < 0 or not isinstance(files, dict):
         raise RunError(f"{path}: 'epoch' or 'files' is missing or invalid")
+    if not all(isinstance(v, str) for v in files.values()):
+        raise RunError(f"{path}: 'files' must map each key to a file name")
+    sums = manifest.setdefault("sha256", {})
+    if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+        raise RunError(f"{path}: 'sha256' must map file names to checksums")
+    kept = manifest.setdefault("kept", [])
+    if not isinstance(kept, list) or not all(isinstance(v, str) for v in kept):
+        raise RunError(f"{path}: 'kept' must be a list of file names")
     return manifest
 
 
-def _load_atlas(run_dir: Path, manifest: dict[str, Any], model_config: ModelConfig) -> Atlas:
+def _load_atlas(run_dir: Path, manifest: dict[str, Any], model_config: ModelConfig, train_config: TrainConfig, n_classes: int) -> Atlas:
+    """The atlas images and the manifest's latents, sized by the config before anything is decompressed."""
     images_path = run_dir / ATLAS_IMAGES_FILE
-    arrays = load_npz(images_path, _read_bytes(images_path, MAX_TENSOR_FILE_BYTES), {"images": 4, "labels": 1})
+    n_max = train_config.atlas_size
+    images_limit = n_max * (math.prod(model_config.image_shape) + LABEL_BYTES) + NPZ_SLACK_BYTES
+    arrays = load_npz(images_path, _read_bytes(images_path, MAX_TENSOR_FILE_BYTES), {"images": 4, "labels": 1}, min(images_limit, MAX_TENSOR_FILE_BYTES))
     images, labels = arrays["images"], arrays["labels"]
-    if images.dtype != np.uint8 or tuple(images.shape[1:]) != model_config.image_shape or len(labels) != len(images):
-        raise RunError(f"{images_path}: images must be uint8 of shape (N, {', '.join(map(str, model_config.image_shape))}) with one label each")
+    if images.dtype != np.uint8 or tuple(images.shape[1:]) != model_config.image_shape or len(labels) != len(images) or not 0 < len(images) <= n_max:
+        raise RunError(f"{images_path}: images must be uint8 of shape (N, {', '.join(map(str, model_config.image_shape))}), 0 < N <= {n_max}, with one label each")
+    _check_kind(images_path, "labels", labels, "iu", "integers")
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise RunError(f"{images_path}: labels must be class indices from 0 to {n_classes - 1}")
     path, data = _read_checked(run_dir, manifest, "latents")
+    epoch = manifest["epoch"]
+    snapshots_limit = (epoch + 1) * (len(images) * model_config.latent_dim * MAX_FLOAT_BYTES * 2 + LABEL_BYTES) + NPZ_SLACK_BYTES
     need = {"epochs": 1, "means": 3} | ({"logvars": 3} if model_config.kind == "vae" else {})
-    lat = load_npz(path, data, need)
-    means = lat["means"].astype(np.float32)
-    expected = (len(lat["epochs"]), len(images), model_config.latent_dim)
-    if means.shape != expected:
-        raise RunError(f"{path}: means have shape {means.shape}, expected {expected}")
-    logvars = None
-    if model_config.kind == "vae":
-        logvars = lat["logvars"].astype(np.float32)
-        if logvars.shape != expected:
-            raise RunError(f"{path}: logvars have shape {logvars.shape}, expected {expected}")
-    return Atlas(images, labels.astype(np.int64), lat["epochs"].astype(np.int64), means, logvars)
+    lat = load_npz(path, data, need, min(snapshots_limit, MAX_TENSOR_FILE_BYTES))
+    _check_kind(path, "epochs", lat["epochs"], "iu", "integers")
+    epochs = lat["epochs"].astype(np.int64)
+    if len(epochs) == 0 or epochs[0] < 0 or (np.diff(epochs) <= 0).any():
+        raise RunError(f"{path}: snapshot epochs must be increasing non-negative integers")
+    if epochs[-1] != epoch:
+        raise RunError(f"{path}: snapshots end at epoch {epochs[-1]}, but the manifest names epoch {epoch} (a mismatched file set)")
+    expected = (len(epochs), len(images), model_config.latent_dim)
+    found = {}
+    for name in need.keys() - {"epochs"}:
+        _check_kind(path, name, lat[name], "f", "floating point")
+        if lat[name].shape != expected:
+            raise RunError(f"{path}: {name} have shape {lat[name].shape}, expected {expected}")
+        found[name] = lat[name].astype(np.float32)
+    return Atlas(images, labels.astype(np.int64), epochs, found["means"], found.get("logvars"))
 
 
 def _load_history(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per completed epoch; rows are objects with an integer 'epoch' and the numbers readers format."""
     path, data = _read_checked(run_dir, manifest, "history", MAX_JSON_BYTES)
     history = []
     for i, line in enumerate(data.decode(errors="replace").splitlines(), 1):
@@ -293,11 +432,15 @@ def _load_history(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise RunError(f"{path}: line {i} is not valid JSON") from None
         if not isinstance(row, dict):
             raise RunError(f"{path}: line {i} is not a JSON object")
+        if not _is_int(row.get("epoch")) or not all(_is_number(row.get(k)) for k in HISTORY_NUMBERS):
+            raise RunError(f"{path}: line {i} lacks an integer 'epoch' or a number for {' / '.join(HISTORY_NUMBERS)}")
         history.append(row)
+    if (history[-1]["epoch"] if history else 0) != manifest["epoch"]:
+        raise RunError(f"{path}: ends at epoch {history[-1]['epoch'] if history else 0}, but the manifest names epoch {manifest['epoch']} (a mismatched file set)")
     return history
 
 
@@ -305,10 +448,13 @@ def load_weights(model: VAE, path: Path, data: bytes) -> None:
     tensors = load_safetensors(path, data)
     try:
         model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()
+    except (RuntimeError, TypeError) as e:
+        first = str(e).splitlines() or [type(e).__name__]
         detail = "; ".join(s.strip() for s in first[1:3]) or first[0]
         raise RunError(f"{path}: weights do not fit the model in config.json ({detail})") from None
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RunError(f"{path}: weights hold NaN or infinite values (in {bad[0]}); the file is corrupt")
 
 
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
@@ -320,14 +466,18 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run folder")
     model_config, train_config, info = read_config(run_dir)
+    n_classes = len(info.get("class_names") or []) or MAX_CLASSES
+    min_weight_bytes = model_parameter_count(model_config) * 2  # float16 is the smallest weights dtype
     for attempt in range(LOAD_RETRIES):
         manifest = read_manifest(run_dir)
         try:
-            model = build_model(model_config)
             weights_path, data = _read_checked(run_dir, manifest, "weights")
+            if len(data) < min_weight_bytes:
+                raise RunError(f"{weights_path}: weights do not fit the model in config.json ({len(data)} bytes cannot hold its {min_weight_bytes // 2:,} parameters)")
+            model = build_model(model_config)
             load_weights(model, weights_path, data)
             history = _load_history(run_dir, manifest)
-            atlas = _load_atlas(run_dir, manifest, model_config)
+            atlas = _load_atlas(run_dir, manifest, model_config, train_config, n_classes)
             break
         except RunError as e:
             # A trainer may have replaced the manifest and removed the old set while we read it.
@@ -430,7 +580,7 @@ class RunWriter:
             if (pattern.match(p.name) and p.name not in live) or (p.name.startswith(".") and p.name.endswith(".tmp")):
                 try:
                     p.unlink()
-                except FileNotFoundError:
+                except OSError:  # gone already, or not a file: collecting garbage is best effort
                     pass
 
 
@@ -438,7 +588,7 @@ def discard_after(run_dir: Path, epoch: int) -> None:
     """Remove versioned files newer than `epoch` (left by a crash between file writes and the manifest)."""
     for p in Path(run_dir).iterdir():
         m = re.match(r"^(weights|optim|history|latents)-(\d{6})\.", p.name)
-        if m and int(m.group(2)) > epoch:
+        if m and int(m.group(2)) > epoch and (p.is_symlink() or p.is_file()):
             p.unlink(missing_ok=True)
 
 
@@ -463,14 +613,25 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock or raise RunError; never follows a symlink (a downloaded run's `lock` may point anywhere)."""
         try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise RunError(f"{self.path}: is a symbolic link; remove it (a run's lock must be a regular file)") from None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RunError(f"{self.path}: not a regular file; remove it")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES):
-                holder = self.path.read_text().strip() or "another process"
+                holder = self.path.read_bytes()[:32].decode(errors="replace").strip() or "another process"
                 raise RunError(f"run '{self.path.parent.name}' is already being trained by pid {holder}; stop it first or choose another --run-name") from None
+            raise
+        except RunError:
+            os.close(fd)
             raise
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
