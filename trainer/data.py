@@ -282,7 +282,10 @@ def load_dataset(
         arrays, source = load_mnist_like(dataset, data_dir, download)
         class_names = CLASS_NAMES[dataset]
     elif dataset.startswith(FOLDER_PREFIX):
-        arrays, source, class_names = load_folder(Path(dataset[len(FOLDER_PREFIX):]).expanduser(), image_size, channels, seed)
+        folder = dataset[len(FOLDER_PREFIX):].strip()
+        if not folder:  # Path("") would be the current folder: never scan it by accident
+            raise DataError(f"dataset '{dataset}' names no folder: use folder:/path/to/images")
+        arrays, source, class_names = load_folder(Path(folder).expanduser(), image_size, channels, seed)
     else:
         raise DataError(f"unknown dataset '{dataset}': use mnist, fashion-mnist or folder:PATH (a folder of images)")
     return ImageData(
