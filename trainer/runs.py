@@ -15,6 +15,13 @@ Every file is written to a temporary name, fsynced and renamed into place. The m
 replaced only after the files it names exist, and the previous epoch's set is kept until the
 next one lands, so a reader that follows one manifest always sees one epoch's files.
 Nothing here unpickles: safetensors for tensors, JSON, and npz with allow_pickle=False.
+
+Run folders may come from strangers, so reading trusts nothing: files are opened without following
+symlinks and must be regular files (a FIFO would hang the app); manifest file names are plain names;
+JSON is size- and depth-limited; a model, atlas or latents file may not declare more than the run's
+config implies (checked from headers, before anything is decompressed or allocated); weights must be
+finite and the set consistent (history, latents and manifest name the same epoch). Every problem is
+one RunError whose one-line message names the file.
 """
 from __future__ import annotations
 
@@ -199,7 +206,7 @@ def _read_checked(run_dir: Path, manifest: dict[str, Any], key: str, limit: int 
     return path, data
 
 
-def _npy_header(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype]:
+def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype an npz member declares, read from its header alone."""
     with zf.open(info) as f:
         version = np.lib.format.read_magic(f)
@@ -222,7 +229,7 @@ def _check_npz_members(path: Path, data: bytes, limit: int) -> None:
             raise RunError(f"{path}: declares {total} bytes of arrays, more than the {limit} bytes this run can hold")
         for member in members:
             name = member.filename.removesuffix(".npy")
-            shape, dtype = _npy_header(path, zf, member)
+            shape, dtype = _npy_header(zf, member)
             if dtype.hasobject:
                 raise RunError(f"{path}: array '{name}' holds Python objects, which are never unpickled")
             declared = math.prod(shape) * dtype.itemsize
@@ -230,25 +237,22 @@ def _check_npz_members(path: Path, data: bytes, limit: int) -> None:
                 raise RunError(f"{path}: array '{name}' declares shape {shape} ({declared} bytes) but holds {member.file_size} bytes")
 
 
-def load_npz(path: Path, data: bytes, required: dict[str, int], limit: int = MAX_TENSOR_FILE_BYTES, optional: dict[str, int] | None = None) -> dict[str, np.ndarray]:
-    """Read an npz without pickle; `required` (and `optional`) map array names to their number of dimensions.
+def load_npz(path: Path, data: bytes, required: dict[str, int], limit: int = MAX_TENSOR_FILE_BYTES) -> dict[str, np.ndarray]:
+    """Read an npz without pickle; `required` maps array names to their number of dimensions.
 
-    Only the named arrays are decompressed, and only after their declared sizes were checked against `limit`.
+    Only those arrays are decompressed, and only after every member's declared size was checked against `limit`.
     """
-    wanted = required | (optional or {})
     try:
         _check_npz_members(path, data, limit)
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files if k in wanted}
+            arrays = {k: npz[k] for k in npz.files if k in required}
     except RunError:
         raise
     except Exception as e:  # zip, zlib and format errors of many kinds
         raise RunError(f"{path}: unreadable npz ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    for name, ndim in wanted.items():
+    for name, ndim in required.items():
         if name not in arrays:
-            if name in required:
-                raise RunError(f"{path}: array '{name}' is missing")
-            continue
+            raise RunError(f"{path}: array '{name}' is missing")
         if arrays[name].ndim != ndim or arrays[name].dtype == object:
             raise RunError(f"{path}: array '{name}' has {arrays[name].ndim} dimensions, expected {ndim}")
     return arrays
@@ -669,8 +673,7 @@ class RunSummary:
 def summarize_run(run_dir: Path) -> RunSummary:
     config, epoch, error = None, None, None
     try:
-        read_config(run_dir)
-        config = read_json_dict(run_dir / CONFIG_FILE)
+        _, _, config = read_config(run_dir)
         epoch = read_manifest(run_dir)["epoch"]
     except RunError as e:
         error = str(e)
