@@ -12,12 +12,12 @@ trainer's own parser and config classes, so the app and the CLI accept exactly t
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -26,16 +26,13 @@ from typing import Any, Mapping
 
 from trainer.cli import PROG, UserError, build_parser, configs_from_args
 from trainer.data import DEBIAN_FASHION_MNIST, FOLDER_PREFIX, IDX_FILES, IMAGE_EXTENSIONS, TORCHVISION_DIRS, BUNDLED_MNIST_SUBSET
-from trainer.runs import STATUS_FILE, RunError, read_json_dict, read_status, validate_run_name
+from trainer.runs import STATUS_FILE, RunError, atomic_write_json, read_json_dict, read_status, validate_run_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 JOB_FILE = "job.json"
 LOG_FILE = "train.log"
 TRAINER_MODULE = "trainer"
 LOG_TAIL_LINES = 5
-# Options the Train page's form shows, then the ones tucked under "Advanced".
-FORM_OPTIONS = ("model", "kind", "latent_dim", "dataset", "epochs", "batch_size", "lr", "beta", "beta_warmup", "recon_loss", "seed", "run_name")
-ADVANCED_OPTIONS = ("widths", "hidden_dim", "image_size", "channels", "atlas_size", "lr_schedule", "recon_weight", "weights_dtype")
 # Trainer flags the app sets itself or never offers (offline app: no --download; a new run: no --resume).
 APP_CONTROLLED = ("checkpoints_dir", "progress", "resume", "download", "help")
 KNOWN_DATASETS = ("mnist", "fashion-mnist")
@@ -83,11 +80,20 @@ def option_flags(options: Mapping[str, Any]) -> list[str]:
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise JobError([f"unknown option {name!r}: not a trainer option the app can set" for name in unknown])
-    flags = []
-    for name in known:  # the parser's order: stable argv
-        if name in options and not is_unset(options[name]):
-            value = options[name]
-            flags.append(f"{flag(name)}={format_value(value).strip() if isinstance(value, str) else format_value(value)}")
+    flags, wrong = [], []
+    for name, action in known.items():  # the parser's order: stable argv
+        if name not in options or is_unset(options[name]):
+            continue
+        value = options[name]
+        if action.nargs == 0:  # an on/off flag such as --compile
+            if not isinstance(value, bool):
+                wrong.append(f"option {name!r} is on or off (True or False), got {value!r}")
+            elif value:
+                flags.append(flag(name))
+            continue
+        flags.append(f"{flag(name)}={format_value(value).strip() if isinstance(value, str) else format_value(value)}")
+    if wrong:
+        raise JobError(wrong)
     return flags
 
 
@@ -214,27 +220,23 @@ def is_trainer_process(pid: Any) -> bool:
 
 
 # The jobs this process started (pid -> process, run folder), polled to reap them and record exit codes.
+# Streamlit runs each browser session in its own thread: the lock keeps two sessions from reaping one child.
 _children: dict[int, tuple[subprocess.Popen, Path]] = {}
+_children_lock = threading.Lock()
 
 
 def reap_children() -> None:
     """Collect the jobs this process started that have exited (no zombies), recording the exit code in job.json."""
-    for pid, (proc, run_dir) in list(_children.items()):
-        code = proc.poll()
-        if code is None:
-            continue
-        del _children[pid]
+    with _children_lock:
+        ended = [(pid, proc.returncode, run_dir) for pid, (proc, run_dir) in _children.items() if proc.poll() is not None]
+        for pid, _, _ in ended:
+            del _children[pid]
+    for _, code, run_dir in ended:
         job_file = run_dir / JOB_FILE
         try:
-            _write_json(job_file, read_json_dict(job_file) | {"returncode": code, "ended": time.time()})
+            atomic_write_json(job_file, read_json_dict(job_file) | {"returncode": code, "ended": time.time()})
         except (RunError, OSError):
             pass
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -274,8 +276,9 @@ def start_job(options: Mapping[str, Any], checkpoints_dir: str | os.PathLike) ->
             )
     except OSError as e:
         raise JobError(f"could not start the trainer: {e.strerror or e}") from None
-    _children[proc.pid] = (proc, run_dir)
-    _write_json(run_dir / JOB_FILE, {"pid": proc.pid, "argv": argv, "started": time.time(), "log": LOG_FILE})
+    with _children_lock:
+        _children[proc.pid] = (proc, run_dir)
+    atomic_write_json(run_dir / JOB_FILE, {"pid": proc.pid, "argv": argv, "started": time.time(), "log": LOG_FILE})
     return StartedJob(name, run_dir, proc.pid, log_path, argv)
 
 
@@ -415,7 +418,7 @@ def stop_job(run_dir: str | os.PathLike) -> str:
     job_file = run_dir / JOB_FILE
     if job_file.exists():
         try:
-            _write_json(job_file, read_json_dict(job_file) | {"stop_requested": time.time()})
+            atomic_write_json(job_file, read_json_dict(job_file) | {"stop_requested": time.time()})
         except (RunError, OSError):
             pass
     try:

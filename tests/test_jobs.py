@@ -56,6 +56,12 @@ def test_unset_options_are_left_to_the_trainer(tmp_path: Path) -> None:
     assert "--epochs=2" in argv
 
 
+def test_on_off_flags(tmp_path: Path) -> None:
+    assert "--compile" in jobs.build_argv({"compile": True, "run_name": "x"}, tmp_path)
+    assert not any(a.startswith("--compile") for a in jobs.build_argv({"compile": False, "run_name": "x"}, tmp_path))
+    assert jobs.validate_options({"compile": "yes", "run_name": "x"}, tmp_path) == ["option 'compile' is on or off (True or False), got 'yes'"]
+
+
 def test_valid_options_pass(tmp_path: Path) -> None:
     assert jobs.validate_options(TINY | {"epochs": 2, "run_name": "ok-1.a_b"}, tmp_path) == []
     assert jobs.validate_options({"run_name": "defaults"}, tmp_path) == []

@@ -29,8 +29,8 @@ def show_strip(images: np.ndarray, caption: str | None = None) -> None:
     st.image(upscale(tile(images, ROW_COLUMNS), factor), caption=caption)
 
 
-def pick_runs(summaries: list[RunSummary]) -> tuple[list[Run], list[tuple[str, str]]]:
-    """The multiselect of loadable runs; returns the loaded choice and (name, error) of runs that cannot be opened."""
+def pick_runs(summaries: list[RunSummary]) -> tuple[list[tuple[RunSummary, Run]], list[tuple[str, str]]]:
+    """The multiselect of runs that open; returns the chosen (summary, run) pairs and (name, error) of those that do not."""
     openable = [s for s in summaries if not s.error]
     broken = [(s.name, s.error or "") for s in summaries if s.error]
     by_name = {s.name: s for s in openable}
@@ -38,14 +38,14 @@ def pick_runs(summaries: list[RunSummary]) -> tuple[list[Run], list[tuple[str, s
         f"Runs to compare ({compare.MIN_RUNS} to {compare.MAX_RUNS})", list(by_name), default=list(by_name)[: compare.MIN_RUNS],
         max_selections=compare.MAX_RUNS, key="compare_runs", help="Each run is shown in its own column with the same inputs.",
     )
-    runs = []
+    chosen = []
     for name in names:
         run, error = open_run(by_name[name])
         if run is None:
             broken.append((name, error or "cannot be opened"))
         else:
-            runs.append(run)
-    return runs, broken
+            chosen.append((by_name[name], run))
+    return chosen, broken
 
 
 def shared_inputs(reference: Run) -> dict:
@@ -67,8 +67,9 @@ def shared_inputs(reference: Run) -> dict:
             "seed": int(seed), "samples": int(samples), "recon": int(recon)}
 
 
-def render_columns(runs: list[Run], inputs: dict) -> None:
+def render_columns(chosen: list[tuple[RunSummary, Run]], inputs: dict) -> None:
     """One column per run: aligned latent scatter, interpolation, prior samples, reconstructions."""
+    runs = [run for _, run in chosen]
     reference = runs[0]
     projections = compare.aligned_projections(runs)
     x_range, y_range = robust_range(np.concatenate([p for p, aligned in projections if aligned]))
@@ -78,13 +79,14 @@ def render_columns(runs: list[Run], inputs: dict) -> None:
     st.caption(
         f"Scatters: atlas latents at each run's last epoch (PCA for more than 2 dimensions), turned onto "
         f"{reference.name}'s by orthogonal Procrustes (rotation/reflection, scale, shift). Prior samples: seed "
-        f"{inputs['seed']}, " + ("the same z in every run." if same_z else "same seed; latent sizes differ, so z differs.")
+        f"{inputs['seed']}, " + ("the same z in every run" if same_z else "same seed; latent sizes differ, so z differs")
+        + ("; an autoencoder has no prior, its samples are N(0, I) decoded as they are." if any(r.model_config.kind == "ae" for r in runs) else ".")
     )
     show_strip(pair, "The interpolation's two atlas images")
-    for col, run, (points, aligned) in zip(st.columns(len(runs)), runs, projections):
+    for col, (summary, run), (points, aligned) in zip(st.columns(len(runs)), chosen, projections):
         with col:
             st.markdown(f"**{run.name}**")
-            st.caption(describe_run_line(run))
+            st.caption(describe_run(summary, run))
             title = "aligned to " + reference.name if aligned and run is not reference else ("reference" if aligned else "not aligned: other atlas images")
             ranges = (x_range, y_range) if aligned else (None, None)
             fig = latent_scatter(points, run.atlas.labels, run.class_names, axis_titles=("dim 1", "dim 2"),
@@ -101,13 +103,6 @@ def render_columns(runs: list[Run], inputs: dict) -> None:
         show_strip(originals, "Originals of the reconstructions")
 
 
-def describe_run_line(run: Run) -> str:
-    """describe_run for a loaded run (its summary is rebuilt from what the run holds)."""
-    summary = RunSummary(run.name, run.path, {"model": run.model_config.to_dict(), "train": run.train_config.to_dict(), "data": run.info.get("data", {})},
-                         run.epoch, None, None, 0.0)
-    return describe_run(summary, run)
-
-
 def render() -> None:
     st.title("Compare runs")
     root = checkpoints_dir()
@@ -115,7 +110,8 @@ def render() -> None:
     if not summaries:
         st.info(f"No runs in {root} yet: train one on the Train page or with `python -m trainer`.")
         return
-    runs, broken = pick_runs(summaries)
+    chosen, broken = pick_runs(summaries)
+    runs = [run for _, run in chosen]
     if broken:
         with st.expander(f"Runs that cannot be opened ({len(broken)})"):
             for name, error in broken:
@@ -135,7 +131,7 @@ def render() -> None:
 
     st.subheader("Side by side, same inputs")
     inputs = shared_inputs(runs[0])
-    render_columns(runs, inputs)
+    render_columns(chosen, inputs)
 
 
 render()

@@ -21,7 +21,7 @@ from models import ARCHS, IMAGE_SIZES, KINDS, MAX_LATENT_DIM, RECON_LOSSES, Mode
 from models.vae import CHANNELS
 from trainer.config import MAX_BATCH_SIZE, MAX_EPOCHS, TrainConfig
 from trainer.data import FOLDER_PREFIX
-from trainer.runs import summarize_run
+from trainer.runs import MANIFEST_FILE, summarize_run
 
 REFRESH_S = 2.0  # how often the job list redraws while something trains
 PAST_JOBS_SHOWN = 10
@@ -164,16 +164,25 @@ def job_card(job: jobs.Job, detailed: bool) -> None:
             live_views(job)
 
 
+def has_saved(job: jobs.Job) -> bool:
+    """Whether the job's run has saved an epoch (then the run picker and the other pages can open it)."""
+    return (job.path / MANIFEST_FILE).exists()
+
+
 def jobs_section(root: Path) -> None:
     """Running and past jobs, redrawn every REFRESH_S seconds only while one is active."""
     st.subheader("Jobs")
-    active_at_start = any(j.active for j in jobs.list_jobs(root))
+    at_start = jobs.list_jobs(root)
+    active_at_start = any(j.active for j in at_start)
+    saved_at_start = {j.name for j in at_start if has_saved(j)}
 
     @st.fragment(run_every=REFRESH_S if active_at_start else None)
     def job_list() -> None:
         current = jobs.list_jobs(root)
         if any(j.active for j in current) != active_at_start:
             st.rerun()  # turn the timer on or off
+        if any(j.active and has_saved(j) and j.name not in saved_at_start for j in current):
+            st.rerun()  # a new run can be opened: redraw the sidebar's run picker too
         if not current:
             st.caption(f"No training jobs in {root} yet.")
             return
