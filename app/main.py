@@ -18,9 +18,9 @@ def main() -> None:
     st.set_page_config(page_title="VAE Latent Explorer", layout="wide")
     configure_torch()
     page = st.navigation([
-        st.Page("pages/explore.py", title="Explore", icon="🧭", default=True),
-        st.Page("pages/compare.py", title="Compare", icon="📊"),
-        st.Page("pages/train.py", title="Train", icon="🏋️"),
+        st.Page("views/explore.py", title="Explore", icon=":material/explore:", default=True),
+        st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+        st.Page("views/train.py", title="Train", icon=":material/model_training:"),
     ])
     render_sidebar()
     page.run()

@@ -110,25 +110,15 @@ def compare_page(monkeypatch, runs_root: Path, tmp_path: Path):
     """app/main.py on the Compare page over a copy of the tiny runs plus one broken run."""
     import shutil
 
-    import streamlit.testing.v1.app_test as app_test
-    from streamlit.testing.v1 import AppTest
-
-    from app.common import CHECKPOINTS_ENV
-    from tests.test_app_explore import MAIN, TIMEOUT_S, NavigationPagesManager, ok
+    from tests.app_helpers import COMPARE_PAGE, ok, start_app
 
     root = tmp_path / "runs"
     for name in ("vae2", "ae2", "vae5"):
         shutil.copytree(runs_root / name, root / name)
     (root / "broken").mkdir()
     (root / "broken" / "config.json").write_text("{not json")
-    monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
-    monkeypatch.setenv(CHECKPOINTS_ENV, str(root))
-    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT_S)
-    ok(at.run())
+    at = ok(start_app(monkeypatch, root))
     return ok(at.switch_page(COMPARE_PAGE).run()), ok
-
-
-COMPARE_PAGE = "pages/compare.py"
 
 
 def test_compare_page_shows_metrics_table(compare_page) -> None:

@@ -8,40 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 from app.common import CHECKPOINTS_ENV
 from app.explore import TAB_KEY, TABS
 
-MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
-TIMEOUT_S = 60  # the machine is slow and shared
-
-
-class NavigationPagesManager(PagesManager):
-    """AppTest resets the class flag on every run, so an app with a pages/ folder is replayed as a
-    pages-folder (v1) app and reruns skip app/main.py. `streamlit run` clears the flag once
-    st.navigation has run; this does the same before every test run."""
-
-    def __init__(self, *args, **kwargs):
-        PagesManager.uses_pages_directory = False
-        super().__init__(*args, **kwargs)
+from .app_helpers import MAIN, TIMEOUT_S, ok, start_app
 
 
 @pytest.fixture
 def app(monkeypatch, runs_root):
     """A started AppTest of app/main.py browsing the tiny runs."""
-    import streamlit.testing.v1.app_test as app_test
-
-    monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
-    monkeypatch.setenv(CHECKPOINTS_ENV, str(runs_root))
-    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT_S)
-    return at.run()
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return start_app(monkeypatch, runs_root)
 
 
 def by_key_prefix(widgets, prefix: str):

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.app_helpers import COMPARE_PAGE, TRAIN_PAGE, ok
+
 from trainer.runs import MANIFEST_FILE, list_runs, load_run
 
 from .helpers_kill import Zygote
@@ -41,20 +43,13 @@ MUTATING_EVENTS = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.symlink
 
 def app_test(monkeypatch, root: Path):
     """A fresh AppTest of app/main.py browsing `root` (not yet run)."""
-    import streamlit.testing.v1.app_test as app_test_mod
     from streamlit.testing.v1 import AppTest
 
     from app.common import CHECKPOINTS_ENV
-    from tests.test_app_explore import MAIN, TIMEOUT_S, NavigationPagesManager
+    from tests.app_helpers import MAIN, TIMEOUT_S
 
-    monkeypatch.setattr(app_test_mod, "PagesManager", NavigationPagesManager)
     monkeypatch.setenv(CHECKPOINTS_ENV, str(root))
     return AppTest.from_file(str(MAIN), default_timeout=TIMEOUT_S)
-
-
-def ok(at):
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def z_sliders(at) -> list:
@@ -86,7 +81,7 @@ def test_app_serves_good_runs_among_every_hostile_one(monkeypatch, runs_root, tm
     for name in ("weights-fifo", "manifest-deeply-nested", "atlas-pickled-objects", "ae2"):
         at.selectbox(key=RUN_KEY).set_value(str(root / name))
         ok(at.run())
-    for page in ("pages/compare.py", "pages/train.py"):
+    for page in (COMPARE_PAGE, TRAIN_PAGE):
         ok(at.switch_page(page).run())
     assert not ctx.marker.exists()
 
@@ -174,7 +169,7 @@ def test_app_touches_nothing_outside_the_checkpoints_folder(monkeypatch, runs_ro
         for name in ("vae5", "ae2", escaping.name, "weights-symlink-outside"):
             at.selectbox(key=RUN_KEY).set_value(str(root / name))
             ok(at.run())
-        for page in ("pages/compare.py", "pages/train.py"):
+        for page in (COMPARE_PAGE, TRAIN_PAGE):
             ok(at.switch_page(page).run())
     finally:
         audit.active = False

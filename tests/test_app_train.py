@@ -10,22 +10,15 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import jobs
-from app.common import CHECKPOINTS_ENV
-from tests.test_app_explore import MAIN, TIMEOUT_S, NavigationPagesManager, ok
+from tests.app_helpers import TRAIN_PAGE, ok, start_app
 
-TRAIN_PAGE = "pages/train.py"
 JOB_TIMEOUT_S = 60.0
 
 
 @pytest.fixture
 def train_page(monkeypatch, tmp_path: Path) -> AppTest:
     """app/main.py on the Train page, with an empty checkpoints folder."""
-    import streamlit.testing.v1.app_test as app_test
-
-    monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
-    monkeypatch.setenv(CHECKPOINTS_ENV, str(tmp_path))
-    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT_S)
-    ok(at.run())
+    at = ok(start_app(monkeypatch, tmp_path))
     return ok(at.switch_page(TRAIN_PAGE).run())
 
 
