@@ -5,23 +5,16 @@ Train pages; screenshots go to test-artifacts/ (gitignored). Skipped only when /
 """
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from bench.bench_browser import CHROMIUM, launch_chromium, streamlit_server
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SERVER_START_S = 45.0
 STEP_MS = 45_000  # per wait in the browser; the machine is small and shared
 SLIDER_PRESSES = 40  # arrow presses on a latent slider (0.01 each)
 VIEWPORT = {"width": 1400, "height": 1000}
@@ -30,49 +23,12 @@ TALL_VIEWPORT = {"width": 1400, "height": 2600}  # streamlit scrolls inside the 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium): no real-browser test")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(runs_root: Path) -> Iterator[str]:
     """A headless streamlit server of app/main.py over the tiny runs; killed (its whole session) afterwards."""
     ARTIFACTS.mkdir(exist_ok=True)
-    port = free_port()
-    argv = [
-        sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true", "--server.port", str(port),
-        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--", "--checkpoints-dir", str(runs_root),
-    ]
-    with open(ARTIFACTS / "browser-server.log", "wb") as log:
-        proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with {proc.returncode}; see {ARTIFACTS / 'browser-server.log'}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not answer on {url} within {SERVER_START_S:.0f} s")
-            time.sleep(0.3)
+    with streamlit_server(runs_root, ARTIFACTS / "browser-server.log") as url:
         yield url
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
 
 
 def decoded_src(page) -> str | None:
@@ -95,7 +51,7 @@ def test_explore_compare_train_in_chromium(server: str) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport=VIEWPORT)
             page.set_default_timeout(STEP_MS)
