@@ -291,7 +291,16 @@ def test_disk_full_or_read_only_from_write_point_k(zygote, digits, checkpoints, 
 
 # ---------------------------------------------------------------- a reader racing the writer
 
-def test_reader_never_sees_a_mixed_set_while_the_trainer_writes(zygote, digits, checkpoints, reference):
+@pytest.fixture()
+def one_torch_thread():
+    """The reader shares two cores with the trainer child: one intra-op thread each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_reader_never_sees_a_mixed_set_while_the_trainer_writes(zygote, digits, checkpoints, reference, one_torch_thread):
     """load_run N_READER_LOADS times while the trainer saves epoch after epoch: each load is one epoch's set."""
     name = "raced"
     run_dir = checkpoints / name
@@ -312,3 +321,49 @@ def test_reader_never_sees_a_mixed_set_while_the_trainer_writes(zygote, digits, 
     final = load_run(run_dir)
     steps = np.abs(np.diff(final.atlas.means, axis=0)).max(axis=(1, 2))
     assert (steps > 10 * LATENT_TOL).mean() > 0.9  # neighbouring epochs differ well beyond the tolerance: the check bites
+
+
+# ---------------------------------------------------------------- soak (pytest -m soak; skipped otherwise)
+
+SOAK_KILLS = 300
+SOAK_EPOCHS = 4
+SOAK_READER_LOADS = 5000
+
+
+@pytest.fixture()
+def soak(request) -> None:
+    if "soak" not in (request.config.getoption("-m") or ""):
+        pytest.skip("soak test: run with `pytest -m soak`")
+
+
+@pytest.mark.soak
+def test_soak_random_sigkills_then_resume(soak, zygote, digits, checkpoints, tmp_path):
+    """SOAK_KILLS SIGKILLs at seeded random moments of a SOAK_EPOCHS-epoch run, each resumed to the same end."""
+    out = zygote.run(new_run_args(digits, checkpoints, "soak-reference", SOAK_EPOCHS))
+    assert out.code == 0, out.output
+    reference_run = load_run(checkpoints / "soak-reference")
+    rng = random.Random(TIMED_KILL_SEED)
+    for i in range(SOAK_KILLS):
+        name = f"soak-{i}"
+        trace = tmp_path / f"trace-{i}"
+        outcome = zygote.run(new_run_args(digits, checkpoints, name, SOAK_EPOCHS), trace=trace, kill_after=rng.uniform(0.0, out.seconds))
+        assert outcome.killed or outcome.code == 0, outcome.output
+        saved = check_after_fault(checkpoints, name, Trace.read(trace), exact=False)
+        argv = resume_args(checkpoints, name) if saved is not None else new_run_args(digits, checkpoints, name, SOAK_EPOCHS)
+        assert zygote.run(argv).code == 0
+        assert_same_run(load_run(checkpoints / name), reference_run)
+
+
+@pytest.mark.soak
+def test_soak_reader_racing_the_writer(soak, zygote, digits, checkpoints, one_torch_thread):
+    name = "soak-raced"
+    pid = zygote.start(new_run_args(digits, checkpoints, name, 100_000))
+    try:
+        deadline = time.monotonic() + 60
+        while not (checkpoints / name / MANIFEST_FILE).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(SOAK_READER_LOADS):
+            assert_consistent(load_run(checkpoints / name))
+    finally:
+        stopped = zygote.wait(pid, signal_at=(signal.SIGTERM, checkpoints / name / MANIFEST_FILE, 0))
+    assert stopped.code == 0, stopped.output
