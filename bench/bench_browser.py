@@ -4,8 +4,7 @@
     .venv/bin/python -m bench.bench_browser --checkpoints-dir DIR --moves 30
 
 Starts `streamlit run app/main.py` on a free loopback port, opens the Explore page in Debian's Chromium
-(Playwright, never its own browser download), and for each move presses an arrow key on the first latent
-slider and waits, inside the page, for the decoded image's src to change. Prints median and p95.
+(Playwright, never its own browser download), and for each move drags the first latent slider's thumb, lets go, and waits, inside the page, for the decoded image's src to change. Prints median and p95.
 """
 from __future__ import annotations
 
@@ -30,6 +29,7 @@ DECODED_IMAGE = "[data-testid='stImage']"
 DECODED_CAPTION = "Decoded z"
 DEFAULT_MOVES = 25
 WAIT_MS = 30_000
+DRAG_PX = 25  # each move drags the thumb this far, alternately right and left
 
 
 def free_port() -> int:
@@ -85,8 +85,14 @@ def decoded_image(page):
     return page.locator(DECODED_IMAGE).filter(has_text=DECODED_CAPTION).locator("img").first
 
 
+def thumb_position(slider) -> tuple[float, float]:
+    """Page coordinates of the centre of the slider's visible thumb (the hidden range input's grandparent)."""
+    box = slider.locator("xpath=../..").bounding_box()
+    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+
 def measure(url: str, moves: int) -> list[float]:
-    """Milliseconds from each arrow-key press on slider z0 to a new decoded image src in the DOM."""
+    """Milliseconds from releasing a drag of slider z0's thumb to a new decoded image src in the DOM."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -103,10 +109,12 @@ def measure(url: str, moves: int) -> list[float]:
             times = []
             for i in range(moves):
                 before = image.get_attribute("src")
-                slider.focus()
-                key = "ArrowRight" if i % 2 == 0 else "ArrowLeft"
-                t0 = time.perf_counter()
-                slider.press(key)
+                x, y = thumb_position(slider)
+                page.mouse.move(x, y)
+                page.mouse.down()
+                page.mouse.move(x + (DRAG_PX if i % 2 == 0 else -DRAG_PX), y, steps=3)
+                t0 = time.perf_counter()  # the user lets go of the slider
+                page.mouse.up()
                 page.wait_for_function(
                     "([sel, cap, prev]) => { const el = [...document.querySelectorAll(sel)].find(e => e.innerText.includes(cap));"
                     " const img = el && el.querySelector('img'); return img && img.complete && img.src !== prev; }",
