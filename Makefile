@@ -41,5 +41,9 @@ demo-runs: install
 study: install
 	$(PY) -m trainer.study
 
+## The long fault-injection soak (300 random SIGKILLs, 5,000 racing loads; about 10 minutes).
+soak: install
+	$(PY) -m pytest -q -m soak tests/test_faults.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -26,12 +26,13 @@ from typing import Any, Mapping
 
 from trainer.cli import PROG, UserError, build_parser, configs_from_args
 from trainer.data import DEBIAN_FASHION_MNIST, FOLDER_PREFIX, IDX_FILES, IMAGE_EXTENSIONS, TORCHVISION_DIRS, BUNDLED_MNIST_SUBSET
-from trainer.runs import STATUS_FILE, RunError, atomic_write_json, read_json_dict, read_status, validate_run_name
+from trainer.runs import STATUS_FILE, RunError, atomic_write_json, read_json_dict, read_status, read_tail, validate_run_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 JOB_FILE = "job.json"
 LOG_FILE = "train.log"
 TRAINER_MODULE = "trainer"
+LOG_TAIL_BYTES = 16384
 LOG_TAIL_LINES = 5
 # Trainer flags the app sets itself or never offers (offline app: no --download; a new run: no --resume).
 APP_CONTROLLED = ("checkpoints_dir", "progress", "resume", "download", "help")
@@ -314,8 +315,8 @@ class Job:
 def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     """The last non-JSON lines of the job's log (its messages, not its per-epoch records)."""
     try:
-        text = (Path(run_dir) / LOG_FILE).read_bytes()[-16384:].decode(errors="replace")
-    except OSError:
+        text = read_tail(Path(run_dir) / LOG_FILE, LOG_TAIL_BYTES).decode(errors="replace")
+    except RunError:  # missing, or not a regular file (a pipe would block the page)
         return []
     kept = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("{")]
     return kept[-lines:]

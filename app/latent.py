@@ -17,7 +17,7 @@ import torch
 
 from models import standard_normal_log_density
 from trainer.metrics import ACTIVE_UNIT_THRESHOLD
-from trainer.runs import atomic_write_bytes, npz_bytes
+from trainer.runs import RunError, atomic_write_bytes, load_npz, npz_bytes, read_regular_file
 
 GRID_QUANTILES = (0.05, 0.95)  # the manifold grid spans these Gaussian quantiles on each axis
 GRID_SIZE_RANGE = (5, 30)
@@ -31,6 +31,7 @@ CACHED_PROJECTIONS = ("umap", "tsne")  # slow enough to be kept on disk in the r
 KNN_NEIGHBOURS = 10  # out-of-sample placement on a UMAP / t-SNE map
 UMAP_EPOCHS = 200
 TSNE_ITERATIONS = 500
+PROJECTION_MAX_BYTES = 2**26  # a cached 2-D map: N x 2 floats and a fingerprint
 PROJECTION_FILE_RE = re.compile(r"^projection-(umap|tsne)-(\d{6})\.npz$")
 
 
@@ -277,11 +278,11 @@ def cached_embedding(run_dir: Path, epoch: int, z: np.ndarray, method: str, seed
     path = projection_path(run_dir, method, epoch)
     key = fingerprint(np.asarray(z, np.float32))
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            xy = npz["xy"]
-            if str(npz["fingerprint"]) == key and xy.shape == (len(z), 2) and np.isfinite(xy).all():
-                return xy.astype(np.float32)
-    except Exception:  # missing, truncated, foreign: recompute
+        arrays = load_npz(path, read_regular_file(path, PROJECTION_MAX_BYTES), {"xy": 2, "fingerprint": 0}, limit=PROJECTION_MAX_BYTES)
+        xy = arrays["xy"]
+        if str(arrays["fingerprint"]) == key and xy.shape == (len(z), 2) and np.isfinite(xy).all():
+            return xy.astype(np.float32)
+    except RunError:  # missing, truncated, foreign, a pipe or a link: recompute
         pass
     xy = embed(z, method, seed)
     try:

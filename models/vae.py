@@ -23,6 +23,8 @@ IMAGE_SIZES = (28, 32, 64, 128)
 CHANNELS = (1, 3)
 MAX_LATENT_DIM = 512
 N_CONV_STAGES = 3
+MAX_WIDTH = 1024  # conv channels per stage
+MAX_HIDDEN_DIM = 16384
 DEFAULT_WIDTHS = (32, 32, 64)  # tuned on the MNIST subset: bench/bench_train.py
 DEFAULT_HIDDEN_DIM = 256
 CLASSIC_MLP_HIDDEN_DIM = 400  # the classic 784-400-20 MNIST VAE
@@ -56,10 +58,10 @@ class ModelConfig(JSONConfig):
             raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels!r}")
         if self.image_size not in IMAGE_SIZES:
             raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {self.image_size!r}")
-        if len(self.widths) != N_CONV_STAGES or min(self.widths) < 1:
-            raise ValueError(f"widths must be {N_CONV_STAGES} positive channel counts, got {self.widths!r}")
-        if not isinstance(self.hidden_dim, int) or self.hidden_dim < 0:
-            raise ValueError(f"hidden_dim must be a non-negative integer, got {self.hidden_dim!r}")
+        if len(self.widths) != N_CONV_STAGES or not all(1 <= w <= MAX_WIDTH for w in self.widths):
+            raise ValueError(f"widths must be {N_CONV_STAGES} channel counts from 1 to {MAX_WIDTH}, got {self.widths!r}")
+        if not isinstance(self.hidden_dim, int) or not 0 <= self.hidden_dim <= MAX_HIDDEN_DIM:
+            raise ValueError(f"hidden_dim must be an integer from 0 to {MAX_HIDDEN_DIM}, got {self.hidden_dim!r}")
         if self.arch == "mlp" and self.hidden_dim == 0:
             raise ValueError(f"the mlp model needs hidden_dim > 0 (the classic MNIST VAE uses {CLASSIC_MLP_HIDDEN_DIM})")
 

@@ -139,8 +139,8 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _read_bytes(path: Path, limit: int) -> bytes:
-    """The whole of a regular file of at most `limit` bytes; symlinks, FIFOs and devices are refused unopened."""
+def _open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """An fd and stat of a regular file; symlinks, FIFOs, devices and folders are refused unopened (RunError)."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
@@ -162,6 +162,16 @@ def _read_bytes(path: Path, limit: int) -> bytes:
             raise RunError(f"{path}: is a folder, expected a file")
         if not stat.S_ISREG(info.st_mode):
             raise RunError(f"{path}: not a regular file (a pipe, socket or device); run files must be regular files")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The whole of a regular file of at most `limit` bytes (see _open_regular for what is refused)."""
+    fd, info = _open_regular(path)
+    try:
         if info.st_size > limit:
             raise RunError(f"{path}: {info.st_size} bytes is larger than the {limit}-byte limit")
         chunks, total = [], 0
@@ -177,8 +187,20 @@ def _read_bytes(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
+def read_tail(path: Path, n_bytes: int) -> bytes:
+    """The last `n_bytes` of a regular file, refused like read_regular_file (a log can be long)."""
+    fd, info = _open_regular(path)
+    try:
+        os.lseek(fd, max(0, info.st_size - n_bytes), os.SEEK_SET)
+        return os.read(fd, n_bytes)
+    except OSError as e:
+        raise RunError(f"{path}: cannot be read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+
+
 def read_json(path: Path) -> Any:
-    data = _read_bytes(path, MAX_JSON_BYTES)
+    data = read_regular_file(path, MAX_JSON_BYTES)
     try:
         return json.loads(data)
     except RecursionError:
@@ -199,7 +221,7 @@ def _read_checked(run_dir: Path, manifest: dict[str, Any], key: str, limit: int 
     if not isinstance(name, str) or not FILE_NAME_RE.fullmatch(name) or ".." in name:
         raise RunError(f"{run_dir / MANIFEST_FILE}: bad or missing file name for '{key}'")
     path = run_dir / name
-    data = _read_bytes(path, limit)
+    data = read_regular_file(path, limit)
     expected = manifest.get("sha256", {}).get(name)
     if expected is not None and sha256(data) != expected:
         raise RunError(f"{path}: contents do not match the manifest's checksum (corrupt or modified file)")
@@ -399,7 +421,7 @@ def _load_atlas(run_dir: Path, manifest: dict[str, Any], model_config: ModelConf
     images_path = run_dir / ATLAS_IMAGES_FILE
     n_max = train_config.atlas_size
     images_limit = n_max * (math.prod(model_config.image_shape) + LABEL_BYTES) + NPZ_SLACK_BYTES
-    arrays = load_npz(images_path, _read_bytes(images_path, MAX_TENSOR_FILE_BYTES), {"images": 4, "labels": 1}, min(images_limit, MAX_TENSOR_FILE_BYTES))
+    arrays = load_npz(images_path, read_regular_file(images_path, MAX_TENSOR_FILE_BYTES), {"images": 4, "labels": 1}, min(images_limit, MAX_TENSOR_FILE_BYTES))
     images, labels = arrays["images"], arrays["labels"]
     if images.dtype != np.uint8 or tuple(images.shape[1:]) != model_config.image_shape or len(labels) != len(images) or not 0 < len(images) <= n_max:
         raise RunError(f"{images_path}: images must be uint8 of shape (N, {', '.join(map(str, model_config.image_shape))}), 0 < N <= {n_max}, with one label each")
