@@ -23,9 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 EXIT_USAGE = 2
 FLAGS = ("download", "resume", "compile")  # store_true options: a value attached to them is the wrong type
 CHECKPOINTS_IS_A_FILE = "<a regular file>"  # --checkpoints-dir pointing at a file (filled in per test)
-FALSY_IS_DEFAULT = pytest.mark.xfail(
-    strict=True, reason="trainer/cli.py reads `args.x or default`: an explicit empty or zero value silently becomes "
-    "the default instead of an error; see the hardening report")
 
 # option dest -> [(bad value, a fragment the one-line error must hold, or None for the option's own name)]
 BAD_VALUES: dict[str, list[tuple[str, str | None]]] = {
@@ -35,11 +32,11 @@ BAD_VALUES: dict[str, list[tuple[str, str | None]]] = {
     "widths": [("0,8,8", None), ("4,8", None), ("4,8,8,8", None), ("-4,8,8", None), ("a,b,c", "comma-separated integers"),
                ("100000000,8,8", None)],
     "hidden_dim": [("-1", None), ("abc", "invalid int"), ("1e3", "invalid int"), ("1000000000000", None)],
-    "dataset": [("cifar", "unknown dataset"), pytest.param("", "dataset", marks=FALSY_IS_DEFAULT), ("folder:/nonexistent/images", "does not exist"),
+    "dataset": [("cifar", "unknown dataset"), ("", "dataset"), ("folder:/nonexistent/images", "does not exist"),
                 ("folder:", "names no folder")],
     "data_dir": [],  # any path: MNIST falls back to the bundled subset by design; only a missing value is wrong
-    "image_size": [("30", None), pytest.param("0", None, marks=FALSY_IS_DEFAULT), ("-28", None), ("abc", "invalid int")],
-    "channels": [("2", None), pytest.param("0", None, marks=FALSY_IS_DEFAULT), ("abc", "invalid int")],
+    "image_size": [("30", None), ("0", None), ("-28", None), ("abc", "invalid int")],
+    "channels": [("2", None), ("0", None), ("abc", "invalid int")],
     "download": [("yes", "ignored explicit argument")],
     "epochs": [("0", None), ("-1", None), ("100001", None), ("abc", "invalid int"), ("1.5", "invalid int")],
     "batch_size": [("0", None), ("65537", None), ("abc", "invalid int")],
@@ -55,7 +52,7 @@ BAD_VALUES: dict[str, list[tuple[str, str | None]]] = {
     "atlas_size": [("0", None), ("100001", None), ("abc", "invalid int")],
     "keep_epochs": [("-1", None), ("a", "comma-separated integers")],
     "weights_dtype": [("int8", "invalid choice"), ("bfloat16", "invalid choice")],
-    "run_name": [("../evil", "invalid run name"), pytest.param("", "invalid run name", marks=FALSY_IS_DEFAULT)],  # more in BAD_RUN_NAMES
+    "run_name": [("../evil", "invalid run name"), ("", "invalid run name")],  # more in BAD_RUN_NAMES
     "checkpoints_dir": [(CHECKPOINTS_IS_A_FILE, "cannot create run folder")],
     "resume": [("yes", "ignored explicit argument")],
     "device": [("tpu", "(?i)device|tpu"), ("cuda:99", "(?i)cuda|device"), ("", "(?i)device"), ("cpu:abc", "(?i)device|cpu")],

@@ -256,18 +256,12 @@ def test_non_finite_loss_fails_with_one_line_and_keeps_last_good(zygote, digits,
 
 # ---------------------------------------------------------------- full and read-only disks
 
-FIRST_SAVE_BUG = pytest.mark.xfail(
-    strict=True, reason="trainer/train.py: an OSError in create() / the epoch-0 save escapes as a traceback "
-    "(only the training loop turns it into TrainingFailed); see the hardening report")
-
-
 def disk_cases() -> list:
     cases = []
     for mode in ERROR_MODES:
         points = range(1, WRITE_POINTS + 1) if mode != "EACCES" else (1, FIRST_SAVE_POINTS + 1, 13, WRITE_POINTS)
         for k in points:
-            marks = [FIRST_SAVE_BUG] if k <= FIRST_SAVE_POINTS else []
-            cases.append(pytest.param(mode, k, marks=marks, id=f"{mode}-{k}"))
+            cases.append(pytest.param(mode, k, id=f"{mode}-{k}"))
     return cases
 
 
@@ -283,7 +277,8 @@ def test_disk_full_or_read_only_from_write_point_k(zygote, digits, checkpoints, 
     if k > last_manifest:  # only status.json could not be written: the run itself is complete
         assert outcome.code == 0 and "could not write status.json" in outcome.output, outcome.output
     else:
-        assert_one_line_error(outcome, 1, "training failed", reason, "kept")
+        first_manifest = min(i for i, n in reference[1].begun if n == MANIFEST_FILE)
+        assert_one_line_error(outcome, 1, "training failed", reason, "kept" if k > first_manifest else "nothing was saved yet")
     saved = check_after_fault(checkpoints, name, trace)
     finish(zygote, digits, checkpoints, name, saved)
     assert_same_run(load_run(checkpoints / name), reference[0])

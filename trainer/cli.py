@@ -96,14 +96,14 @@ def _given(args: argparse.Namespace, name: str) -> Any:
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, int]:
     """Build and validate the two configs from parsed flags; returns them and the channel count."""
-    arch = args.model or "conv"
-    dataset = args.dataset or "mnist"
+    arch = "conv" if args.model is None else args.model
+    dataset = "mnist" if args.dataset is None else args.dataset
     model_kw: dict[str, Any] = {
         "arch": arch,
-        "kind": args.kind or "vae",
+        "kind": "vae" if args.kind is None else args.kind,
         "latent_dim": 16 if args.latent_dim is None else args.latent_dim,
-        "in_channels": args.channels or default_channels(dataset),
-        "image_size": args.image_size or default_image_size(dataset),
+        "in_channels": default_channels(dataset) if args.channels is None else args.channels,
+        "image_size": default_image_size(dataset) if args.image_size is None else args.image_size,
         "hidden_dim": (CLASSIC_MLP_HIDDEN_DIM if arch == "mlp" else DEFAULT_HIDDEN_DIM) if args.hidden_dim is None else args.hidden_dim,
     }
     if args.widths is not None:
@@ -184,7 +184,7 @@ def _decide_run(args: argparse.Namespace) -> tuple[Path, ModelConfig, TrainConfi
         model_config, train_config, channels = resume_configs(args, run_dir)
     else:
         model_config, train_config, channels = configs_from_args(args)
-        run_dir = checkpoints / validate_name(args.run_name or default_run_name(model_config, train_config))
+        run_dir = checkpoints / validate_name(default_run_name(model_config, train_config) if args.run_name is None else args.run_name)
         if (run_dir / MANIFEST_FILE).exists():
             raise UserError(f"run {run_dir} already exists: pass --resume to continue it, or choose another --run-name")
     return run_dir, model_config, train_config, channels

@@ -37,7 +37,7 @@ from . import distributed, metrics
 from .config import TrainConfig
 from .data import ImageData
 from .distributed import DistContext, all_reduce_sum, shard_bounds
-from .runs import RunError, RunLock, RunWriter, discard_after, load_run, write_status
+from .runs import MANIFEST_FILE, RunError, RunLock, RunWriter, discard_after, load_run, write_status
 
 log = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 1000
@@ -601,16 +601,17 @@ def _fit_locked(model_config, train_config, data, run_dir, device, resume, stop,
                     bar.set_postfix(test_loss=f"{result.loss:.2f}", psnr=f"{result.psnr:.2f}")
                 elif progress == "json":
                     print(json.dumps({k: v for k, v in row.items() if k != "kl_per_dim"}), flush=True)
-        except TrainingFailed as e:
-            set_status("failed", seconds=train_seconds, eta=None, message=str(e))
-            raise
-        except OSError as e:
-            message = f"could not write the run folder {run_dir} ({e.strerror or e}); the last saved epoch ({trainer.epoch}) is kept"
-            set_status("failed", seconds=train_seconds, eta=None, message=message)
-            raise TrainingFailed(message) from None
         finally:
             if bar is not None:
                 bar.close()
+    except TrainingFailed as e:
+        set_status("failed", seconds=train_seconds, eta=None, message=str(e))
+        raise
+    except OSError as e:  # disk full, read-only or unwritable folder: while creating the run, saving or resuming
+        kept = f"the last saved epoch ({saved}) is kept" if (run_dir / MANIFEST_FILE).exists() else "nothing was saved yet"
+        message = f"could not write the run folder {run_dir} ({e.strerror or e}); {kept}"
+        set_status("failed", seconds=train_seconds, eta=None, message=message)
+        raise TrainingFailed(message) from None
     except RuntimeError as e:
         if not ctx.enabled:
             raise
