@@ -126,11 +126,12 @@ def rank_pids(launcher: int) -> dict[int, int]:
 
 
 def alive(pid: int) -> bool:
+    """A running process (a zombie waiting to be reaped by its new parent counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return True
+    return state != "Z"
 
 
 def wait_for_epoch(run_dir: Path, proc: subprocess.Popen, epoch: int = 1) -> None:

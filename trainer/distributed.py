@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Sequence
 
 import torch
@@ -19,6 +20,9 @@ AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISION_NAMES = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 MAIN_RANK = 0
+# How long a collective may wait: the others wait while rank 0 decodes a large image folder or saves.
+# A process that dies is noticed sooner (gloo: its sockets close; torchrun: it tears the job down).
+COLLECTIVE_TIMEOUT = timedelta(minutes=60)
 ERROR_CLASS_KEY = 0  # position of the class name in a shared error; the message follows it
 
 
@@ -96,7 +100,7 @@ def init(ctx: DistContext, device: torch.device) -> DistContext:
         raise ValueError(f"several processes need a cpu or cuda device, not {device.type}")
     if device.type == "cuda":
         torch.cuda.set_device(device)  # object collectives and nccl use the current device
-    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT, device_id=device if device.type == "cuda" else None)
     return DistContext(ctx.rank, ctx.world_size, ctx.local_rank, ctx.local_world_size, backend)
 
 
