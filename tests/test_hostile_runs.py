@@ -294,8 +294,9 @@ VARIANTS: list[Variant] = [
     V("config-widths-a-number", lambda d, c: set_model(d, widths=4), CONFIG_FILE, "invalid config"),
     V("config-latent-dim-mismatch", lambda d, c: set_model(d, latent_dim=3), "weights-", "do not fit"),
     V("config-unknown-model-key", lambda d, c: set_model(d, evil=1), CONFIG_FILE, "invalid config"),
-    V("config-huge-widths", lambda d, c: set_model(d, widths=[10**6] * 3), CONFIG_FILE, "parameters, more than"),
-    V("config-huge-hidden-dim", lambda d, c: set_model(d, hidden_dim=10**9), CONFIG_FILE, "parameters, more than"),
+    V("config-huge-widths", lambda d, c: set_model(d, widths=[10**6] * 3), CONFIG_FILE, "widths must be"),
+    V("config-huge-hidden-dim", lambda d, c: set_model(d, hidden_dim=10**9), CONFIG_FILE, "hidden_dim must be"),
+    V("config-huge-model", lambda d, c: set_model(d, widths=[1024] * 3, hidden_dim=16384), CONFIG_FILE, "parameters, more than"),
     V("config-class-names-a-number", lambda d, c: set_config(d, class_names=10), CONFIG_FILE, "'class_names'"),
     V("config-class-names-objects", lambda d, c: set_config(d, class_names=[{"a": 1}]), CONFIG_FILE, "'class_names'"),
     V("config-data-a-string", lambda d, c: set_config(d, data="mnist"), CONFIG_FILE, "'data'"),
@@ -449,8 +450,8 @@ def test_zip_bomb_is_refused_before_it_is_inflated(runs_root, tmp_path, ctx):
 
 
 def test_huge_model_in_config_is_refused_without_allocating(runs_root, tmp_path, ctx, monkeypatch):
-    """A config declaring a model of 10^13 parameters is refused from its size alone (counted on the meta device)."""
-    d = make_variant(runs_root, tmp_path, next(v for v in VARIANTS if v.id == "config-huge-widths"), ctx)
+    """A config within every per-field bound but declaring ~5e8 parameters is refused from its size alone (counted on the meta device)."""
+    d = make_variant(runs_root, tmp_path, next(v for v in VARIANTS if v.id == "config-huge-model"), ctx)
     built = []
     monkeypatch.setattr(runs_mod, "build_model", lambda cfg: built.append(cfg) or build_model(cfg))
     with pytest.raises(RunError, match="parameters"):
