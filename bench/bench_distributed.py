@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
+
+from bench.bench_browser import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH_SIZE = 128
@@ -40,12 +41,6 @@ CONFIGS = {
 GPU_AMP_MODES = ("off", "bf16")
 # The trainer's CLI with subnormal floats flushed to zero (python -c CODE ARGS: sys.argv[1:] are the ARGS).
 FLUSH_DENORMAL_MAIN = "import sys, torch; torch.set_flush_denormal(True); from trainer.cli import main; sys.exit(main(sys.argv[1:]))"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launcher(nproc: int, flush_denormal: bool) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from trainer.config import TrainConfig
 from trainer.data import load_dataset
 from trainer.distributed import shard_bounds
 from trainer.runs import MANIFEST_FILE, load_run, read_config, read_status
+from bench.bench_browser import free_port
 from trainer.train import fit
 
 from .conftest import tiny_data
@@ -58,12 +58,6 @@ def data_dir(tmp_path_factory) -> Path:
     write_idx(folder / "t10k-images-idx3-ubyte", d.test_x[:, 0].numpy())
     write_idx(folder / "t10k-labels-idx1-ubyte", d.test_y.numpy())
     return root
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(args: list[str], nproc: int = 2) -> subprocess.Popen:

@@ -50,7 +50,7 @@ from safetensors.torch import save as st_save
 
 from models import VAE, DiagonalGaussian, ModelConfig, build_model
 
-from .config import TrainConfig
+from .config import TrainConfig, is_int
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -130,10 +130,6 @@ def sha256(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------- safe reads
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -354,7 +350,7 @@ class Run:
             raise RunError(f"{path}: optimiser param_groups metadata missing or invalid") from None
         params = list(self.model.parameters())
         indices = [i for g in param_groups for i in g.get("params", ())] if isinstance(param_groups, list) and all(isinstance(g, dict) for g in param_groups) else None
-        if not indices or not all(_is_int(i) for i in indices) or sorted(indices) != list(range(len(params))):
+        if not indices or not all(is_int(i) for i in indices) or sorted(indices) != list(range(len(params))):
             raise RunError(f"{path}: optimiser param_groups do not describe this model's {len(params)} parameters")
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
@@ -384,7 +380,7 @@ def read_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str, Any]
     except (TypeError, ValueError, OverflowError) as e:
         raise RunError(f"{path}: invalid config ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     fmt = info.get("format", FORMAT_VERSION)
-    if not _is_int(fmt) or not 1 <= fmt <= FORMAT_VERSION:
+    if not is_int(fmt) or not 1 <= fmt <= FORMAT_VERSION:
         raise RunError(f"{path}: format {fmt!r} is not one this version reads (1 to {FORMAT_VERSION}); update the app")
     names = info.get("class_names", [])
     if not (isinstance(names, list) and len(names) <= MAX_CLASSES and all(isinstance(n, str) for n in names)):
@@ -403,7 +399,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         raise RunError(f"{path}: missing (the run has not completed its first save yet)")
     manifest = read_json_dict(path)
     epoch, files = manifest.get("epoch"), manifest.get("files")
-    if not _is_int(epoch) or epoch < 0 or not isinstance(files, dict):
+    if not is_int(epoch) or epoch < 0 or not isinstance(files, dict):
         raise RunError(f"{path}: 'epoch' or 'files' is missing or invalid")
     if not all(isinstance(v, str) for v in files.values()):
         raise RunError(f"{path}: 'files' must map each key to a file name")
@@ -462,7 +458,7 @@ def _load_history(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any
             raise RunError(f"{path}: line {i} is not valid JSON") from None
         if not isinstance(row, dict):
             raise RunError(f"{path}: line {i} is not a JSON object")
-        if not _is_int(row.get("epoch")) or not all(_is_number(row.get(k)) for k in HISTORY_NUMBERS):
+        if not is_int(row.get("epoch")) or not all(_is_number(row.get(k)) for k in HISTORY_NUMBERS):
             raise RunError(f"{path}: line {i} lacks an integer 'epoch' or a number for {' / '.join(HISTORY_NUMBERS)}")
         history.append(row)
     if (history[-1]["epoch"] if history else 0) != manifest["epoch"]:

@@ -23,6 +23,7 @@ import torch
 
 from app.images import png_bytes, reconstruct_uint8, tile
 from app.latent import fit_pca
+from app.plots import class_colors
 from models import DEFAULT_HIDDEN_DIM, DEFAULT_WIDTHS, ModelConfig
 
 from .config import TrainConfig
@@ -36,8 +37,6 @@ DEFAULT_EPOCHS = 8
 STRIP_IMAGES = 12
 SCATTER_SIDE = 360
 SCATTER_POINTS = 2000
-# Ten distinguishable class colours (Plotly's default qualitative sequence).
-CLASS_COLORS = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52"]
 COLUMNS = ["model", "kind", "latent_dim", "epochs", "test_loss", "test_recon", "test_kl", "mse", "psnr", "ssim", "active_units", "parameters", "seconds"]
 
 
@@ -78,10 +77,11 @@ def scatter_png(xy: np.ndarray, labels: np.ndarray, side: int = SCATTER_SIDE) ->
     span = np.where(hi - lo > 0, hi - lo, 1.0)
     margin = side * 0.05
     pix = margin + (xy - lo) / span * (side - 2 * margin)
+    colors = class_colors(int(labels.max()) + 1)  # the explorer's palette, so a class looks the same everywhere
     for (px, py), label in zip(pix, labels):
-        color = CLASS_COLORS[int(label) % len(CLASS_COLORS)]
+        color = colors[int(label)]
         draw.ellipse([px - 1.5, side - py - 1.5, px + 1.5, side - py + 1.5], fill=color)
-    for k, color in enumerate(CLASS_COLORS[: int(labels.max()) + 1]):
+    for k, color in enumerate(colors):
         draw.rectangle([4, 4 + 11 * k, 12, 12 + 11 * k], fill=color)
         draw.text((15, 2 + 11 * k), str(k), fill="black")
     buf = io.BytesIO()
