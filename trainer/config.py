@@ -25,7 +25,8 @@ def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A finite int or float that is not a bool."""
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
@@ -58,17 +59,17 @@ class TrainConfig(JSONConfig):
             is_int(self.batch_size) and 1 <= self.batch_size <= MAX_BATCH_SIZE,
             f"batch_size must be an integer from 1 to {MAX_BATCH_SIZE}, got {self.batch_size!r}",
         )
-        _check(_is_number(self.lr) and 0 < self.lr <= 10, f"lr must be a number in (0, 10], got {self.lr!r}")
+        _check(is_number(self.lr) and 0 < self.lr <= 10, f"lr must be a number in (0, 10], got {self.lr!r}")
         _check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         _check(
             all(is_int(m) and m >= 1 for m in self.lr_milestones) and list(self.lr_milestones) == sorted(set(self.lr_milestones)),
             f"lr_milestones must be increasing positive epochs, got {list(self.lr_milestones)!r}",
         )
-        _check(_is_number(self.lr_gamma) and 0 < self.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {self.lr_gamma!r}")
-        _check(_is_number(self.beta) and 0 <= self.beta <= 1000, f"beta must be a number from 0 to 1000, got {self.beta!r}")
+        _check(is_number(self.lr_gamma) and 0 < self.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {self.lr_gamma!r}")
+        _check(is_number(self.beta) and 0 <= self.beta <= 1000, f"beta must be a number from 0 to 1000, got {self.beta!r}")
         _check(is_int(self.beta_warmup) and 0 <= self.beta_warmup <= MAX_EPOCHS, f"beta_warmup must be a non-negative integer of epochs, got {self.beta_warmup!r}")
         _check(self.recon_loss in RECON_LOSSES, f"recon_loss must be one of {', '.join(RECON_LOSSES)}, got {self.recon_loss!r}")
-        _check(_is_number(self.recon_weight) and 0 <= self.recon_weight <= 1000, f"recon_weight must be a number from 0 to 1000, got {self.recon_weight!r}")
+        _check(is_number(self.recon_weight) and 0 <= self.recon_weight <= 1000, f"recon_weight must be a number from 0 to 1000, got {self.recon_weight!r}")
         _check(self.recon_weight > 0 or self.beta > 0, "recon_weight and beta cannot both be 0: nothing would be trained")
         _check(is_int(self.seed) and 0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed!r}")
         _check(is_int(self.atlas_size) and 1 <= self.atlas_size <= 100_000, f"atlas_size must be an integer from 1 to 100000, got {self.atlas_size!r}")
