@@ -27,20 +27,28 @@ class DiagonalGaussian:
 
     @property
     def std(self) -> torch.Tensor:
+        """exp(logvar / 2), shape (B, D); 0 for a deterministic posterior."""
         return torch.exp(0.5 * self.logvar)
 
-    @property
-    def var(self) -> torch.Tensor:
-        return torch.exp(self.logvar)
+    def sample(self, generator: torch.Generator | None = None, *, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """Reparameterised sample z = mean + std * eps (B, D), differentiable in mean and logvar.
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reparameterised sample z = mean + std * eps, differentiable in mean and logvar."""
+        eps (B, D) is standard normal noise given from outside (several processes draw a global batch's
+        noise and each uses its slice); without it eps is drawn from `generator`. A deterministic
+        posterior returns the mean and ignores both.
+        """
         if self.deterministic:
             return self.mean
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        if eps is None:
+            eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        elif generator is not None:
+            raise ValueError("give sample() either a generator or eps, not both")
+        elif eps.shape != self.mean.shape:
+            raise ValueError(f"eps {tuple(eps.shape)} and mean {tuple(self.mean.shape)} differ in shape")
         return self.mean + self.std * eps
 
     def mode(self) -> torch.Tensor:
+        """The most likely latent, the mean (B, D)."""
         return self.mean
 
     def kl_per_dim(self) -> torch.Tensor:
@@ -52,9 +60,6 @@ class DiagonalGaussian:
     def kl(self) -> torch.Tensor:
         """KL(q || N(0, I)) summed over latent dimensions, shape (B,)."""
         return self.kl_per_dim().sum(dim=1)
-
-    def __getitem__(self, index) -> "DiagonalGaussian":
-        return DiagonalGaussian(self.mean[index], None if self.deterministic else self.logvar[index])
 
 
 def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:

@@ -86,6 +86,19 @@ def test_sample_is_seeded_and_reparameterised():
     assert mean.grad is not None and logvar.grad is not None
 
 
+def test_sample_with_given_noise_is_mean_plus_std_times_eps():
+    torch.manual_seed(2)
+    mean, logvar, eps = torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 3)
+    posterior = DiagonalGaussian(mean, logvar)
+    assert torch.equal(posterior.sample(eps=eps), mean + torch.exp(0.5 * logvar) * eps)
+    with pytest.raises(ValueError, match="differ in shape"):
+        posterior.sample(eps=eps[:2])
+    with pytest.raises(ValueError, match="not both"):
+        posterior.sample(torch.Generator().manual_seed(0), eps=eps)
+    ae = DiagonalGaussian(mean)
+    assert torch.equal(ae.sample(eps=eps), mean) and torch.equal(ae.sample(torch.Generator()), mean)
+
+
 def test_autoencoder_posterior_is_deterministic():
     model = build_model(tiny_config(kind="ae", latent_dim=4)).train()
     x = torch.rand(3, 1, 28, 28)

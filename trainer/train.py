@@ -118,10 +118,8 @@ class ReparamNet(nn.Module):
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         posterior = self.vae.encode(x)  # over (B, D)
-        if posterior.deterministic:
-            return self.vae.decode(posterior.mean), posterior.mean, None
-        z = posterior.mean + posterior.std * eps  # (B, D), the same arithmetic as DiagonalGaussian.sample
-        return self.vae.decode(z), posterior.mean, posterior.logvar
+        z = posterior.sample(eps=eps)  # (B, D); the mean for an autoencoder
+        return self.vae.decode(z), posterior.mean, None if posterior.deterministic else posterior.logvar
 
 
 def _float_posterior(mean: torch.Tensor, logvar: torch.Tensor | None) -> DiagonalGaussian:
@@ -317,7 +315,7 @@ class Trainer:
             x = self.images(self.test_x, slice(start + lo, start + hi))
             with self.autocast():
                 encoded = self.model.encode(x)
-                z = encoded.mean if eps is None else encoded.mean + encoded.std * eps[lo:hi]
+                z = encoded.sample(eps=None if eps is None else eps[lo:hi])  # (b, D)
                 x_hat = self.model.decode(z)
                 mode_logits = self.model.decode(encoded.mode())
             posterior = _float_posterior(encoded.mean, None if encoded.deterministic else encoded.logvar)
