@@ -184,13 +184,6 @@ def first_error(ctx: DistContext, message: str | None) -> str | None:
     return None
 
 
-def broadcast_tensors(ctx: DistContext, tensors: Sequence[torch.Tensor]) -> None:
-    """Overwrite `tensors` on every process with rank 0's values (same shapes everywhere)."""
-    if ctx.enabled:
-        for t in tensors:
-            dist.broadcast(t, src=MAIN_RANK)
-
-
 # ---------------------------------------------------------------- precision
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
