@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-requirements
 CHECKPOINTS ?= checkpoints
 PORT ?= 8501
 
-.PHONY: install app test browser bench demo-runs study soak clean
+.PHONY: install app test test-fast lint browser bench demo-runs study soak clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ app: install
 ## Install, then run the whole test suite (the browser test needs Debian's chromium; installed here when missing).
 test: install browser
 	$(PY) -m pytest -q
+
+## The inner loop while developing: everything but the slow tiers (fault matrix, bundled-run sweeps, browser,
+## torchrun, real UMAP: the tests marked `slow`), in well under a minute on two idle cores.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not soak"
+
+## House style: pycodestyle, pyflakes, import order and bugbear (ruff.toml).
+lint: install
+	$(PY) -m ruff check .
 
 ## Debian's Chromium for the real-browser test (never Playwright's own download).
 browser:
