@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,12 +16,12 @@ import models
 from models import ModelConfig
 from trainer.cli import main
 from trainer.config import TrainConfig
+from trainer.paths import PROJECT_ROOT
 from trainer.runs import load_run, read_status
 from trainer.train import TrainingFailed, fit
 
 from .conftest import TINY_WIDTHS, tiny_data
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ModelConfig(latent_dim=2, widths=TINY_WIDTHS)
 
 
@@ -107,32 +107,34 @@ def test_stop_flag_keeps_last_completed_epoch(tmp_path):
     ],
 )
 def test_cli_bad_input_is_one_line(argv, match, tmp_path, capsys):
-    code = main(argv + ["--checkpoints-dir", str(tmp_path), "--epochs" if "--epochs" not in argv else "--seed", "1" if "--epochs" not in argv else "0", "--progress", "none"])
+    epochs = ["--seed", "0"] if "--epochs" in argv else ["--epochs", "1"]  # a short run if the input were accepted
+    code = main(argv + ["--checkpoints-dir", str(tmp_path), *epochs, "--progress", "none"])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("python -m trainer: error:")
-    import re
-
     assert re.search(match, err), err
 
 
 def test_cli_refuses_existing_run_and_resume_changes(tmp_path, capsys):
-    args = ["--checkpoints-dir", str(tmp_path), "--run-name", "r", "--epochs", "1", "--widths", "4,8,8", "--latent-dim", "2", "--atlas-size", "10", "--progress", "none"]
+    run = ["--checkpoints-dir", str(tmp_path), "--run-name", "r", "--progress", "none"]
+    args = [*run, "--epochs", "1", "--widths", "4,8,8", "--latent-dim", "2", "--atlas-size", "10"]
     assert main(args) == 0
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
-    assert main(["--checkpoints-dir", str(tmp_path), "--run-name", "r", "--resume", "--latent-dim", "3", "--progress", "none"]) == 2
+    assert main([*run, "--resume", "--latent-dim", "3"]) == 2
     assert "--latent-dim cannot change when resuming" in capsys.readouterr().err
-    assert main(["--checkpoints-dir", str(tmp_path), "--run-name", "r", "--resume", "--epochs", "2", "--progress", "none"]) == 0
+    assert main([*run, "--resume", "--epochs", "2"]) == 0
     assert load_run(tmp_path / "r").epoch == 2
 
 
 def run_cli(args: list[str], **kw) -> subprocess.Popen:
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    env = os.environ | {"PYTHONPATH": str(PROJECT_ROOT)}
+    command = [sys.executable, "-m", "trainer", *args]
+    return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def test_cli_end_to_end_json_lines(tmp_path):
-    proc = run_cli(["--model", "mlp", "--hidden-dim", "32", "--latent-dim", "2", "--epochs", "1", "--atlas-size", "100", "--checkpoints-dir", str(tmp_path), "--run-name", "e2e"])
+    model = ["--model", "mlp", "--hidden-dim", "32", "--latent-dim", "2"]
+    proc = run_cli([*model, "--epochs", "1", "--atlas-size", "100", "--checkpoints-dir", str(tmp_path), "--run-name", "e2e"])
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     row = json.loads(out.strip().splitlines()[-1])
@@ -151,10 +153,8 @@ def test_cli_sigterm_stops_cleanly(tmp_path):
     while time.time() < deadline and not (manifest.exists() and json.loads(manifest.read_text())["epoch"] >= 1):
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
-    t0 = time.time()
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert time.time() - t0 < 10
     status = read_status(tmp_path / "long")
     assert status["state"] == "stopped" and status["epoch"] >= 1
     assert load_run(tmp_path / "long").epoch == status["epoch"]
