@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,3 +139,153 @@ def test_bce_floor_on_bundled_mnist_test_digits_is_44_06(tmp_path) -> None:
     assert data.source["kind"] == "subset" and len(data.test_x) == 2000
     floor = metrics.binary_entropy_per_image(data.test_x.double() / 255).mean()
     assert float(floor) == pytest.approx(44.06, abs=0.005)
+
+
+# ---------------------------------------------------------------- LPIPS-style distance (local weights only)
+
+from trainer import lpips  # noqa: E402
+
+
+def _alexnet_state(with_lin: bool) -> dict[str, torch.Tensor]:
+    """A randomly initialised torchvision AlexNet's feature weights (and positive LPIPS linear layers)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    state = {f"features.{k}": v for k, v in torchvision.models.alexnet(weights=None).features.state_dict().items()}
+    if with_lin:
+        for k, c in enumerate(lpips.NETS["alex"].channels):
+            state[f"lin{k}.model.1.weight"] = torch.rand(1, c, 1, 1)
+    return state
+
+
+@pytest.fixture(scope="module")
+def alex_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("lpips") / "alex-lin.pth"
+    torch.save(_alexnet_state(with_lin=True), path)
+    return path
+
+
+def _digits(seed: int, n: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g)  # (B, 1, 28, 28): upsampled to 64 px inside
+
+
+def test_lpips_is_zero_on_equal_images_symmetric_and_positive(alex_file: Path) -> None:
+    dist = lpips.load_perceptual_distance(alex_file)
+    assert dist.learned and dist.name == "LPIPS (alex)"
+    x, y = _digits(0), _digits(1)
+    d_xy = dist(x, y)
+    assert d_xy.shape == (3,)
+    assert torch.all(dist(x, x) == 0)
+    assert torch.equal(d_xy, dist(y, x))
+    assert torch.all(d_xy > 0)
+    assert torch.all(dist(x, x + 0.01 * torch.randn_like(x).clamp(0, 1)) < d_xy)  # a small change is nearer
+
+
+def test_grayscale_is_repeated_to_three_channels(alex_file: Path) -> None:
+    dist = lpips.load_perceptual_distance(alex_file)
+    x, y = _digits(2, 2), _digits(3, 2)
+    assert torch.allclose(dist(x, y), dist(x.repeat(1, 3, 1, 1), y.repeat(1, 3, 1, 1)))
+
+
+def test_without_linear_layers_it_is_the_uniform_distance_not_lpips(tmp_path: Path) -> None:
+    state = _alexnet_state(with_lin=False)
+    torch.save(state, tmp_path / "alex.pth")
+    uniform = lpips.load_perceptual_distance(tmp_path / "alex.pth")
+    assert not uniform.learned and uniform.name == "perceptual distance, uniform weights (alex)" and "LPIPS" not in uniform.name
+    for k, c in enumerate(lpips.NETS["alex"].channels):
+        state[f"lin{k}.model.1.weight"] = torch.ones(1, c, 1, 1)
+    ones = lpips.perceptual_distance_from_state(state)
+    x, y = _digits(4, 2), _digits(5, 2)
+    assert torch.allclose(uniform(x, y), ones(x, y), rtol=1e-5)  # unit linear weights = uniform weights
+
+
+def test_vgg16_from_safetensors(tmp_path: Path) -> None:
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    features = torchvision.models.vgg16(weights=None).features
+    save_file({f"features.{k}": v.contiguous() for k, v in features.state_dict().items()}, tmp_path / "vgg.safetensors")
+    dist = lpips.load_perceptual_distance(tmp_path / "vgg.safetensors")
+    assert dist.name == "perceptual distance, uniform weights (vgg16)"
+    x, y = _digits(6, 1), _digits(7, 1)
+    assert float(dist(x, x)) == 0 and float(dist(x, y)) > 0
+
+
+def test_no_path_no_metric() -> None:
+    assert lpips.load_optional(None) is None and lpips.load_optional("") is None
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("missing", "no such file"),
+        ("garbage", "not a safetensors or weights-only torch file"),
+        ("nested", "flat state dict"),
+        ("resnet", "unexpected key"),
+        ("lin-only", "no torchvision vgg16 or alexnet feature weights"),
+        ("wrong-shape", "features.3.weight has shape"),
+        ("missing-layer", "lack features.10.bias"),
+        ("three-lins", "needs all of lin0..lin4"),
+        ("lin-shape", "lin2 has shape"),
+    ],
+)
+def test_unusable_weights_file_gives_one_clear_line(tmp_path: Path, bad: str, message: str) -> None:
+    path = tmp_path / "weights.pth"
+    state = _alexnet_state(with_lin=True)
+    if bad == "garbage":
+        path.write_bytes(b"\x00not weights" * 100)
+    elif bad == "nested":
+        torch.save({"state_dict": state}, path)
+    elif bad != "missing":
+        if bad == "resnet":
+            state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 3, 3)
+        elif bad == "lin-only":
+            state = {k: v for k, v in state.items() if k.startswith("lin")}
+        elif bad == "wrong-shape":
+            state["features.3.weight"] = torch.zeros(192, 64, 3, 3)
+        elif bad == "missing-layer":
+            del state["features.10.bias"]
+        elif bad == "three-lins":
+            del state["lin3.model.1.weight"], state["lin4.model.1.weight"]
+        elif bad == "lin-shape":
+            state["lin2.model.1.weight"] = torch.ones(1, 7, 1, 1)
+        torch.save(state, path)
+    with pytest.raises(lpips.LPIPSError, match=message) as info:
+        lpips.load_perceptual_distance(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+class _Payload:
+    """Unpickling this creates a marker file: what a hostile 'weights' file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("fmt", ["torch-zip", "raw-pickle"])
+def test_pickle_payload_is_refused_and_never_runs(tmp_path: Path, fmt: str) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    payload = {"features.0.weight": torch.zeros(1), "x": _Payload(marker)}
+    if fmt == "torch-zip":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    assert not marker.exists()
+    with pytest.raises(lpips.LPIPSError, match="not a safetensors or weights-only torch file"):
+        lpips.load_perceptual_distance(path)
+    assert not marker.exists()
+    # the payload is real: an ordinary unpickler runs it
+    if fmt == "torch-zip":
+        torch.load(path, weights_only=False)
+    else:
+        pickle.loads(path.read_bytes())
+    assert marker.exists()
