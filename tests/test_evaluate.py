@@ -20,6 +20,7 @@ from trainer.evaluate import (
     iwae_log_likelihood,
     likelihood_label,
     main,
+    posterior_log_density,
     read_evaluation,
 )
 from trainer.paths import PROJECT_ROOT
@@ -121,14 +122,22 @@ def test_model_with_exact_posterior_gives_the_exact_nll_in_any_batch_size():
 
 @torch.no_grad()
 def test_model_estimate_approaches_quadrature_and_stays_above_it():
-    model = OneDimBernoulli(slope=2.0, q_mean=0.4, q_logvar=-0.5)  # q is not the posterior
+    model = OneDimBernoulli(slope=2.0, q_mean=0.2, q_logvar=0.3)  # q is not the posterior
     exact = quadrature_nll(model, BINARY_IMAGES)
     small = evaluate_model(model, BINARY_IMAGES.repeat(200, 1, 1, 1), samples=1, generator=torch.Generator().manual_seed(0))
     large = evaluate_model(model, BINARY_IMAGES, samples=40000, batch_size=4099, generator=torch.Generator().manual_seed(0))
     per_image_k1 = small.nll_iwae.view(200, 3).mean(0)
-    assert (per_image_k1 > exact + 0.05).all()  # the ELBO is loose here
-    torch.testing.assert_close(large.nll_iwae, exact, rtol=0, atol=0.01)
-    assert (large.neg_elbo > large.nll_iwae + 0.05).all()
+    assert (per_image_k1 > exact + 0.5).all()  # the ELBO is loose here (by 1.2 to 3 nats) ...
+    torch.testing.assert_close(large.nll_iwae, exact, rtol=0, atol=0.03)  # ... IWAE-40000 is not (Monte Carlo sd <= 0.008)
+    assert (large.neg_elbo > large.nll_iwae + 0.2).all()
+
+
+def test_posterior_log_density_matches_torch():
+    g = torch.Generator().manual_seed(0)
+    mean, logvar, eps = (torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    z = DiagonalGaussian(mean, logvar).sample(eps=eps)
+    expected = Normal(mean, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+    torch.testing.assert_close(posterior_log_density(eps, logvar), expected)
 
 
 def test_binary_targets_and_labels():
@@ -154,10 +163,10 @@ def tiny_runs(tmp_path_factory) -> Path:
 
 def test_bounds_are_ordered_on_a_trained_run(tiny_runs):
     run = load_run(tiny_runs / "vae")
-    x = torch.from_numpy(run.atlas.images[:16])
-    nll = {k: float(evaluate_model(run.model, x, samples=k, generator=torch.Generator().manual_seed(k)).nll_iwae.mean()) for k in (1, 10, 200)}
-    assert nll[1] > nll[10] > nll[200], nll
-    out = evaluate_model(run.model, x, samples=200, generator=torch.Generator().manual_seed(5))
+    x = torch.from_numpy(run.atlas.images).repeat(5, 1, 1, 1)  # 40 images, 5 estimates each
+    nll = {k: float(evaluate_model(run.model, x, samples=k, generator=torch.Generator().manual_seed(k)).nll_iwae.mean()) for k in (1, 5, 100)}
+    assert nll[1] > nll[5] > nll[100], nll  # gaps of about 2 and 0.2 nats, each several standard errors
+    out = evaluate_model(run.model, x, samples=100, generator=torch.Generator().manual_seed(5))
     assert float(out.neg_elbo.mean()) > float(out.nll_iwae.mean())
     # IWAE-1 and the (analytic-KL) negative ELBO agree in expectation: averaged over many draws per image.
     one = evaluate_model(run.model, x.repeat(100, 1, 1, 1), samples=1, generator=torch.Generator().manual_seed(6))

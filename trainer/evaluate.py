@@ -77,10 +77,12 @@ def iwae_log_likelihood(log_px_given_z: torch.Tensor, log_pz: torch.Tensor, log_
     return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
 
 
-def diagonal_gaussian_log_density(z: torch.Tensor, posterior: DiagonalGaussian) -> torch.Tensor:
-    """log q(z) under a diagonal Gaussian with positive variance, summed over the last dimension: z (..., D) -> (...)."""
-    eps = (z - posterior.mean) / posterior.std  # (..., D) standard normal under q
-    return -0.5 * (eps.pow(2) + posterior.logvar + LOG_2PI).sum(dim=-1)
+def posterior_log_density(eps: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log q(z|x) at z = mean + std * eps under the diagonal Gaussian q = N(mean, exp(logvar)), (..., D) -> (...).
+
+    Taken from the noise rather than from z - mean, which loses precision when std is tiny next to the mean.
+    """
+    return -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(dim=-1)
 
 
 def binary_targets(images: torch.Tensor) -> bool:
@@ -150,11 +152,12 @@ def evaluate_model(
         for s0 in range(0, samples, per_pass):
             s = min(per_pass, samples - s0)
             q = DiagonalGaussian(mean.expand(s, b, -1).reshape(s * b, -1), logvar.expand(s, b, -1).reshape(s * b, -1))  # (S*B, D)
-            z = q.sample(generator)  # (S*B, D)
+            eps = torch.randn(q.mean.shape, generator=generator, device=device, dtype=q.mean.dtype)  # (S*B, D)
+            z = q.sample(eps=eps)  # (S*B, D)
             logits = model.decode(z).float()  # (S*B, C, H, W)
             target = x.expand(s, *x.shape).reshape(s * b, *x.shape[1:])  # (S*B, C, H, W)
             recon = reconstruction_per_sample(logits, target, recon_loss).view(s, b)  # (S, B) = -log p(x|z)
-            log_w = log_importance_weights(-recon, standard_normal_log_density(z).view(s, b), diagonal_gaussian_log_density(z, q).view(s, b))
+            log_w = log_importance_weights(-recon, standard_normal_log_density(z).view(s, b), posterior_log_density(eps, q.logvar).view(s, b))
             lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
             recon_sum += recon.double().sum(dim=0)
         nll[start : start + b] = (math.log(samples) - lse).cpu()
@@ -207,12 +210,13 @@ def evaluation_images(run: Run, limit: int | None = None) -> tuple[torch.Tensor,
         reason = f"the dataset could not be loaded ({first_line(e)})"
     if reason is None and len(data.test_x):
         images, total = data.test_x[:limit], len(data.test_x)
-        where = data.source.get("path", "")
-        what = f"{data.source.get('name', tc.dataset)} ({data.source.get('kind', '?')}{', ' + where if where and not tc.dataset.startswith(FOLDER_PREFIX) else ''})"
+        name, kind, where = data.source.get("name", tc.dataset), data.source.get("kind", "?"), data.source.get("path")
+        what = f"{name} ({kind})" if tc.dataset.startswith(FOLDER_PREFIX) or not where else f"{name} ({kind}, {where})"
         return images, "test", f"the first {len(images):,} of the {total:,} test images of {what}"
     atlas = torch.from_numpy(run.atlas.images)
     images = atlas[:limit]
-    return images, "atlas", f"the first {len(images):,} of the run's {len(atlas):,} atlas images (its fixed test subset), because {reason or 'the test set is empty'}"
+    why = reason or "the test set is empty"
+    return images, "atlas", f"the first {len(images):,} of the run's {len(atlas):,} atlas images (its fixed test subset), because {why}"
 
 
 # ---------------------------------------------------------------- the run's evaluation file
@@ -311,9 +315,15 @@ def _bounded_int(name: str, low: int, high: int) -> Callable[[str], int]:
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description="Importance-weighted (IWAE) NLL bound of a run on its test set, in nats per image.")
     p.add_argument("run", help="a run folder, or the name of one in checkpoints/")
-    p.add_argument("--samples", "-k", type=_bounded_int("--samples", 1, MAX_SAMPLES), default=DEFAULT_SAMPLES, help=f"importance samples K per image (default {DEFAULT_SAMPLES})")
+    p.add_argument(
+        "--samples", "-k", type=_bounded_int("--samples", 1, MAX_SAMPLES), default=DEFAULT_SAMPLES,
+        help=f"importance samples K per image (default {DEFAULT_SAMPLES})",
+    )
     p.add_argument("--images", type=_bounded_int("--images", 1, 10**9), default=None, help="evaluate the first N test images only (default all)")
-    p.add_argument("--batch-size", type=_bounded_int("--batch-size", 1, 10**9), default=None, help="latent samples decoded per pass, samples x images (default: about 4M pixels' worth)")
+    p.add_argument(
+        "--batch-size", type=_bounded_int("--batch-size", 1, 10**9), default=None,
+        help=f"latent samples decoded per pass, samples x images (default: {DEFAULT_PIXELS_PER_PASS:,} pixels' worth)",
+    )
     p.add_argument("--seed", type=_bounded_int("--seed", 0, 2**63 - 1), default=DEFAULT_SEED, help=f"seed of the importance samples (default {DEFAULT_SEED})")
     p.add_argument("--device", default="auto", help="auto (default: cuda if present, else cpu), cpu or cuda")
     return p
