@@ -184,6 +184,7 @@ def test_cli_prints_one_line_writes_and_reads_back(tiny_runs, capsys):
     assert REQUIRED_KEYS <= record.keys()
     assert (record["samples"], record["images"], record["epoch"], record["recon_loss"]) == (20, 8, 1, "bce")
     assert record["image_set"] == "test" and "not a density" in record["likelihood"]  # MNIST is grayscale
+    assert 0 < record["bce_floor"] < record["nll_iwae"]
     assert record["nll_iwae_stderr"] > 0 and record["neg_elbo"] >= record["nll_iwae"] - 3 * record["nll_iwae_stderr"]
     assert evaluation_path(run_dir, 1).name == "evaluation-000001.json"
     assert read_evaluation(run_dir, 1) == record

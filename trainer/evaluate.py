@@ -31,7 +31,7 @@ import torch
 from models import DiagonalGaussian, reconstruction_per_sample, standard_normal_log_density, to_float_images
 from models.distributions import LOG_2PI
 
-from . import safe_io
+from . import metrics, safe_io
 from .config import is_int, is_number
 from .data import FOLDER_PREFIX, DataError, load_dataset
 from .errors import first_line
@@ -268,6 +268,7 @@ def evaluate_run(
     if not (math.isfinite(nll) and math.isfinite(elbo)):
         raise ValueError(f"run '{run.name}': the estimate is not finite (NLL {nll}, negative ELBO {elbo})")
     binary = binary_targets(x)
+    floor = float(metrics.binary_entropy_per_image(to_float_images(x)).mean()) if recon_loss == "bce" else None
     return {
         "run": run.name,
         "epoch": run.epoch,
@@ -282,6 +283,7 @@ def evaluate_run(
         "recon_loss": recon_loss,
         "binary_targets": binary,
         "likelihood": likelihood_label(recon_loss, binary),
+        "bce_floor": floor,  # the lowest BCE any model can reach on these images (their pixels' binary entropy); 0 for binary images
         "units": "nats per image",
         "bits_per_dim": nll / (math.prod(x.shape[1:]) * math.log(2)),
         "seed": seed,
