@@ -1,4 +1,4 @@
-"""Cached derived data of a run for the Explore page (st.cache_data around the pure functions).
+"""The Explore page's caches: st.cache_data around the pure functions of a run's derived data.
 
 Every cached function takes `key` (run_key(run): path, epoch and save time) as its hashed identity and
 the run itself as the unhashed `_run`, so a new epoch of a run is a new entry and nothing hashes a model.
@@ -10,7 +10,9 @@ import hashlib
 import numpy as np
 import streamlit as st
 
-from app import images, latent, plots
+from app import images, latent
+from trainer.images import class_rgb, decode_uint8
+from trainer.projections import cached_embedding
 from trainer.runs import Run
 
 CACHE_ENTRIES = 32
@@ -42,7 +44,7 @@ def projection(key: str, _run: Run, method: str, dims: tuple[int, int]) -> laten
     means = _run.atlas.means[-1]
     embedding = None
     if method in latent.CACHED_PROJECTIONS and means.shape[1] > 2:
-        embedding = latent.cached_embedding(_run.path, _run.epoch, means, method, seed=_run.train_config.seed)
+        embedding = cached_embedding(_run.path, _run.epoch, means, method, seed=_run.train_config.seed)
     return latent.make_projection(means, method, dims, embedding)
 
 
@@ -60,7 +62,7 @@ def replay_gif(key: str, _run: Run, method: str, dims: tuple[int, int]) -> bytes
     coords, x_range, y_range = replay(key, _run, method, dims)
     atlas = _run.atlas
     picks = np.unique(np.linspace(0, len(coords) - 1, min(len(coords), MAX_GIF_FRAMES)).round().astype(int))
-    colors = plots.class_rgb(max(len(_run.class_names), int(atlas.labels.max()) + 1))
+    colors = class_rgb(max(len(_run.class_names), int(atlas.labels.max()) + 1))
     frames = [
         images.scatter_frame(coords[i], atlas.labels, colors, x_range, y_range, GIF_SIDE, f"{_run.name}  epoch {int(atlas.epochs[i])}")
         for i in picks
@@ -71,13 +73,13 @@ def replay_gif(key: str, _run: Run, method: str, dims: tuple[int, int]) -> bytes
 @st.cache_data(max_entries=DECODE_CACHE_ENTRIES, show_spinner=False)
 def decode(key: str, _run: Run, z: np.ndarray) -> np.ndarray:
     """Decoded latents (B, D) as uint8 images (B, C, H, W), one batch."""
-    return images.decode_uint8(_run.model, z)
+    return decode_uint8(_run.model, z)
 
 
 @st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)
 def reconstructions(key: str, _run: Run, indices: tuple[int, ...]) -> np.ndarray:
     """Reconstructions (through the posterior mean) of atlas images: uint8 (B, C, H, W)."""
-    return images.decode_uint8(_run.model, _run.atlas.means[-1][list(indices)])
+    return decode_uint8(_run.model, _run.atlas.means[-1][list(indices)])
 
 
 @st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)

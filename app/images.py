@@ -1,28 +1,37 @@
-"""Images for the explorer: decoding to pixels, tiling, uploads preprocessed like the run's data, GIFs.
+"""Images for the explorer: display scaling, uploads preprocessed like the run's data, replay frames and GIFs.
 
-Pure numpy / PIL / torch, no Streamlit. Pixel arrays are uint8; batches are (N, C, H, W) like the atlas,
-single display images (H, W) for grayscale or (H, W, 3) for colour.
+Pure numpy / PIL, no Streamlit. Pixel arrays are uint8; batches are (N, C, H, W) like the atlas, single
+display images (H, W) for grayscale or (H, W, 3) for colour. Decoding latents, tiling and PNG encoding
+live in trainer.images (the study uses them too) and are imported here, so the pages find every image
+helper in this module.
 """
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from models import VAE
+from trainer.images import (  # noqa: F401  (decode_uint8, png_bytes, reconstruct_uint8, tile, to_display: the pages use them from here)
+    IMAGE_EXTENSIONS,
+    LIGHT,
+    MAX_IMAGE_PIXELS,
+    ImageError,
+    decode_uint8,
+    fit_square,
+    flatten_alpha,
+    open_image,
+    png_bytes,
+    reconstruct_uint8,
+    tile,
+    to_display,
+)
 
 MAX_UPLOAD_BYTES = 10 * 2**20
-MAX_UPLOAD_PIXELS = 40_000_000
-UPLOAD_TYPES = ("png", "jpg", "jpeg", "gif", "webp", "bmp", "tif", "tiff")
-# The decoders PIL may use for them (never EPS & co, whose plugins run programs such as Ghostscript).
-UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
-WORK_SIDE = 1024  # larger uploads are shrunk to this before any array is made of them (results are 28-128 px)
+MAX_UPLOAD_PIXELS = MAX_IMAGE_PIXELS  # uploads and folder datasets share one decoder and its limits
+UPLOAD_TYPES = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)  # what the file picker offers
 MNIST_SIZE, MNIST_BOX = 28, 20  # MNIST digits fit a 20x20 box, centred by mass in 28x28
 INK_FLOOR = 0.2  # after stretching to [0, 1], fainter pixels are background (paper texture, JPEG noise)
-LIGHT = 128  # a background brighter than this is paper: invert to MNIST's white-on-black
 DISPLAY_PIXELS = 8  # nearest-neighbour upscale of a 28x28 digit for display
 PREVIEW_SIDE = 256  # the uploaded original is shown at most this large
 UPLOAD_STYLES = ("digit", "object", "photo")
@@ -32,56 +41,16 @@ class UploadError(ValueError):
     """An upload that cannot be used; the message is one line for st.error."""
 
 
-# ---------------------------------------------------------------- decoding and layout
-
-def decode_uint8(model: VAE, z: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Decode latents (B, D) in one batch to uint8 images (B, C, H, W)."""
-    zt = torch.as_tensor(np.asarray(z, np.float32)) if not isinstance(z, torch.Tensor) else z.float()
-    with torch.inference_mode():
-        x = model.decode_images(zt)  # (B, C, H, W) in [0, 1]
-    return (x.numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
-def reconstruct_uint8(model: VAE, x: np.ndarray) -> np.ndarray:
-    """Images (B, C, H, W) uint8 -> reconstructions through the posterior mean, uint8 (B, C, H, W)."""
-    posterior = model.encode_batches(torch.from_numpy(np.ascontiguousarray(x)))
-    return decode_uint8(model, posterior.mean)
-
-
-def to_display(image: np.ndarray) -> np.ndarray:
-    """(C, H, W) -> (H, W) for one channel, (H, W, 3) for three."""
-    return image[0] if image.shape[0] == 1 else np.ascontiguousarray(image.transpose(1, 2, 0))
-
+# ---------------------------------------------------------------- display
 
 def upscale(image: np.ndarray, factor: int = DISPLAY_PIXELS) -> np.ndarray:
     """Nearest-neighbour enlargement of a display image (H, W[, 3]) so pixels stay crisp in the browser."""
     return image.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def tile(images: np.ndarray, cols: int, pad: int = 1, pad_value: int = 64) -> np.ndarray:
-    """Lay out (N, C, H, W) images in rows of `cols` with `pad` pixels between: display image
-    (rows * (H + pad) - pad, cols * (W + pad) - pad[, 3])."""
-    n, c, h, w = images.shape
-    cols = max(1, min(cols, n)) if n else 1
-    rows = max(1, -(-n // cols))
-    out = np.full((c, rows * (h + pad) - pad, cols * (w + pad) - pad), pad_value, np.uint8)
-    for k in range(n):
-        r, q = divmod(k, cols)
-        out[:, r * (h + pad) : r * (h + pad) + h, q * (w + pad) : q * (w + pad) + w] = images[k]
-    return to_display(out)
-
-
 def display_scale(image_size: int, target: int) -> int:
     """Integer upscale factor that brings an image side near `target` pixels (at least 1)."""
     return max(1, round(target / image_size))
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------- uploads
@@ -95,69 +64,6 @@ class Upload:
 def upload_style(dataset: str) -> str:
     """How to preprocess uploads for a run's dataset: MNIST digits, Fashion-MNIST objects, or photos (folders)."""
     return {"mnist": "digit", "fashion-mnist": "object"}.get(dataset, "photo")
-
-
-def _open_image(data: bytes):
-    """Decode upload bytes to an RGBA/RGB/L PIL image: first frame, EXIF orientation applied, 16-bit scaled."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise UploadError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB")
-    if not data:
-        raise UploadError("the file is empty")
-    Image.MAX_IMAGE_PIXELS = MAX_UPLOAD_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
-            if im.width * im.height > MAX_UPLOAD_PIXELS:
-                raise UploadError(f"the image is {im.width}x{im.height} pixels; the limit is {MAX_UPLOAD_PIXELS // 10**6} megapixels")
-            im.seek(0)  # animated GIF / WebP / multi-page TIFF: the first frame
-            im.load()
-            im = ImageOps.exif_transpose(im)
-    except UploadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UploadError(f"the image has too many pixels; the limit is {MAX_UPLOAD_PIXELS // 10**6} megapixels") from None
-    except UnidentifiedImageError:
-        raise UploadError("not an image file that can be read (use PNG, JPEG, GIF, WebP, BMP or TIFF)") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise UploadError(f"the image could not be decoded ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    sixteen_bit = im.mode.startswith("I;16")
-    im = _shrink(im)
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):  # 16-bit / float grayscale: scale to 8 bits
-        arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if sixteen_bit or arr.max() > 255 else 1.0 if im.mode == "F" and arr.max() <= 1.0 else 255.0
-        im = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
-    if im.mode == "P" or im.mode == "PA":
-        im = im.convert("RGBA")
-    elif im.mode in ("LA", "La", "RGBa"):
-        im = im.convert("RGBA")
-    elif im.mode not in ("L", "RGB", "RGBA"):
-        im = im.convert("RGB")  # CMYK, YCbCr, LAB, 1-bit, ...
-    return im
-
-
-def _shrink(im):
-    """A decoded upload reduced (box filter) to at most WORK_SIDE a side, so later float arrays stay small."""
-    factor = -(-max(im.size) // WORK_SIDE)
-    if factor <= 1:
-        return im
-    if im.mode in ("1", "P", "PA") or im.mode.startswith("I;16"):  # modes Image.reduce cannot average
-        im = im.convert({"1": "L", "P": "RGBA", "PA": "RGBA"}.get(im.mode, "I"))
-    return im.reduce(factor)
-
-
-def _flatten_alpha(im) -> np.ndarray:
-    """RGB(A)/L PIL image -> (H, W, 3) uint8; transparency composited on a background that contrasts with the ink."""
-    rgba = np.asarray(im.convert("RGBA"), dtype=np.float64)
-    rgb, alpha = rgba[..., :3], rgba[..., 3:] / 255.0
-    if alpha.min() >= 1.0:
-        return rgb.astype(np.uint8)
-    luminance = rgb.mean(-1, keepdims=True)
-    ink = (luminance * alpha).sum() / max(alpha.sum(), 1e-6)  # mean brightness of what is drawn
-    background = 0.0 if ink > LIGHT else 255.0
-    return (rgb * alpha + background * (1.0 - alpha) + 0.5).astype(np.uint8)
 
 
 def _preview(rgb: np.ndarray) -> np.ndarray:
@@ -213,20 +119,21 @@ def _paste(canvas_side: int, patch: np.ndarray, centre_of_mass: bool) -> np.ndar
 def preprocess_upload(data: bytes, image_size: int, channels: int, style: str = "digit") -> Upload:
     """Upload bytes -> the run's input format (C, S, S) uint8. Raises UploadError with one line.
 
-    digit: grayscale, white-on-black, ink scaled into a 20x20 box (for 28x28) and centred by mass, like MNIST;
-    object: the same, but the object fills the frame and is centred by its box (Fashion-MNIST);
-    photo: resize the short side and centre-crop (folder datasets), colour kept.
+    photo (folder datasets): exactly trainer.images.decode_image, the path every training image of the folder took;
+    digit: decoded the same way, then grayscale, white-on-black, ink scaled into a 20x20 box (for 28x28) and
+    centred by mass, like MNIST; object: the same, but the object fills the frame and is centred by its box
+    (Fashion-MNIST).
     """
-    from PIL import Image, ImageOps
-
     if style not in UPLOAD_STYLES:
         raise ValueError(f"unknown upload style '{style}': choose one of {', '.join(UPLOAD_STYLES)}")
-    rgb = _flatten_alpha(_open_image(data))  # (H, W, 3)
-    if style == "photo":
-        im = Image.fromarray(rgb).convert("L" if channels == 1 else "RGB")
-        arr = np.asarray(ImageOps.fit(im, (image_size, image_size), method=Image.Resampling.BILINEAR), np.uint8)
-        x = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-        return Upload(_preview(rgb), np.ascontiguousarray(x))
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise UploadError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB")
+    try:
+        rgb = flatten_alpha(open_image(data))  # (H, W, 3): the first steps of trainer.images.decode_image
+    except ImageError as e:
+        raise UploadError(str(e)) from None
+    if style == "photo":  # the rest of decode_image: an upload becomes what a training image of the folder became
+        return Upload(_preview(rgb), fit_square(rgb, image_size, channels))
     ink = _white_on_black(rgb.astype(np.float64).mean(-1))
     if not ink.any():
         raise UploadError("no drawing found: the image is blank after removing its background")

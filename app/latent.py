@@ -1,14 +1,12 @@
-"""Latent-space arithmetic for the explorer: grids, paths, projections, samples. Pure numpy/torch, no Streamlit.
+"""Latent-space arithmetic for the explorer: grids, paths, densities, statistics, samples, the scatter's projection.
 
-Every function takes arrays (latents `z` are float32 rows of shape (B, D)) and returns arrays, so the
-page, the benchmark and the tests share one implementation.
+Pure numpy/torch, no Streamlit. Every function takes arrays (latents `z` are float32 rows of shape (B, D))
+and returns arrays, so the page, the benchmark and the tests share one implementation. PCA, the UMAP /
+t-SNE maps and their cache file in the run folder live in trainer.projections (the study uses them too).
 """
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from statistics import NormalDist
 from typing import Callable
 
@@ -17,7 +15,7 @@ import torch
 
 from models import standard_normal_log_density
 from trainer.metrics import ACTIVE_UNIT_THRESHOLD
-from trainer.runs import RunError, atomic_write_bytes, load_npz, npz_bytes, read_regular_file
+from trainer.projections import EMBEDDINGS, PCA, as_latents, cached_embedding, fit_pca, knn_place, projection_path  # noqa: F401  (re-exported)
 
 GRID_QUANTILES = (0.05, 0.95)  # the manifold grid spans these Gaussian quantiles on each axis
 GRID_SIZE_RANGE = (5, 30)
@@ -26,20 +24,7 @@ MAX_SLIDERS = 32
 INACTIVE_THRESHOLD = ACTIVE_UNIT_THRESHOLD  # nats of mean KL (variance of the codes for an AE)
 INTERPOLATION_STEPS = (3, 20)
 INTERPOLATIONS = ("linear", "spherical")
-PROJECTIONS = ("pca", "umap", "tsne", "raw")
-CACHED_PROJECTIONS = ("umap", "tsne")  # slow enough to be kept on disk in the run folder
-KNN_NEIGHBOURS = 10  # out-of-sample placement on a UMAP / t-SNE map
-UMAP_EPOCHS = 200
-TSNE_ITERATIONS = 500
-PROJECTION_MAX_BYTES = 2**26  # a cached 2-D map: N x 2 floats and a fingerprint
-PROJECTION_FILE_RE = re.compile(r"^projection-(umap|tsne)-(\d{6})\.npz$")
-
-
-def as_latents(z: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Any latent batch -> float32 numpy (B, D); a single vector becomes (1, D)."""
-    arr = z.detach().cpu().numpy() if isinstance(z, torch.Tensor) else np.asarray(z)
-    arr = arr.astype(np.float32, copy=False)
-    return arr[None] if arr.ndim == 1 else arr
+CACHED_PROJECTIONS = EMBEDDINGS  # UMAP and t-SNE maps are computed once per epoch and kept in the run folder
 
 
 # ---------------------------------------------------------------- grids and paths
@@ -190,117 +175,13 @@ def random_start(stats: DimStats, deterministic: bool, seed: int) -> np.ndarray:
     return prior_samples(1, len(stats.mean), 1.0, seed)[0]
 
 
-# ---------------------------------------------------------------- projections
-
-@dataclass(frozen=True)
-class PCA:
-    """Principal axes of a set of latents: coords = (z - mean) @ components.T."""
-
-    mean: np.ndarray  # (D,)
-    components: np.ndarray  # (K, D) orthonormal rows, by decreasing variance
-    std: np.ndarray  # (K,) standard deviation of the data along each component
-
-    def transform(self, z: np.ndarray, k: int = 2) -> np.ndarray:
-        """(B, D) -> (B, k)."""
-        return ((as_latents(z) - self.mean) @ self.components[:k].T).astype(np.float32)
-
-    def inverse(self, coords: np.ndarray) -> np.ndarray:
-        """(B, k) coordinates on the first k components -> (B, D) latents."""
-        coords = np.asarray(coords, np.float32)
-        return (self.mean + coords @ self.components[: coords.shape[1]]).astype(np.float32)
-
-    def move_in_plane(self, z_base: np.ndarray, coords: np.ndarray) -> np.ndarray:
-        """Latents whose first two PCA coords are `coords` (B, 2) and whose other components are z_base's: (B, D)."""
-        base = as_latents(z_base)[0]
-        shift = np.asarray(coords, np.float32) - self.transform(base[None])[0]
-        return (base[None] + shift @ self.components[:2]).astype(np.float32)
-
-
-def fit_pca(z: np.ndarray) -> PCA:
-    """All principal components of z (N, D) by SVD (K = min(N, D); zero-padded to D for tiny N)."""
-    z = np.asarray(z, np.float64)
-    mean = z.mean(0)
-    _, s, vt = np.linalg.svd(z - mean, full_matrices=False)
-    std = s / np.sqrt(max(len(z) - 1, 1))
-    signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])  # deterministic orientation
-    vt = vt * np.where(signs == 0, 1.0, signs)[:, None]
-    if len(vt) < z.shape[1]:  # fewer points than dims: complete the basis so inverse() of 2 coords still works
-        q, _ = np.linalg.qr(np.concatenate([vt.T, np.eye(z.shape[1])], axis=1))
-        vt = np.concatenate([vt, q[:, len(vt) : z.shape[1]].T])
-        std = np.concatenate([std, np.zeros(z.shape[1] - len(std))])
-    return PCA(mean.astype(np.float32), vt.astype(np.float32), std.astype(np.float32))
-
-
-def knn_place(z: np.ndarray, ref: np.ndarray, ref_xy: np.ndarray, k: int = KNN_NEIGHBOURS) -> np.ndarray:
-    """Place new latents on a non-linear map: inverse-distance average of their k nearest atlas points: (B, 2)."""
-    z = as_latents(z)
-    d2 = ((z[:, None, :] - ref[None]) ** 2).sum(-1)  # (B, N)
-    k = min(k, len(ref))
-    idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
-    w = 1.0 / (np.sqrt(np.take_along_axis(d2, idx, 1)) + 1e-6)
-    return ((ref_xy[idx] * w[..., None]).sum(1) / w.sum(1, keepdims=True)).astype(np.float32)
-
-
-def embed(z: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
-    """A 2-D map of z (N, D) with UMAP or t-SNE (single-threaded, shortened schedules for a small CPU): (N, 2)."""
-    z = np.asarray(z, np.float32)
-    n = len(z)
-    if n < 5:
-        return fit_pca(z).transform(z)
-    if method == "umap":
-        import umap
-
-        reducer = umap.UMAP(n_neighbors=min(15, n - 1), n_components=2, n_epochs=UMAP_EPOCHS, random_state=seed, n_jobs=1)
-        return reducer.fit_transform(z).astype(np.float32)
-    if method == "tsne":
-        from sklearn.manifold import TSNE
-
-        tsne = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3.0), init="pca", random_state=seed, max_iter=TSNE_ITERATIONS)
-        return tsne.fit_transform(z).astype(np.float32)
-    raise ValueError(f"unknown embedding '{method}': choose umap or tsne")
-
-
-def fingerprint(a: np.ndarray) -> str:
-    """A short content hash of an array: a cached projection is only reused for exactly these latents."""
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
-
-
-def projection_path(run_dir: Path, method: str, epoch: int) -> Path:
-    return Path(run_dir) / f"projection-{method}-{epoch:06d}.npz"
-
-
-def cached_embedding(run_dir: Path, epoch: int, z: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
-    """embed(z) kept on disk as <run>/projection-<method>-<epoch>.npz (atomic write, no pickles): (N, 2).
-
-    A missing, corrupt or stale file (other latents) is recomputed; older epochs' files are removed;
-    a read-only run folder just means no disk cache.
-    """
-    path = projection_path(run_dir, method, epoch)
-    key = fingerprint(np.asarray(z, np.float32))
-    try:
-        arrays = load_npz(path, read_regular_file(path, PROJECTION_MAX_BYTES), {"xy": 2, "fingerprint": 0}, limit=PROJECTION_MAX_BYTES)
-        xy = arrays["xy"]
-        if str(arrays["fingerprint"]) == key and xy.shape == (len(z), 2) and np.isfinite(xy).all():
-            return xy.astype(np.float32)
-    except RunError:  # missing, truncated, foreign, a pipe or a link: recompute
-        pass
-    xy = embed(z, method, seed)
-    try:
-        atomic_write_bytes(path, npz_bytes({"xy": xy, "fingerprint": np.array(key)}))
-        for old in Path(run_dir).iterdir():
-            m = PROJECTION_FILE_RE.match(old.name)
-            if m and m.group(1) == method and old.name != path.name:
-                old.unlink(missing_ok=True)
-    except OSError:
-        pass
-    return xy
-
+# ---------------------------------------------------------------- the scatter's projection
 
 @dataclass(frozen=True)
 class Projection:
     """How latents become scatter coordinates: raw dims, PCA, or a UMAP / t-SNE map of the atlas."""
 
-    method: str  # one of PROJECTIONS; 2-D latents always use "raw"
+    method: str  # "pca", "raw" or one of CACHED_PROJECTIONS; 2-D latents always use "raw"
     dims: tuple[int, int]  # the raw dims shown (method "raw")
     xy: np.ndarray  # (N, 2) the atlas on this map
     pca: PCA | None  # (method "pca")

@@ -8,30 +8,14 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+
+from trainer.images import class_colors
 
 SCATTER_HEIGHT = 580
 MARKER_SIZE = 5
 OVERLAY_COLOR = "#111111"
 PATH_COLOR = "#d62728"
 OUTLINE_COLOR = "#444444"
-
-
-def _hex_to_rgb(color: str) -> tuple[int, int, int]:
-    color = color.lstrip("#")
-    return int(color[0:2], 16), int(color[2:4], 16), int(color[4:6], 16)
-
-
-def class_colors(n: int) -> list[str]:
-    """One distinct hex colour per class (Plotly's D3 palette, extended for more than ten classes)."""
-    base = list(qualitative.D3) + list(qualitative.Dark24) + list(qualitative.Light24)
-    out = [c if c.startswith("#") else "#888888" for c in base]
-    return [out[i % len(out)] for i in range(max(n, 1))]
-
-
-def class_rgb(n: int) -> list[tuple[int, int, int]]:
-    """class_colors as RGB tuples (for frames drawn with PIL)."""
-    return [_hex_to_rgb(c) for c in class_colors(n)]
 
 
 def class_name(class_names: list[str], label: int) -> str:

@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import norm
 
 from app import latent
+from trainer import projections
 
 
 def rng_latents(n: int = 60, d: int = 5, seed: int = 0) -> np.ndarray:
@@ -214,8 +215,8 @@ def test_replay_coords_use_one_map_for_every_snapshot():
 
 def test_embedding_is_cached_on_disk_atomically(tmp_path, monkeypatch):
     z = rng_latents(n=40)
-    xy = latent.cached_embedding(tmp_path, 3, z, "tsne")
-    path = latent.projection_path(tmp_path, "tsne", 3)
+    xy = projections.cached_embedding(tmp_path, 3, z, "tsne")
+    path = projections.projection_path(tmp_path, "tsne", 3)
     assert xy.shape == (40, 2) and path.is_file()
     with np.load(path, allow_pickle=False) as npz:
         np.testing.assert_allclose(npz["xy"], xy)
@@ -223,14 +224,14 @@ def test_embedding_is_cached_on_disk_atomically(tmp_path, monkeypatch):
     def no_recompute(*a, **k):
         raise AssertionError("the cached projection should have been used")
 
-    monkeypatch.setattr(latent, "embed", no_recompute)
-    np.testing.assert_allclose(latent.cached_embedding(tmp_path, 3, z, "tsne"), xy)  # served from disk
+    monkeypatch.setattr(projections, "embed", no_recompute)
+    np.testing.assert_allclose(projections.cached_embedding(tmp_path, 3, z, "tsne"), xy)  # served from disk
 
     calls = []
-    monkeypatch.setattr(latent, "embed", lambda z, method, seed=0: calls.append(method) or np.zeros((len(z), 2), np.float32))
-    latent.cached_embedding(tmp_path, 3, z + 1.0, "tsne")  # other latents: stale, recomputed
+    monkeypatch.setattr(projections, "embed", lambda z, method, seed=0: calls.append(method) or np.zeros((len(z), 2), np.float32))
+    projections.cached_embedding(tmp_path, 3, z + 1.0, "tsne")  # other latents: stale, recomputed
     path.write_bytes(b"not an npz")
-    latent.cached_embedding(tmp_path, 3, z, "tsne")  # corrupt: recomputed
-    latent.cached_embedding(tmp_path, 4, z, "tsne")  # a new epoch replaces the old file
+    projections.cached_embedding(tmp_path, 3, z, "tsne")  # corrupt: recomputed
+    projections.cached_embedding(tmp_path, 4, z, "tsne")  # a new epoch replaces the old file
     assert calls == ["tsne"] * 3
-    assert not path.exists() and latent.projection_path(tmp_path, "tsne", 4).is_file()
+    assert not path.exists() and projections.projection_path(tmp_path, "tsne", 4).is_file()

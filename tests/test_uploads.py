@@ -335,3 +335,27 @@ def test_folder_datasets_skip_eps_and_bombs_too(tmp_path, no_helper_programs):
     data = load_dataset(f"folder:{tmp_path}", image_size=SIZE, channels=1)
     assert data.source["skipped"] == 2 and len(data.train_x) + len(data.test_x) == 3
     assert not no_helper_programs
+
+
+FOLDER_FILES = {  # id: (bytes maker, file suffix)
+    "rgba": (lambda: encode(digit("RGBA", (120, 70)), "PNG"), ".png"),
+    "palette-transparent": (palette_transparent, ".png"),
+    "16-bit": (lambda: sixteen_bit((90, 140)), ".png"),
+    "tiff": (lambda: encode(digit(), "TIFF"), ".tiff"),
+}
+
+
+@pytest.mark.parametrize("case", FOLDER_FILES)
+def test_upload_to_a_folder_run_is_preprocessed_exactly_like_its_training_images(tmp_path, case):
+    """A folder-trained run sees an upload as the very pixels the same file became in its training data."""
+    from trainer.data import load_dataset
+
+    make, suffix = FOLDER_FILES[case]
+    data = make()
+    for i in range(2):
+        (tmp_path / f"{i}{suffix}").write_bytes(data)
+    dataset = f"folder:{tmp_path}"
+    for channels in (1, 3):
+        trained = load_dataset(dataset, image_size=32, channels=channels)
+        upload = preprocess_upload(data, 32, channels, images.upload_style(dataset))
+        assert np.array_equal(upload.x, trained.train_x[0].numpy())

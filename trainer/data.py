@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .images import IMAGE_EXTENSIONS, decode_image  # the one image decoder and its allow-list: folder images and the explorer's uploads
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,8 @@ CLASS_NAMES = {
 }
 TORCHVISION_DIRS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 NATIVE_SIZE = 28
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")  # PIL decoders for them: never EPS & co, whose plugins run programs
 FOLDER_TEST_FRACTION = 0.1
 FOLDER_PREFIX = "folder:"
-MAX_FOLDER_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
@@ -178,21 +176,6 @@ def _folder_files(root: Path) -> tuple[list[Path], list[int], list[str]]:
         class_names = ["image"]
         labels = [0] * len(files)
     return files, labels, class_names
-
-
-def decode_image(data: bytes, image_size: int, channels: int) -> np.ndarray:
-    """Decode image bytes, resize the short side to `image_size`, centre-crop: (C, S, S) uint8."""
-    from PIL import Image, ImageOps
-
-    Image.MAX_IMAGE_PIXELS = MAX_FOLDER_IMAGE_PIXELS
-    with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
-        if im.width * im.height > MAX_FOLDER_IMAGE_PIXELS:  # PIL itself only warns below twice its limit
-            raise DataError(f"{im.width}x{im.height} pixels is more than the {MAX_FOLDER_IMAGE_PIXELS:,}-pixel limit")
-        im = ImageOps.exif_transpose(im)
-        im = im.convert("L" if channels == 1 else "RGB")
-        im = ImageOps.fit(im, (image_size, image_size), method=Image.Resampling.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
 def load_folder(root: Path, image_size: int, channels: int, seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:

@@ -19,15 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from app.images import png_bytes, reconstruct_uint8, tile
-from app.latent import fit_pca
-from app.plots import class_colors
 from models import DEFAULT_HIDDEN_DIM, DEFAULT_WIDTHS, ModelConfig
 
 from .config import TrainConfig
 from .data import DataError, load_dataset
+from .images import class_colors, png_bytes, reconstruct_uint8, tile
+from .projections import plane_2d
 from .runs import MANIFEST_FILE, Run, RunError, load_run, read_status
 from .train import TrainingFailed, fit
 
@@ -77,7 +75,7 @@ def scatter_png(xy: np.ndarray, labels: np.ndarray, side: int = SCATTER_SIDE) ->
     span = np.where(hi - lo > 0, hi - lo, 1.0)
     margin = side * 0.05
     pix = margin + (xy - lo) / span * (side - 2 * margin)
-    colors = class_colors(int(labels.max()) + 1)  # the explorer's palette, so a class looks the same everywhere
+    colors = class_colors(int(labels.max()) + 1)  # the explorer's palette (trainer.images), so a class looks the same everywhere
     for (px, py), label in zip(pix, labels):
         color = colors[int(label)]
         draw.ellipse([px - 1.5, side - py - 1.5, px + 1.5, side - py + 1.5], fill=color)
@@ -90,11 +88,9 @@ def scatter_png(xy: np.ndarray, labels: np.ndarray, side: int = SCATTER_SIDE) ->
 
 
 def latent_scatter(run: Run) -> bytes:
+    """The atlas posterior means of the last epoch as a PNG scatter (PCA plane above 2 dimensions)."""
     means = run.atlas.means[-1][:SCATTER_POINTS]  # (N, D)
-    xy = means if means.shape[1] == 2 else fit_pca(means).transform(means, 2)
-    if means.shape[1] == 1:
-        xy = np.stack([means[:, 0], np.zeros(len(means))], axis=1)
-    return scatter_png(np.asarray(xy, np.float64), run.atlas.labels[: len(means)])
+    return scatter_png(np.asarray(plane_2d(means), np.float64), run.atlas.labels[: len(means)])
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
