@@ -14,7 +14,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from .config import JSONConfig
+from .config import JSONConfig, field_spec, setting
 from .distributions import DiagonalGaussian
 
 ARCHS = ("conv", "conv-upsample", "mlp")
@@ -34,34 +34,34 @@ LOGVAR_RANGE = (-30.0, 20.0)
 
 @dataclass(frozen=True)
 class ModelConfig(JSONConfig):
-    """Everything needed to rebuild a model; saved as JSON in each run."""
+    """Everything needed to rebuild a model; saved as JSON in each run.
+
+    Each field's help text and allowed values (FieldSpec metadata) are also what the trainer's CLI and
+    the app's Train form show and check."""
 
     config_name: ClassVar[str] = "model config"
 
-    arch: str = "conv"
-    kind: str = "vae"
-    latent_dim: int = 16
-    in_channels: int = 1
-    image_size: int = 28
-    widths: tuple[int, ...] = DEFAULT_WIDTHS  # conv channels of the three stages
-    hidden_dim: int = DEFAULT_HIDDEN_DIM  # fully connected layer between image features and the latent heads (0: none)
+    arch: str = setting("conv", "architecture", choices=ARCHS)
+    kind: str = setting("vae", "vae, or ae for a plain autoencoder", choices=KINDS)
+    latent_dim: int = setting(16, "latent size", min=1, max=MAX_LATENT_DIM)
+    in_channels: int = setting(1, "image channels, grayscale or RGB", choices=CHANNELS)
+    image_size: int = setting(28, "image side in pixels", choices=IMAGE_SIZES)
+    widths: tuple[int, ...] = setting(DEFAULT_WIDTHS, f"conv channels of the {N_CONV_STAGES} stages", min=1, max=MAX_WIDTH)
+    hidden_dim: int = setting(
+        DEFAULT_HIDDEN_DIM, "fully connected layer between image features and the latent heads, 0 for none", min=0, max=MAX_HIDDEN_DIM
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        if self.arch not in ARCHS:
+        if not field_spec(ModelConfig, "arch").allows(self.arch, integer=False):
             raise ValueError(f"unknown model '{self.arch}': choose one of {', '.join(ARCHS)}")
-        if self.kind not in KINDS:
+        if not field_spec(ModelConfig, "kind").allows(self.kind, integer=False):
             raise ValueError(f"unknown kind '{self.kind}': choose one of {', '.join(KINDS)}")
-        if not isinstance(self.latent_dim, int) or not 1 <= self.latent_dim <= MAX_LATENT_DIM:
-            raise ValueError(f"latent_dim must be an integer from 1 to {MAX_LATENT_DIM}, got {self.latent_dim!r}")
-        if self.in_channels not in CHANNELS:
-            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels!r}")
-        if self.image_size not in IMAGE_SIZES:
-            raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {self.image_size!r}")
-        if len(self.widths) != N_CONV_STAGES or not all(1 <= w <= MAX_WIDTH for w in self.widths):
-            raise ValueError(f"widths must be {N_CONV_STAGES} channel counts from 1 to {MAX_WIDTH}, got {self.widths!r}")
-        if not isinstance(self.hidden_dim, int) or not 0 <= self.hidden_dim <= MAX_HIDDEN_DIM:
-            raise ValueError(f"hidden_dim must be an integer from 0 to {MAX_HIDDEN_DIM}, got {self.hidden_dim!r}")
+        self.check_fields("latent_dim", "in_channels", "image_size")
+        widths = field_spec(ModelConfig, "widths")
+        if len(self.widths) != N_CONV_STAGES or not all(widths.in_range(w, integer=True) for w in self.widths):
+            raise ValueError(f"widths must be {N_CONV_STAGES} channel counts {widths.range_text()}, got {self.widths!r}")
+        self.check_fields("hidden_dim")
         if self.arch == "mlp" and self.hidden_dim == 0:
             raise ValueError(f"the mlp model needs hidden_dim > 0 (the classic MNIST VAE uses {CLASSIC_MLP_HIDDEN_DIM})")
 
