@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from models import standard_normal_log_density
+from models import DiagonalGaussian, standard_normal_log_density
 from trainer.metrics import ACTIVE_UNIT_THRESHOLD
 from trainer.projections import EMBEDDINGS, PCA, as_latents, cached_embedding, fit_pca, knn_place, projection_path  # noqa: F401  (re-exported)
 
@@ -127,8 +127,8 @@ def dimension_stats(means: np.ndarray, logvars: np.ndarray | None) -> DimStats:
     if logvars is None:
         scores, name = means.var(0), "variance"
     else:
-        logvars = np.asarray(logvars, np.float64)
-        scores, name = (0.5 * (means**2 + np.exp(logvars) - 1.0 - logvars)).mean(0), "KL"
+        posterior = DiagonalGaussian(torch.from_numpy(means), torch.from_numpy(np.asarray(logvars, np.float64)))
+        scores, name = posterior.kl_per_dim().mean(0).numpy(), "KL"
     order = np.argsort(-scores, kind="stable")
     spread = np.maximum(std, 1e-3)
     lo = np.minimum(mean - SLIDER_STDS * spread, 0.0)  # zero is always a reachable starting point
@@ -163,9 +163,11 @@ def fitted_gaussian_samples(mean: np.ndarray, cov: np.ndarray, n: int, temperatu
 
 
 def posterior_samples(mean: np.ndarray, std: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """z = mean + std * eps around one image's posterior (std 0 for an AE): (n, D)."""
-    eps = prior_samples(n, len(mean), 1.0, seed)
-    return (mean[None] + std[None] * eps).astype(np.float32)
+    """n seeded samples of one image's posterior N(mean, diag(std^2)) (std 0 for an AE): (n, D)."""
+    mean_t = torch.from_numpy(np.asarray(mean, np.float32))[None].expand(n, -1)  # (n, D)
+    logvar_t = (2.0 * torch.log(torch.from_numpy(np.asarray(std, np.float32))))[None].expand(n, -1)  # -inf where std is 0
+    eps = torch.from_numpy(prior_samples(n, len(mean), 1.0, seed))
+    return DiagonalGaussian(mean_t, logvar_t).sample(eps=eps).numpy().astype(np.float32)
 
 
 def random_start(stats: DimStats, deterministic: bool, seed: int) -> np.ndarray:
