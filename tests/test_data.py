@@ -44,7 +44,10 @@ def test_idx_reader_hand_built(tmp_path):
 
 @pytest.mark.parametrize(
     "raw,match",
-    [(b"\x01\x00\x08\x01", "magic"), (b"\x00\x00\x08\x03\x00\x00", "truncated"), (idx_bytes(np.zeros((2, 2)))[:-1], "expected 4 bytes"), (b"\x00\x00\x07\x01", "type code")],
+    [
+        (b"\x01\x00\x08\x01", "magic"), (b"\x00\x00\x08\x03\x00\x00", "truncated"),
+        (idx_bytes(np.zeros((2, 2)))[:-1], "expected 4 bytes"), (b"\x00\x00\x07\x01", "type code"),
+    ],
 )
 def test_idx_reader_rejects_bad_files(raw, match):
     with pytest.raises(DataError, match=match):
@@ -129,3 +132,26 @@ def test_empty_or_missing_folder(tmp_path):
     (tmp_path / "x.png").write_bytes(b"garbage")
     with pytest.raises(DataError, match="could be read"):
         load_dataset(f"folder:{tmp_path}")
+
+
+def test_dataset_problem_agrees_with_load_dataset(tmp_path, monkeypatch):
+    """The app's cheap check before starting the trainer finds what load_dataset finds and refuses what it refuses, in its words."""
+    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    assert data_mod.dataset_problem("mnist", tmp_path) is None  # the bundled subset
+    problem = data_mod.dataset_problem("fashion-mnist", tmp_path)
+    assert problem and "apt-get install dataset-fashion-mnist" in problem and "--download" not in problem  # the app cannot download
+    with pytest.raises(DataError) as info:
+        load_dataset("fashion-mnist", data_dir=tmp_path)
+    assert str(info.value).startswith(problem)
+    write_mnist_like(tmp_path / "tv" / "FashionMNIST" / "raw")  # torchvision's layout, data dir relative to `root`
+    assert data_mod.dataset_problem("fashion-mnist", "tv", root=tmp_path) is None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for bad in ("cifar", "folder:", "folder:  ", f"folder:{tmp_path / 'nope'}", f"folder:{empty}"):
+        problem = data_mod.dataset_problem(bad, tmp_path)
+        with pytest.raises(DataError) as info:
+            load_dataset(bad, data_dir=tmp_path)
+        assert problem == str(info.value), bad
+    (empty / "cats").mkdir()
+    (empty / "cats" / "a.png").write_bytes(png_bytes((1, 2, 3)))
+    assert data_mod.dataset_problem(f"folder:{empty}") is None and data_mod.dataset_problem("folder:empty", root=tmp_path) is None

@@ -5,6 +5,8 @@ Search order for `mnist` / `fashion-mnist`:
   2. fashion-mnist only: /usr/share/datasets/fashion-mnist (Debian's package `dataset-fashion-mnist`);
   3. with `download=True`: torchvision's downloader into the data directory;
   4. mnist only: the bundled offline subset `data/mnist-subset/` (10,000 real digits), said plainly.
+`dataset_problem` runs the same search without reading or downloading anything (the app's check before
+it starts the trainer).
 """
 from __future__ import annotations
 
@@ -14,18 +16,19 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .images import IMAGE_EXTENSIONS, decode_image  # the one image decoder and its allow-list: folder images and the explorer's uploads
+from .paths import BUNDLED_DATA_DIR
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_MNIST_SUBSET = PROJECT_ROOT / "data" / "mnist-subset"
+BUNDLED_MNIST_SUBSET = BUNDLED_DATA_DIR / "mnist-subset"
+DEFAULT_DATA_DIR = "data"  # relative to the working folder, as TrainConfig.data_dir
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {
     "train_x": "train-images-idx3-ubyte",
@@ -37,10 +40,19 @@ CLASS_NAMES = {
     "mnist": [str(i) for i in range(10)],
     "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
 }
+DATASETS = tuple(CLASS_NAMES)  # the named datasets; any other must be folder:PATH
 TORCHVISION_DIRS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+# How to get a missing named dataset without downloading (load_dataset adds "or pass --download").
+INSTALL_HINTS = {
+    "mnist": "put the four MNIST IDX files in data/mnist/",
+    "fashion-mnist": "run `apt-get install dataset-fashion-mnist` or put the IDX files in data/fashion-mnist/",
+}
 NATIVE_SIZE = 28
+FOLDER_IMAGE_SIZE = 64  # default side for folders of images
+FOLDER_CHANNELS = 3
 FOLDER_TEST_FRACTION = 0.1
 FOLDER_PREFIX = "folder:"
+CACHE_DIR = ".vae_cache"  # decoded folder images, inside the folder
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
@@ -101,6 +113,11 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def has_idx_files(folder: Path) -> bool:
+    """Whether `folder` holds the four MNIST-style IDX files (gzipped or not); reads none of them."""
+    return all(_find_idx(folder, stem) is not None for stem in IDX_FILES.values())
+
+
 def read_idx_folder(folder: Path) -> dict[str, np.ndarray] | None:
     """The four MNIST-style IDX files of `folder`, or None if any is absent."""
     paths = {key: _find_idx(folder, stem) for key, stem in IDX_FILES.items()}
@@ -117,6 +134,7 @@ def read_idx_folder(folder: Path) -> dict[str, np.ndarray] | None:
 # ---------------------------------------------------------------- MNIST-like
 
 def _candidate_dirs(name: str, data_dir: Path) -> list[Path]:
+    """Where a named dataset's IDX files are looked for, in order (before any download or the bundled subset)."""
     dirs = [data_dir / name, data_dir / TORCHVISION_DIRS[name] / "raw", data_dir]
     if name == "fashion-mnist":
         dirs.append(DEBIAN_FASHION_MNIST)
@@ -157,17 +175,31 @@ def load_mnist_like(name: str, data_dir: Path, download: bool = False) -> tuple[
             "pass --download to fetch full MNIST with torchvision"
         )
         return arrays, {"name": name, "kind": "subset", "path": str(BUNDLED_MNIST_SUBSET), "note": note}
-    how = {
-        "mnist": "put the four MNIST IDX files in data/mnist/ or pass --download",
-        "fashion-mnist": "run `apt-get install dataset-fashion-mnist`, put the IDX files in data/fashion-mnist/, or pass --download",
-    }[name]
-    raise DataError(f"{name} not found (looked in {', '.join(looked)}): {how}")
+    raise DataError(f"{_not_found(name, looked)}, or pass --download")
+
+
+def _not_found(name: str, looked: list[str]) -> str:
+    return f"{name} not found (looked in {', '.join(looked)}): {INSTALL_HINTS[name]}"
 
 
 # ---------------------------------------------------------------- folders of images
 
+def _image_files(root: Path) -> Iterator[Path]:
+    """The image files under `root` (by extension), in no particular order, outside the decode cache."""
+    return (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and CACHE_DIR not in p.parts and p.is_file())
+
+
+def _folder_problem(root: Path) -> str | None:
+    """Why `root` is not a usable image folder (missing, or no image files), or None."""
+    if not root.is_dir():
+        return f"image folder {root} does not exist or is not a folder (use folder:/path/to/images)"
+    if next(_image_files(root), None) is None:
+        return f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), in it or its class sub-folders"
+    return None
+
+
 def _folder_files(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and ".vae_cache" not in p.parts)
+    files = sorted(_image_files(root))
     subdirs = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     if subdirs and all(len(p.relative_to(root).parts) > 1 for p in files):
         class_names = subdirs
@@ -179,16 +211,15 @@ def _folder_files(root: Path) -> tuple[list[Path], list[int], list[str]]:
 
 
 def load_folder(root: Path, image_size: int, channels: int, seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
+    problem = _folder_problem(root)
+    if problem:
+        raise DataError(problem)
     files, labels, class_names = _folder_files(root)
-    if not files:
-        raise DataError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), in it or its class sub-folders")
     key = hashlib.sha256(f"{image_size}:{channels}".encode())
     for p in files:
         st = p.stat()
         key.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    cache = root / ".vae_cache" / f"{image_size}px-{channels}ch-{key.hexdigest()[:16]}.npz"
+    cache = root / CACHE_DIR / f"{image_size}px-{channels}ch-{key.hexdigest()[:16]}.npz"
     images, kept_labels, skipped = None, None, 0
     if cache.is_file():
         try:
@@ -242,16 +273,52 @@ def _to_tensor_images(x: np.ndarray, image_size: int, channels: int) -> torch.Te
 
 
 def default_image_size(dataset: str) -> int:
-    return NATIVE_SIZE if not dataset.startswith(FOLDER_PREFIX) else 64
+    return NATIVE_SIZE if not dataset.startswith(FOLDER_PREFIX) else FOLDER_IMAGE_SIZE
 
 
 def default_channels(dataset: str) -> int:
-    return 1 if not dataset.startswith(FOLDER_PREFIX) else 3
+    return 1 if not dataset.startswith(FOLDER_PREFIX) else FOLDER_CHANNELS
+
+
+def _resolve(path: str | os.PathLike, root: Path | None) -> Path:
+    """`path` with ~ expanded; a relative path is taken from `root` (default: the working folder)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or root is None else root / p
+
+
+def _folder_of(dataset: str, root: Path | None) -> Path:
+    """The folder named by `folder:PATH`; DataError if it names none (Path("") would scan the working folder)."""
+    text = dataset[len(FOLDER_PREFIX):].strip()
+    if not text:
+        raise DataError(f"dataset '{dataset}' names no folder: use folder:/path/to/images")
+    return _resolve(text, root)
+
+
+def _unknown(dataset: str) -> str:
+    return f"unknown dataset '{dataset}': use {', '.join(DATASETS)} or folder:PATH (a folder of images)"
+
+
+def dataset_problem(dataset: str, data_dir: str | os.PathLike = DEFAULT_DATA_DIR, root: Path | None = None) -> str | None:
+    """Why `load_dataset(dataset, data_dir)` would find nothing to load without downloading, or None.
+
+    The same search as load_dataset, but cheap: it reads no data and decodes no image. Relative paths
+    are taken from `root` (the trainer's working folder; default the current one)."""
+    if dataset in DATASETS:
+        dirs = _candidate_dirs(dataset, _resolve(data_dir, root))
+        if any(has_idx_files(d) for d in dirs) or (dataset == "mnist" and has_idx_files(BUNDLED_MNIST_SUBSET)):
+            return None
+        return _not_found(dataset, [str(d) for d in dirs])
+    if not dataset.startswith(FOLDER_PREFIX):
+        return _unknown(dataset)
+    try:
+        return _folder_problem(_folder_of(dataset, root))
+    except DataError as e:
+        return str(e)
 
 
 def load_dataset(
     dataset: str,
-    data_dir: str | os.PathLike = "data",
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
     image_size: int | None = None,
     channels: int | None = None,
     download: bool = False,
@@ -260,17 +327,13 @@ def load_dataset(
     """Load `mnist`, `fashion-mnist` or `folder:PATH` into memory as uint8 tensors."""
     image_size = image_size or default_image_size(dataset)
     channels = channels or default_channels(dataset)
-    data_dir = Path(data_dir)
-    if dataset in CLASS_NAMES:
-        arrays, source = load_mnist_like(dataset, data_dir, download)
+    if dataset in DATASETS:
+        arrays, source = load_mnist_like(dataset, _resolve(data_dir, None), download)
         class_names = CLASS_NAMES[dataset]
     elif dataset.startswith(FOLDER_PREFIX):
-        folder = dataset[len(FOLDER_PREFIX):].strip()
-        if not folder:  # Path("") would be the current folder: never scan it by accident
-            raise DataError(f"dataset '{dataset}' names no folder: use folder:/path/to/images")
-        arrays, source, class_names = load_folder(Path(folder).expanduser(), image_size, channels, seed)
+        arrays, source, class_names = load_folder(_folder_of(dataset, None), image_size, channels, seed)
     else:
-        raise DataError(f"unknown dataset '{dataset}': use mnist, fashion-mnist or folder:PATH (a folder of images)")
+        raise DataError(_unknown(dataset))
     return ImageData(
         train_x=_to_tensor_images(arrays["train_x"], image_size, channels),
         train_y=torch.from_numpy(arrays["train_y"].astype(np.int64)),
