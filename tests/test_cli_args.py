@@ -8,6 +8,7 @@ by the app's Train page validation (app/jobs.py) alike.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -16,10 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from models import ModelConfig
+from models.config import field_spec
 from trainer import cli
-from trainer.cli import PROG, build_parser, main
+from trainer.cli import PROG, build_parser, main, trainer_options
+from trainer.config import TrainConfig
+from trainer.paths import PROJECT_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 EXIT_USAGE = 2
 FLAGS = ("download", "resume", "compile")  # store_true options: a value attached to them is the wrong type
 CHECKPOINTS_IS_A_FILE = "<a regular file>"  # --checkpoints-dir pointing at a file (filled in per test)
@@ -69,15 +73,15 @@ BAD_RUN_NAMES = {
 
 
 def option_dests() -> list[str]:
-    return [a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"]
+    return list(trainer_options())
 
 
 def takes_value(dest: str) -> bool:
-    return next(a for a in build_parser()._actions if a.dest == dest).nargs != 0
+    return trainer_options()[dest].takes_value
 
 
 def flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
+    return trainer_options()[dest].flag
 
 
 def cases() -> list:
@@ -127,6 +131,40 @@ def test_table_covers_every_option():
         assert BAD_VALUES[dest] or takes_value(dest), f"--{dest} needs bad values"
 
 
+def test_options_come_from_the_config_fields():
+    """Each config option's default, help and bounds are its field's; the parser leaves it None when not given."""
+    options = trainer_options()
+    parsed = build_parser().parse_args([])
+    config_fields = [(ModelConfig, f) for f in dataclasses.fields(ModelConfig)] + [(TrainConfig, f) for f in dataclasses.fields(TrainConfig)]
+    for cls, field in config_fields:
+        option = options[cli.option_name(field.name)]
+        assert option.field == field.name and option.spec == field_spec(cls, field.name)
+        assert option.default in (None, field.default)  # None: another option decides (hidden_dim follows --model)
+        assert option.help.startswith(option.spec.help)
+        assert getattr(parsed, option.dest) is None
+    help_text = re.sub(r"\s+", "", build_parser().format_help())  # argparse wraps lines, even inside words
+    for option in options.values():
+        assert re.sub(r"\s+", "", option.help) in help_text, option
+        default = option.default
+        if default not in (None, False, ()):
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else format(default, "g") if isinstance(default, float) else str(default)
+            assert f"(default {shown})" in option.help or f"; default {shown})" in option.help, option
+
+
+@pytest.mark.parametrize("dest", [d for d, o in trainer_options().items() if o.spec and o.spec.max is not None and o.parse in (int, float)])
+def test_cli_bounds_are_the_validation_bounds(dest, tmp_path):
+    """The documented min/max are accepted and the next integer past them refused, by the configs themselves."""
+    option = trainer_options()[dest]
+    spec = option.spec
+    extra = ["--recon-weight=1"] if dest == "beta" else []
+    for value in (spec.max, spec.min if not spec.min_open else None):
+        if value is not None:
+            cli.configs_from_args(build_parser().parse_args([f"{option.flag}={value}", *extra]))
+    for value in (spec.max + 1, spec.min if spec.min_open else spec.min - 1):
+        with pytest.raises(cli.UserError, match=re.escape(dest.replace("channels", "in_channels"))):
+            cli.configs_from_args(build_parser().parse_args([f"{option.flag}={value}"]))
+
+
 @pytest.mark.parametrize("dest,value,fragment", cases())
 def test_bad_option_value_exits_2_with_one_line(dest, value, fragment, tmp_path, capsys, no_training):
     checkpoints = tmp_path / "checkpoints"
@@ -164,8 +202,8 @@ def test_bad_run_names_refused_by_cli_and_app(name, tmp_path, capsys, no_trainin
 
 def test_real_process_exit_code_and_single_line(tmp_path):
     """The same through `python -m trainer` itself: status 2 and one line, no traceback, no usage block."""
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = os.environ | {"PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "trainer", "--latent-dim", "abc", "--checkpoints-dir", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == EXIT_USAGE
     assert proc.stderr.strip().splitlines() == [f"{PROG}: error: argument --latent-dim: invalid int value: 'abc' (see {PROG} --help)"]

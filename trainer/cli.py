@@ -6,29 +6,36 @@ folder and prints, and the others follow it (see trainer/distributed.py).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import logging
-import os
 import re
 import sys
 import time
+import typing
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from models import ARCHS, CLASSIC_MLP_HIDDEN_DIM, DEFAULT_HIDDEN_DIM, DEFAULT_WIDTHS, IMAGE_SIZES, KINDS, RECON_LOSSES, ModelConfig
+from models import CLASSIC_MLP_HIDDEN_DIM, DEFAULT_HIDDEN_DIM, ModelConfig
+from models.config import FieldSpec, field_spec, field_types
 
 from . import distributed
-from .config import LR_SCHEDULES, WEIGHT_DTYPES, TrainConfig
-from .data import DataError, ImageData, default_channels, default_image_size, load_dataset
+from .config import TrainConfig
+from .data import DATASETS, FOLDER_PREFIX, DataError, ImageData, default_channels, default_image_size, load_dataset
 from .distributed import AMP_CHOICES, DistContext
 from .runs import MANIFEST_FILE, RunError, read_config, validate_run_name
 from .train import ProcessLost, StopFlag, TrainingFailed, fit, one_line, pick_device
 
 DEFAULT_CHECKPOINTS_DIR = "checkpoints"
 PROG = "python -m trainer"
+PROGRESS_CHOICES = ("auto", "bar", "json", "none")
 # Model and data options that a resumed run takes from its config.json; they cannot change mid-run.
 FIXED_ON_RESUME = ("model", "kind", "latent_dim", "dataset", "image_size", "channels", "widths", "hidden_dim")
+# Config fields whose option has another name; every other option is its field's name (batch_size: --batch-size).
+OPTION_NAMES = {"arch": "model", "in_channels": "channels"}
+DATA_FIELDS = ("dataset", "data_dir", "image_size", "in_channels")  # config fields listed under "data" in --help
 
 
 class UserError(Exception):
@@ -50,72 +57,145 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class OptionSpec:
+    """One option of `python -m trainer`, as programs that build its command line (the app's Train page) see it.
+
+    Options that set a config field take their help, default and allowed values from that field's FieldSpec."""
+
+    dest: str  # the parsed name: batch_size
+    flag: str  # --batch-size
+    group: str  # its section of --help
+    help: str  # as --help shows it, default included
+    takes_value: bool = True  # False for on/off flags such as --compile
+    default: Any = None  # what the trainer uses when the option is left out; None where other options decide it
+    choices: tuple[Any, ...] | None = None
+    parse: Callable[[str], Any] | None = None  # command-line text -> value (int, float, int_list); None keeps the text
+    field: str | None = None  # the ModelConfig or TrainConfig field it sets; None for options of the CLI alone
+    spec: FieldSpec | None = None  # that field's help and allowed values (min/max/choices)
+
+
+def option_name(field: str) -> str:
+    """The option that sets config field `field`: `arch` -> `model`, `batch_size` -> `batch_size`."""
+    return OPTION_NAMES.get(field, field)
+
+
+def flag(dest: str) -> str:
+    """`batch_size` -> `--batch-size`."""
+    return "--" + dest.replace("_", "-")
+
+
+def default_hidden_dim(arch: str) -> int:
+    """The hidden layer an architecture gets when --hidden-dim is left out."""
+    return CLASSIC_MLP_HIDDEN_DIM if arch == "mlp" else DEFAULT_HIDDEN_DIM
+
+
+def _derived_defaults() -> dict[str, str]:
+    """Options whose default depends on other options: what --help says for them (their OptionSpec.default is None)."""
+    named, folder = DATASETS[0], FOLDER_PREFIX
+    return {
+        "hidden_dim": f"{default_hidden_dim('conv')} for conv, {default_hidden_dim('mlp')} for mlp",
+        "image_size": f"{default_image_size(named)}, or {default_image_size(folder)} for folders",
+        "channels": f"{default_channels(named)} for MNIST-like, {default_channels(folder)} for folders",
+    }
+
+
+def _shown(value: Any) -> str | None:
+    """A default as --help writes it, or None for "no default worth showing" (None, empty)."""
+    if value is None or value == () or value == "":
+        return None
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def _with_notes(text: str, *notes: str | None) -> str:
+    """`text (note; note)`, leaving out empty notes."""
+    kept = [n for n in notes if n]
+    return f"{text} ({'; '.join(kept)})" if kept else text
+
+
+def _field_option(cls: type, field: dataclasses.Field, group: str, derived: dict[str, str]) -> OptionSpec:
+    """The option of one config field: type from its annotation, help, default and bounds from its FieldSpec."""
+    dest, spec, kind = option_name(field.name), field_spec(cls, field.name), field_types(cls)[field.name]
+    if typing.get_origin(kind) is tuple:
+        parse: Callable[[str], Any] | None = int_list
+        allowed = f"comma-separated integers {spec.range_text()}".rstrip()
+    else:
+        parse = None if kind is str else kind
+        allowed = None if kind is str else spec.describe(integer=kind is int)  # argparse lists string choices itself
+    shown = derived.get(dest, _shown(field.default))
+    help = _with_notes(spec.help, allowed, shown and f"default {shown}")
+    default = None if dest in derived else field.default
+    return OptionSpec(dest, flag(dest), group, help, default=default, choices=spec.choices, parse=parse, field=field.name, spec=spec)
+
+
+def _cli_option(dest: str, group: str, help: str, default: Any = None, choices: tuple[str, ...] | None = None) -> OptionSpec:
+    """An option of the CLI alone (no config field); a bool default makes it an on/off flag."""
+    is_flag = isinstance(default, bool)
+    shown = None if is_flag else _shown(default)
+    return OptionSpec(dest, flag(dest), group, _with_notes(help, shown and f"default {shown}"), takes_value=not is_flag, default=default, choices=choices)
+
+
+@functools.cache
+def _options() -> tuple[OptionSpec, ...]:
+    derived = _derived_defaults()
+    model_fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    train_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    owner = {name: ModelConfig for name in model_fields} | {name: TrainConfig for name in train_fields}
+    every = model_fields | train_fields
+    return (
+        *(_field_option(ModelConfig, f, "model", derived) for name, f in model_fields.items() if name not in DATA_FIELDS),
+        *(_field_option(owner[name], every[name], "data", derived) for name in DATA_FIELDS),
+        _cli_option("download", "data", "allow torchvision to download MNIST / Fashion-MNIST if not found", default=False),
+        *(_field_option(TrainConfig, f, "training", derived) for name, f in train_fields.items() if name not in DATA_FIELDS),
+        _cli_option("run_name", "run", "folder name under --checkpoints-dir (default: made from the options)"),
+        _cli_option("checkpoints_dir", "run", "where run folders live", default=DEFAULT_CHECKPOINTS_DIR),
+        _cli_option("resume", "run", "continue the run named by --run-name from its last completed epoch", default=False),
+        _cli_option("device", "run", "auto (CUDA if present), cpu, cuda or cuda:N", default="auto"),
+        _cli_option("progress", "run", "auto: a tqdm bar on a terminal, else one JSON line per epoch", default="auto", choices=PROGRESS_CHOICES),
+        _cli_option("amp", "run", "mixed precision: auto (bf16 on a GPU that has it, else off), off, bf16 or fp16", default="auto", choices=AMP_CHOICES),
+        _cli_option("compile", "run", "torch.compile the training step (slow first epoch; pays off on long GPU runs)", default=False),
+    )
+
+
+def trainer_options() -> dict[str, OptionSpec]:
+    """Every option of `python -m trainer` by dest, in --help order (--help itself aside)."""
+    return {o.dest: o for o in _options()}
+
+
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description="Train a VAE or autoencoder into a self-contained run folder.")
-    m = p.add_argument_group("model")
-    m.add_argument("--model", choices=ARCHS, default=None, help="architecture (default conv)")
-    m.add_argument("--kind", choices=KINDS, default=None, help="vae, or ae for a plain autoencoder (default vae)")
-    m.add_argument("--latent-dim", type=int, default=None, help="latent size, 1 to 512 (default 16)")
-    m.add_argument("--widths", type=int_list, default=None, help=f"conv channels of the three stages (default {','.join(map(str, DEFAULT_WIDTHS))})")
-    m.add_argument("--hidden-dim", type=int, default=None, help=f"fully connected hidden layer, 0 for none (default {DEFAULT_HIDDEN_DIM} for conv, {CLASSIC_MLP_HIDDEN_DIM} for mlp)")
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", default=None, help="mnist, fashion-mnist or folder:PATH (default mnist)")
-    d.add_argument("--data-dir", default="data", help="where to look for dataset files (default data/)")
-    d.add_argument("--image-size", type=int, default=None, help=f"one of {IMAGE_SIZES} (default 28, or 64 for folders)")
-    d.add_argument("--channels", type=int, default=None, help="1 (grayscale) or 3 (RGB); default 1 for MNIST-like, 3 for folders")
-    d.add_argument("--download", action="store_true", help="allow torchvision to download MNIST / Fashion-MNIST if not found")
-    t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=None, help="total epochs (default 10); with --resume, may extend the run")
-    t.add_argument("--batch-size", type=int, default=None, help="default 128")
-    t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
-    t.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None, help="step (milestones) or cosine (default step)")
-    t.add_argument("--lr-milestones", type=int_list, default=None, help="epochs at which the LR is multiplied by --lr-gamma, e.g. 2000")
-    t.add_argument("--lr-gamma", type=float, default=None, help="LR factor at each milestone (default 0.1)")
-    t.add_argument("--beta", type=float, default=None, help="weight of the KL term (default 1; 0 = no KL ablation)")
-    t.add_argument("--beta-warmup", type=int, default=None, help="epochs of linear warm-up of beta from 0 (default 0)")
-    t.add_argument("--recon-loss", choices=RECON_LOSSES, default=None, help="bce (Bernoulli) or mse (default bce)")
-    t.add_argument("--recon-weight", type=float, default=None, help="weight of the reconstruction term (default 1; 0 = KL only)")
-    t.add_argument("--seed", type=int, default=None, help="default 0")
-    t.add_argument("--atlas-size", type=int, default=None, help="test images whose latents are recorded every epoch (default 2000)")
-    t.add_argument("--keep-epochs", type=int_list, default=None, help="epochs whose weights are kept besides the latest")
-    t.add_argument("--weights-dtype", choices=WEIGHT_DTYPES, default=None, help="float32 (default) or float16 (half the size)")
-    r = p.add_argument_group("run")
-    r.add_argument("--run-name", default=None, help="folder name under --checkpoints-dir (default: made from the options)")
-    r.add_argument("--checkpoints-dir", default=DEFAULT_CHECKPOINTS_DIR, help="where run folders live (default checkpoints/)")
-    r.add_argument("--resume", action="store_true", help="continue the run named by --run-name from its last completed epoch")
-    r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    r.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto", help="tqdm bar on a terminal, else one JSON line per epoch")
-    r.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="mixed precision: auto (bf16 on a GPU that has it, else off), off, bf16 or fp16")
-    r.add_argument("--compile", action="store_true", help="torch.compile the training step (slow first epoch; pays off on long GPU runs)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for o in _options():
+        group = groups.get(o.group) or groups.setdefault(o.group, p.add_argument_group(o.group))
+        if not o.takes_value:
+            group.add_argument(o.flag, action="store_true", help=o.help)
+            continue
+        # Config options parse to None when left out, so configs_from_args and --resume can tell what was given.
+        default = None if o.field else o.default
+        choices = o.choices if o.parse is None else None  # numbers out of their set are the config's to refuse, by name
+        group.add_argument(o.flag, type=o.parse, choices=choices, default=default, help=o.help)
     return p
 
 
-def _given(args: argparse.Namespace, name: str) -> Any:
-    return getattr(args, name)
+def _fields_given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of config class `cls` that the command line sets."""
+    values = {f.name: getattr(args, option_name(f.name)) for f in dataclasses.fields(cls)}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, int]:
-    """Build and validate the two configs from parsed flags; returns them and the channel count."""
-    arch = "conv" if args.model is None else args.model
-    dataset = "mnist" if args.dataset is None else args.dataset
-    model_kw: dict[str, Any] = {
-        "arch": arch,
-        "kind": "vae" if args.kind is None else args.kind,
-        "latent_dim": 16 if args.latent_dim is None else args.latent_dim,
-        "in_channels": default_channels(dataset) if args.channels is None else args.channels,
-        "image_size": default_image_size(dataset) if args.image_size is None else args.image_size,
-        "hidden_dim": (CLASSIC_MLP_HIDDEN_DIM if arch == "mlp" else DEFAULT_HIDDEN_DIM) if args.hidden_dim is None else args.hidden_dim,
-    }
-    if args.widths is not None:
-        model_kw["widths"] = tuple(args.widths)
-    train_kw = {
-        name: getattr(args, name)
-        for name in ("epochs", "batch_size", "lr", "lr_schedule", "lr_milestones", "lr_gamma", "beta", "beta_warmup",
-                     "recon_loss", "recon_weight", "seed", "atlas_size", "keep_epochs", "weights_dtype")
-        if getattr(args, name) is not None
-    }
-    train_kw["dataset"] = dataset
-    train_kw["data_dir"] = args.data_dir
+    """Build and validate the two configs from parsed flags; returns them and the channel count.
+
+    Options left out take their field's default, except those that follow the dataset (image size,
+    channels) or the architecture (hidden layer)."""
+    train_kw = _fields_given(args, TrainConfig)
+    model_kw = _fields_given(args, ModelConfig)
+    dataset = train_kw.get("dataset", TrainConfig.dataset)
+    model_kw.setdefault("in_channels", default_channels(dataset))
+    model_kw.setdefault("image_size", default_image_size(dataset))
+    model_kw.setdefault("hidden_dim", default_hidden_dim(model_kw.get("arch", ModelConfig.arch)))
     try:
         return ModelConfig(**model_kw), TrainConfig(**train_kw), model_kw["in_channels"]
     except ValueError as e:
@@ -270,7 +350,9 @@ def _main(argv: Sequence[str] | None) -> int:
         distributed.shutdown(ctx)
 
 
-def _train(ctx: DistContext, args: argparse.Namespace, device: torch.device, run_dir: Path, model_config: ModelConfig, train_config: TrainConfig, channels: int) -> int:
+def _train(
+    ctx: DistContext, args: argparse.Namespace, device: torch.device, run_dir: Path, model_config: ModelConfig, train_config: TrainConfig, channels: int
+) -> int:
     if device.type == "cpu":
         torch.set_num_threads(distributed.cpu_threads(ctx))
     data = _load_data(ctx, args, model_config, train_config, channels)
@@ -286,7 +368,10 @@ def _train(ctx: DistContext, args: argparse.Namespace, device: torch.device, run
     stop.install()
     if ctx.is_main:
         _make_run_dir(run_dir)
-    trainer = fit(model_config, train_config, data, run_dir, device, resume=args.resume, stop=stop, progress=args.progress, dist=ctx, amp=args.amp, compile_model=args.compile)
+    trainer = fit(
+        model_config, train_config, data, run_dir, device,
+        resume=args.resume, stop=stop, progress=args.progress, dist=ctx, amp=args.amp, compile_model=args.compile,
+    )
     if speaks:
         state = "stopped" if trainer.epoch < train_config.epochs else "finished"
         last = trainer.history[-1] if trainer.history else {}
