@@ -26,7 +26,8 @@ from typing import Any, Mapping
 
 from trainer.cli import PROG, UserError, build_parser, configs_from_args
 from trainer.data import DEBIAN_FASHION_MNIST, FOLDER_PREFIX, IDX_FILES, IMAGE_EXTENSIONS, TORCHVISION_DIRS, BUNDLED_MNIST_SUBSET
-from trainer.runs import STATUS_FILE, RunError, atomic_write_json, read_json_dict, read_status, read_tail, validate_run_name
+from trainer.runs import STATUS_FILE, RunError, read_status, validate_run_name
+from trainer.safe_io import atomic_write_json, read_json_dict, read_tail
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 JOB_FILE = "job.json"

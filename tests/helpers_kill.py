@@ -1,6 +1,6 @@
 """Fault injection for the trainer CLI: SIGKILL, failing writes and non-finite losses at chosen moments.
 
-The faults are injected around `trainer.runs.atomic_write_bytes`, the one routine every file of a run
+The faults are injected around `trainer.safe_io.atomic_write_bytes`, the one routine every file of a run
 folder goes through (status.json included), counting its calls: the k-th call is "write point k".
 
     before   SIGKILL as write point k begins (nothing of it written)
@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-ROOT = Path(__file__).resolve().parent.parent
+from trainer.paths import PROJECT_ROOT
+
 KILL_MODES = ("before", "partial", "replace")
 ERROR_MODES = {"ENOSPC": errno.ENOSPC, "EROFS": errno.EROFS, "EACCES": errno.EACCES}
 MODES = KILL_MODES + tuple(ERROR_MODES)
@@ -59,12 +60,12 @@ def _trace_line(trace: Path | None, text: str) -> None:
 
 
 def install_write_hook(kill_at: int | None, mode: str, trace: Path | None) -> None:
-    """Wrap trainer.runs.atomic_write_bytes: trace every call and inject `mode` at call `kill_at` (1-based)."""
-    from trainer import runs
+    """Wrap trainer.safe_io.atomic_write_bytes: trace every call and inject `mode` at call `kill_at` (1-based)."""
+    from trainer import safe_io
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: one of {', '.join(MODES)}")
-    real_write, real_replace, real_fsync, real_mkstemp = runs.atomic_write_bytes, os.replace, os.fsync, tempfile.mkstemp
+    real_write, real_replace, real_fsync, real_mkstemp = safe_io.atomic_write_bytes, os.replace, os.fsync, tempfile.mkstemp
     calls = 0
 
     def failing(code: int):
@@ -102,7 +103,7 @@ def install_write_hook(kill_at: int | None, mode: str, trace: Path | None) -> No
         os.replace = real_replace
         _trace_line(trace, f"end {calls} {path.name}")
 
-    runs.atomic_write_bytes = hooked
+    safe_io.atomic_write_bytes = hooked
 
 
 def install_poison(value: float, at_call: int) -> None:
@@ -260,8 +261,8 @@ class Zygote:
         self.logs: dict[int, Path] = {}
 
     def __enter__(self) -> "Zygote":
-        env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.helpers_kill", "--serve"], cwd=ROOT, env=env,
+        env = os.environ | {"PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.helpers_kill", "--serve"], cwd=PROJECT_ROOT, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._read()
         return self

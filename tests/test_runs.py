@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from trainer import runs as runs_mod
+from trainer import safe_io
 from trainer.runs import MANIFEST_FILE, RunError, RunLock, list_runs, load_run, validate_run_name
 
 from .conftest import make_run
@@ -57,7 +58,7 @@ def test_interrupted_write_leaves_previous_checkpoint_loadable(run_copy, monkeyp
     run = load_run(run_copy)
     writer = runs_mod.RunWriter(run_copy)
     calls = {"n": 0}
-    real = runs_mod.atomic_write_bytes
+    real = safe_io.atomic_write_bytes
 
     def crash_on_second_file(path, data):
         calls["n"] += 1
@@ -66,7 +67,7 @@ def test_interrupted_write_leaves_previous_checkpoint_loadable(run_copy, monkeyp
             raise OSError(28, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(runs_mod, "atomic_write_bytes", crash_on_second_file)
+    monkeypatch.setattr(safe_io, "atomic_write_bytes", crash_on_second_file)
     opt = torch.optim.Adam(run.model.parameters())
     with pytest.raises(OSError):
         writer.save_epoch(4, run.model, opt, run.history, {"epochs": np.arange(5), "means": np.zeros((5, 40, 5), np.float16)})
@@ -125,6 +126,22 @@ def test_lock_refuses_a_second_writer_and_frees_on_release(tmp_path):
             RunLock(tmp_path).acquire()
     with RunLock(tmp_path):
         pass
+
+
+@pytest.mark.parametrize("stem,epoch,suffix", [("weights", 3, ".safetensors"), ("kept-weights", 100_000, ".safetensors"), ("projection-umap", 0, ".npz")])
+def test_versioned_names_parse_back(stem, epoch, suffix):
+    name = runs_mod.versioned(stem, epoch, suffix)
+    assert name == f"{stem}-{epoch:06d}{suffix}" and runs_mod.parse_versioned(name) == (stem, epoch, suffix)
+
+
+@pytest.mark.parametrize("name", ["weights-3.safetensors", "weights-0000003.safetensors", "weights-000003", "-000003.npz", "weights-00000x.npz"])
+def test_names_versioned_does_not_spell_are_not_parsed(name):
+    assert runs_mod.parse_versioned(name) is None
+
+
+def test_only_the_files_of_an_epoch_set_are_epoch_files():
+    assert runs_mod.epoch_file("latents-000004.npz") == ("latents", 4, ".npz")
+    assert runs_mod.epoch_file("kept-weights-000004.safetensors") is None and runs_mod.epoch_file("weights-000004.npz") is None
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", "../x", "/abs", "x\n", "", ".hidden", "a" * 101, "a..b"])

@@ -243,7 +243,7 @@ def load_folder(root: Path, image_size: int, channels: int, seed: int) -> tuple[
         images, kept_labels = np.stack(decoded), np.asarray(kept, dtype=np.int64)
         try:
             cache.parent.mkdir(exist_ok=True)
-            from .runs import atomic_write_bytes, npz_bytes
+            from .safe_io import atomic_write_bytes, npz_bytes
 
             atomic_write_bytes(cache, npz_bytes({"images": images, "labels": kept_labels, "skipped": np.asarray(skipped)}))
         except OSError:

@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .runs import MANIFEST_FILE, RunError, atomic_write_json, load_run, read_manifest
+from . import safe_io
+from .runs import LOCK_FILE, MANIFEST_FILE, RunError, epoch_file, load_run, read_manifest
 
 
 def export_run(run_dir: Path, drop_optimizer: bool) -> int:
@@ -21,12 +22,11 @@ def export_run(run_dir: Path, drop_optimizer: bool) -> int:
         name = manifest["files"].pop("optim", None)
         manifest.get("sha256", {}).pop(name, None)
         manifest["optimizer_dropped"] = True
-    atomic_write_json(run_dir / MANIFEST_FILE, manifest)
+    safe_io.atomic_write_json(run_dir / MANIFEST_FILE, manifest)
     live = set(manifest["files"].values()) | set(manifest.get("kept", []))
     freed = 0
     for p in run_dir.iterdir():
-        versioned = p.name.split("-")[0] in ("weights", "optim", "history", "latents")
-        if (versioned and p.name not in live) or p.name == "lock" or p.name.endswith(".tmp") or p.name.endswith(".log"):
+        if (epoch_file(p.name) and p.name not in live) or p.name == LOCK_FILE or p.name.endswith(".tmp") or p.name.endswith(".log"):
             freed += p.stat().st_size
             p.unlink()
     return freed

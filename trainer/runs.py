@@ -11,46 +11,59 @@ Layout of `checkpoints/<run>/`:
     status.json                    live progress for the app (not part of the set)
     lock                           flock-ed by the training process
 
-Every file is written to a temporary name, fsynced and renamed into place. The manifest is
+Every file is written to a temporary name, fsynced and renamed into place (trainer.safe_io). The manifest is
 replaced only after the files it names exist, and the previous epoch's set is kept until the
 next one lands, so a reader that follows one manifest always sees one epoch's files.
 Nothing here unpickles: safetensors for tensors, JSON, and npz with allow_pickle=False.
 
-Run folders may come from strangers, so reading trusts nothing: files are opened without following
-symlinks and must be regular files (a FIFO would hang the app); manifest file names are plain names;
-JSON is size- and depth-limited; a model, atlas or latents file may not declare more than the run's
+Run folders may come from strangers, so reading trusts nothing: files are read through trainer.safe_io
+(no symlinks or FIFOs, size- and depth-limited JSON, npz checked from its headers); manifest file names
+are plain names; a model, atlas or latents file may not declare more than the run's
 config implies (checked from headers, before anything is decompressed or allocated); weights must be
 finite and the set consistent (history, latents and manifest name the same epoch). Every problem is
 one RunError whose one-line message names the file.
+
+This module is the run-folder format; generic hostile-file I/O is trainer.safe_io, whose
+UnsafeFileError is RunError under another name (one class: `except RunError` catches both).
 """
 from __future__ import annotations
 
 import errno
 import fcntl
 import functools
-import hashlib
-import io
 import json
 import math
 import os
 import re
 import stat
-import tempfile
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from models import VAE, DiagonalGaussian, ModelConfig, build_model
 
-from .config import TrainConfig, is_int
+from . import safe_io
+from .config import TrainConfig, is_int, is_number
+from .errors import first_line
+from .safe_io import (
+    MAX_JSON_BYTES,
+    MAX_TENSOR_FILE_BYTES,
+    NPZ_SLACK_BYTES,
+    UnsafeFileError,
+    check_kind,
+    load_npz,
+    load_safetensors,
+    npz_bytes,
+    read_json_dict,
+    read_regular_file,
+    safetensors_metadata,
+    sha256,
+)
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -58,23 +71,22 @@ MANIFEST_FILE = "manifest.json"
 STATUS_FILE = "status.json"
 ATLAS_IMAGES_FILE = "atlas-images.npz"
 LOCK_FILE = "lock"
-MAX_JSON_BYTES = 16 * 2**20
-MAX_TENSOR_FILE_BYTES = 4 * 2**30
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # a file named by a manifest: no path, no dot-files
 LOAD_RETRIES = 5
-READ_CHUNK = 2**24
 # What an untrusted run folder may declare before anything is allocated for it.
 MAX_MODEL_PARAMS = 2**28  # 1 GiB of float32 weights
 MAX_CLASSES = 100_000
 MAX_FLOAT_BYTES = 8  # latents may be stored as float16 to float64
 LABEL_BYTES = 8  # labels are stored as int64
-NPZ_SLACK_BYTES = 2**16  # zip and .npy headers on top of the arrays themselves
 HISTORY_NUMBERS = ("test_loss", "psnr")  # per-epoch numbers every reader of history.jsonl may format
+# The files save_epoch writes for every epoch, by manifest key: versioned(key, epoch, suffix).
+VERSIONED_FILES = {"weights": ".safetensors", "optim": ".safetensors", "history": ".jsonl", "latents": ".npz"}
+KEPT_WEIGHTS = "kept-weights"  # the stem of weights kept for good (--keep-epochs)
+EPOCH_DIGITS = 6
+VERSIONED_RE = re.compile(rf"(?P<stem>.+)-(?P<epoch>\d{{{EPOCH_DIGITS},}})(?P<suffix>\.[A-Za-z0-9]+)")
 
-
-class RunError(Exception):
-    """A run folder that cannot be used; the message is one line naming the file and what is wrong."""
+RunError = UnsafeFileError  # a run folder that cannot be used; one line naming the file and what is wrong
 
 
 def validate_run_name(name: str) -> str:
@@ -86,131 +98,35 @@ def validate_run_name(name: str) -> str:
     return name
 
 
+class Versioned(NamedTuple):
+    """The parts of a versioned file name NAME-EEEEEE.ext."""
+
+    stem: str
+    epoch: int
+    suffix: str  # with its dot
+
+
 def versioned(stem: str, epoch: int, suffix: str) -> str:
-    return f"{stem}-{epoch:06d}{suffix}"
+    """The one spelling of a per-epoch file name: versioned("weights", 3, ".safetensors") == "weights-000003.safetensors"."""
+    return f"{stem}-{epoch:0{EPOCH_DIGITS}d}{suffix}"
 
 
-# ---------------------------------------------------------------- atomic writes
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def parse_versioned(name: str) -> Versioned | None:
+    """The inverse of versioned: (stem, epoch, suffix) of a name it spells, else None."""
+    m = VERSIONED_RE.fullmatch(name)
+    if m is None:
+        return None
+    parts = Versioned(m["stem"], int(m["epoch"]), m["suffix"])
+    return parts if versioned(*parts) == name else None
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
+def epoch_file(name: str) -> Versioned | None:
+    """The parts of `name` if it is one of the files save_epoch writes for an epoch (weights, optim, history, latents)."""
+    parts = parse_versioned(name)
+    return parts if parts is not None and VERSIONED_FILES.get(parts.stem) == parts.suffix else None
 
 
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-# ---------------------------------------------------------------- safe reads
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _open_regular(path: Path) -> tuple[int, os.stat_result]:
-    """An fd and stat of a regular file; symlinks, FIFOs, devices and folders are refused unopened (RunError)."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise RunError(f"{path}: missing") from None
-    except NotADirectoryError:
-        raise RunError(f"{path}: missing (a parent is not a folder)") from None
-    except PermissionError:
-        raise RunError(f"{path}: not readable (permission denied)") from None
-    except ValueError:  # an embedded NUL byte
-        raise RunError(f"{path!r}: not a valid file name") from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise RunError(f"{path}: is a symbolic link; run files must be regular files") from None
-        raise RunError(f"{path}: cannot be read ({e.strerror or e})") from None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise RunError(f"{path}: is a folder, expected a file")
-        if not stat.S_ISREG(info.st_mode):
-            raise RunError(f"{path}: not a regular file (a pipe, socket or device); run files must be regular files")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, info
-
-
-def read_regular_file(path: Path, limit: int) -> bytes:
-    """The whole of a regular file of at most `limit` bytes (see _open_regular for what is refused)."""
-    fd, info = _open_regular(path)
-    try:
-        if info.st_size > limit:
-            raise RunError(f"{path}: {info.st_size} bytes is larger than the {limit}-byte limit")
-        chunks, total = [], 0
-        while chunk := os.read(fd, min(READ_CHUNK, max(info.st_size - total, 0) + 1)):  # +1: notice growth and EOF
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                raise RunError(f"{path}: grew beyond the {limit}-byte limit while being read")
-        return b"".join(chunks)
-    except OSError as e:
-        raise RunError(f"{path}: cannot be read ({e.strerror or e})") from None
-    finally:
-        os.close(fd)
-
-
-def read_tail(path: Path, n_bytes: int) -> bytes:
-    """The last `n_bytes` of a regular file, refused like read_regular_file (a log can be long)."""
-    fd, info = _open_regular(path)
-    try:
-        os.lseek(fd, max(0, info.st_size - n_bytes), os.SEEK_SET)
-        return os.read(fd, n_bytes)
-    except OSError as e:
-        raise RunError(f"{path}: cannot be read ({e.strerror or e})") from None
-    finally:
-        os.close(fd)
-
-
-def read_json(path: Path) -> Any:
-    data = read_regular_file(path, MAX_JSON_BYTES)
-    try:
-        return json.loads(data)
-    except RecursionError:
-        raise RunError(f"{path}: not valid JSON (nested too deeply)") from None
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers beyond Python's digit limit
-        raise RunError(f"{path}: not valid JSON ({str(e).splitlines()[0][:200]})") from None
-
-
-def read_json_dict(path: Path) -> dict[str, Any]:
-    obj = read_json(path)
-    if not isinstance(obj, dict):
-        raise RunError(f"{path}: expected a JSON object")
-    return obj
-
+# ---------------------------------------------------------------- reading the manifest's files
 
 def _read_checked(run_dir: Path, manifest: dict[str, Any], key: str, limit: int = MAX_TENSOR_FILE_BYTES) -> tuple[Path, bytes]:
     name = manifest["files"].get(key)
@@ -222,79 +138,6 @@ def _read_checked(run_dir: Path, manifest: dict[str, Any], key: str, limit: int 
     if expected is not None and sha256(data) != expected:
         raise RunError(f"{path}: contents do not match the manifest's checksum (corrupt or modified file)")
     return path, data
-
-
-def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype an npz member declares, read from its header alone."""
-    with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-    return tuple(shape), dtype
-
-
-def _check_npz_members(path: Path, data: bytes, limit: int) -> None:
-    """Refuse an npz by its zip directory and .npy headers, before any array is decompressed or allocated:
-    more than `limit` bytes uncompressed, Python objects (pickles), or arrays larger than the bytes they hold."""
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        members = zf.infolist()
-        total = sum(m.file_size for m in members)
-        if total > limit:
-            raise RunError(f"{path}: declares {total} bytes of arrays, more than the {limit} bytes this run can hold")
-        for member in members:
-            name = member.filename.removesuffix(".npy")
-            shape, dtype = _npy_header(zf, member)
-            if dtype.hasobject:
-                raise RunError(f"{path}: array '{name}' holds Python objects, which are never unpickled")
-            declared = math.prod(shape) * dtype.itemsize
-            if declared > member.file_size:
-                raise RunError(f"{path}: array '{name}' declares shape {shape} ({declared} bytes) but holds {member.file_size} bytes")
-
-
-def load_npz(path: Path, data: bytes, required: dict[str, int], limit: int = MAX_TENSOR_FILE_BYTES) -> dict[str, np.ndarray]:
-    """Read an npz without pickle; `required` maps array names to their number of dimensions.
-
-    Only those arrays are decompressed, and only after every member's declared size was checked against `limit`.
-    """
-    try:
-        _check_npz_members(path, data, limit)
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files if k in required}
-    except RunError:
-        raise
-    except Exception as e:  # zip, zlib and format errors of many kinds
-        raise RunError(f"{path}: unreadable npz ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    for name, ndim in required.items():
-        if name not in arrays:
-            raise RunError(f"{path}: array '{name}' is missing")
-        if arrays[name].ndim != ndim or arrays[name].dtype == object:
-            raise RunError(f"{path}: array '{name}' has {arrays[name].ndim} dimensions, expected {ndim}")
-    return arrays
-
-
-def _check_kind(path: Path, name: str, array: np.ndarray, kinds: str, what: str) -> None:
-    if array.dtype.kind not in kinds:
-        raise RunError(f"{path}: array '{name}' has dtype {array.dtype}, expected {what}")
-
-
-def load_safetensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
-    try:
-        return st_load(data)
-    except (SafetensorError, ValueError, RuntimeError, OverflowError, TypeError) as e:
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise RunError(f"{path}: not a valid safetensors file ({detail})") from None
-
-
-def safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The __metadata__ of a safetensors file held in memory (already validated by load_safetensors)."""
-    header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_len])
-    meta = header.get("__metadata__", {}) or {}
-    return meta if isinstance(meta, dict) else {}
 
 
 # ---------------------------------------------------------------- the atlas
@@ -378,7 +221,7 @@ def read_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str, Any]
     except KeyError as e:
         raise RunError(f"{path}: key {e} is missing") from None
     except (TypeError, ValueError, OverflowError) as e:
-        raise RunError(f"{path}: invalid config ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise RunError(f"{path}: invalid config ({first_line(e)})") from None
     fmt = info.get("format", FORMAT_VERSION)
     if not is_int(fmt) or not 1 <= fmt <= FORMAT_VERSION:
         raise RunError(f"{path}: format {fmt!r} is not one this version reads (1 to {FORMAT_VERSION}); update the app")
@@ -421,7 +264,7 @@ def _load_atlas(run_dir: Path, manifest: dict[str, Any], model_config: ModelConf
     images, labels = arrays["images"], arrays["labels"]
     if images.dtype != np.uint8 or tuple(images.shape[1:]) != model_config.image_shape or len(labels) != len(images) or not 0 < len(images) <= n_max:
         raise RunError(f"{images_path}: images must be uint8 of shape (N, {', '.join(map(str, model_config.image_shape))}), 0 < N <= {n_max}, with one label each")
-    _check_kind(images_path, "labels", labels, "iu", "integers")
+    check_kind(images_path, "labels", labels, "iu", "integers")
     if labels.min() < 0 or labels.max() >= n_classes:
         raise RunError(f"{images_path}: labels must be class indices from 0 to {n_classes - 1}")
     path, data = _read_checked(run_dir, manifest, "latents")
@@ -429,7 +272,7 @@ def _load_atlas(run_dir: Path, manifest: dict[str, Any], model_config: ModelConf
     snapshots_limit = (epoch + 1) * (len(images) * model_config.latent_dim * MAX_FLOAT_BYTES * 2 + LABEL_BYTES) + NPZ_SLACK_BYTES
     need = {"epochs": 1, "means": 3} | ({"logvars": 3} if model_config.kind == "vae" else {})
     lat = load_npz(path, data, need, min(snapshots_limit, MAX_TENSOR_FILE_BYTES))
-    _check_kind(path, "epochs", lat["epochs"], "iu", "integers")
+    check_kind(path, "epochs", lat["epochs"], "iu", "integers")
     epochs = lat["epochs"].astype(np.int64)
     if len(epochs) == 0 or epochs[0] < 0 or (np.diff(epochs) <= 0).any():
         raise RunError(f"{path}: snapshot epochs must be increasing non-negative integers")
@@ -438,7 +281,7 @@ def _load_atlas(run_dir: Path, manifest: dict[str, Any], model_config: ModelConf
     expected = (len(epochs), len(images), model_config.latent_dim)
     found = {}
     for name in need.keys() - {"epochs"}:
-        _check_kind(path, name, lat[name], "f", "floating point")
+        check_kind(path, name, lat[name], "f", "floating point")
         if lat[name].shape != expected:
             raise RunError(f"{path}: {name} have shape {lat[name].shape}, expected {expected}")
         found[name] = lat[name].astype(np.float32)
@@ -458,7 +301,11 @@ def _load_history(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any
             raise RunError(f"{path}: line {i} is not valid JSON") from None
         if not isinstance(row, dict):
             raise RunError(f"{path}: line {i} is not a JSON object")
-        if not is_int(row.get("epoch")) or not all(_is_number(row.get(k)) for k in HISTORY_NUMBERS):
+        for key in HISTORY_NUMBERS:
+            if isinstance(row.get(key), float) and not math.isfinite(row[key]):  # NaN, Infinity: JSON that json.loads accepts
+                raise RunError(f"{path}: line {i}: '{key}' is {row[key]}, not a finite number")
+        # is_int first: an integer of hundreds of digits is a number, but too large for is_number's isfinite
+        if not is_int(row.get("epoch")) or not all(is_int(row.get(k)) or is_number(row.get(k)) for k in HISTORY_NUMBERS):
             raise RunError(f"{path}: line {i} lacks an integer 'epoch' or a number for {' / '.join(HISTORY_NUMBERS)}")
         history.append(row)
     if (history[-1]["epoch"] if history else 0) != manifest["epoch"]:
@@ -544,12 +391,12 @@ class RunWriter:
         atlas_labels: np.ndarray,
     ) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.run_dir / ATLAS_IMAGES_FILE, npz_bytes({"images": atlas_images, "labels": atlas_labels}))
+        safe_io.atomic_write_bytes(self.run_dir / ATLAS_IMAGES_FILE, npz_bytes({"images": atlas_images, "labels": atlas_labels}))
         self.write_config(model_config, train_config, info)
 
     def write_config(self, model_config: ModelConfig, train_config: TrainConfig, info: dict[str, Any]) -> None:
         doc = {"format": FORMAT_VERSION, **info, "model": model_config.to_dict(), "train": train_config.to_dict()}
-        atomic_write_json(self.run_dir / CONFIG_FILE, doc)
+        safe_io.atomic_write_json(self.run_dir / CONFIG_FILE, doc)
 
     def save_epoch(
         self,
@@ -561,20 +408,24 @@ class RunWriter:
         weights_dtype: str = "float32",
         keep: bool = False,
     ) -> None:
-        """Write epoch `epoch`'s weights, optimiser, history and latents, then point the manifest at them."""
-        blobs = {
-            "weights": (versioned("weights", epoch, ".safetensors"), st_save(model_state_tensors(model, weights_dtype))),
-            "optim": (versioned("optim", epoch, ".safetensors"), optimizer_state_bytes(optimizer)),
-            "history": (versioned("history", epoch, ".jsonl"), "".join(json.dumps(r) + "\n" for r in history).encode()),
-            "latents": (versioned("latents", epoch, ".npz"), npz_bytes(latents)),
+        """Write epoch `epoch`'s weights, optimiser, history and latents, then point the manifest at them.
+
+        Every file goes through safe_io.atomic_write_bytes, looked up at call time (fault-injection tests wrap it).
+        """
+        contents = {
+            "weights": st_save(model_state_tensors(model, weights_dtype)),
+            "optim": optimizer_state_bytes(optimizer),
+            "history": "".join(json.dumps(r) + "\n" for r in history).encode(),
+            "latents": npz_bytes(latents),
         }
+        blobs = {key: (versioned(key, epoch, VERSIONED_FILES[key]), data) for key, data in contents.items()}
         for name, data in blobs.values():
-            atomic_write_bytes(self.run_dir / name, data)
+            safe_io.atomic_write_bytes(self.run_dir / name, data)
         previous = self._manifest_or_none()
         kept = list(previous.get("kept", [])) if previous else []
         if keep:
-            kept_name = versioned("kept-weights", epoch, ".safetensors")
-            atomic_write_bytes(self.run_dir / kept_name, blobs["weights"][1])
+            kept_name = versioned(KEPT_WEIGHTS, epoch, VERSIONED_FILES["weights"])
+            safe_io.atomic_write_bytes(self.run_dir / kept_name, blobs["weights"][1])
             kept.append(kept_name)
         manifest = {
             "format": FORMAT_VERSION,
@@ -584,7 +435,7 @@ class RunWriter:
             "kept": kept,
             "saved_at": time.time(),
         }
-        atomic_write_json(self.run_dir / MANIFEST_FILE, manifest)
+        safe_io.atomic_write_json(self.run_dir / MANIFEST_FILE, manifest)
         self._collect_garbage(manifest, previous)
 
     def _manifest_or_none(self) -> dict[str, Any] | None:
@@ -597,9 +448,8 @@ class RunWriter:
         live = set(manifest["files"].values()) | set(manifest["kept"])
         if previous:
             live |= set(previous["files"].values())
-        pattern = re.compile(r"^(weights|optim|history|latents)-\d{6}\.(safetensors|jsonl|npz)$")
         for p in self.run_dir.iterdir():
-            if (pattern.match(p.name) and p.name not in live) or (p.name.startswith(".") and p.name.endswith(".tmp")):
+            if (epoch_file(p.name) and p.name not in live) or (p.name.startswith(".") and p.name.endswith(".tmp")):
                 try:
                     p.unlink()
                 except OSError:  # gone already, or not a file: collecting garbage is best effort
@@ -609,15 +459,15 @@ class RunWriter:
 def discard_after(run_dir: Path, epoch: int) -> None:
     """Remove versioned files newer than `epoch` (left by a crash between file writes and the manifest)."""
     for p in Path(run_dir).iterdir():
-        m = re.match(r"^(weights|optim|history|latents)-(\d{6})\.", p.name)
-        if m and int(m.group(2)) > epoch and (p.is_symlink() or p.is_file()):
+        parts = epoch_file(p.name)
+        if parts and parts.epoch > epoch and (p.is_symlink() or p.is_file()):
             p.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- status and lock
 
 def write_status(run_dir: Path, **status: Any) -> None:
-    atomic_write_json(Path(run_dir) / STATUS_FILE, {**status, "updated": time.time()})
+    safe_io.atomic_write_json(Path(run_dir) / STATUS_FILE, {**status, "updated": time.time()})
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:
