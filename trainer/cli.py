@@ -25,8 +25,9 @@ from . import distributed
 from .config import TrainConfig
 from .data import DATASETS, FOLDER_PREFIX, DataError, ImageData, default_channels, default_image_size, load_dataset
 from .distributed import AMP_CHOICES, DistContext
+from .errors import one_line
 from .runs import MANIFEST_FILE, RunError, read_config, validate_run_name
-from .train import ProcessLost, StopFlag, TrainingFailed, fit, one_line, pick_device
+from .train import ProcessLost, StopFlag, TrainingFailed, fit, pick_device
 
 DEFAULT_CHECKPOINTS_DIR = "checkpoints"
 PROG = "python -m trainer"

@@ -37,6 +37,8 @@ from . import distributed, metrics
 from .config import TrainConfig
 from .data import ImageData
 from .distributed import DistContext, all_reduce_sum, shard_bounds
+from .errors import one_line
+from .paths import PROJECT_ROOT
 from .runs import MANIFEST_FILE, RunError, RunLock, RunWriter, discard_after, load_run, write_status
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,6 @@ EVAL_SEED_OFFSET = 7919  # evaluation noise is seeded apart from training noise
 EVAL_SUMS = ("loss", "recon", "kl", "mse", "psnr", "ssim")  # test metrics summed over images, then averaged
 STOP_SLOT = len(LossTerms._fields)  # index of the stop flag after the loss terms in a step's all-reduce
 DEVICE_DATA_SHARE = 0.5  # the data sets live on the GPU if they take at most this share of its free memory
-ERROR_LINE_CHARS = 200  # a collective's error is cut to this many characters in the one-line message
 
 
 class TrainingFailed(Exception):
@@ -61,9 +62,8 @@ SHARED_ERRORS: tuple[type[BaseException], ...] = (RunError, TrainingFailed, OSEr
 
 
 def code_version() -> str:
-    root = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -497,12 +497,6 @@ def fit(
     finally:
         if lock is not None:
             lock.release()
-
-
-def one_line(e: BaseException) -> str:
-    """'Type: first line of the message', cut short: for errors from deep inside torch.distributed."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:ERROR_LINE_CHARS] if text else ''}"
 
 
 def _fit_locked(model_config, train_config, data, run_dir, device, resume, stop, progress, ctx, amp, compile_model) -> Trainer:
