@@ -23,6 +23,7 @@ import numpy as np
 
 from app import images, latent, plots
 from app.common import configure_torch, resolve_checkpoints_dir
+from trainer.paths import PROJECT_ROOT
 from trainer.runs import Run, RunError, list_runs, load_run
 
 REPEATS = 30
@@ -110,7 +111,7 @@ def run_switch(root: Path, names: list[str]) -> float:
 
     app_test.PagesManager = NavigationPagesManager
     os.environ["VAE_CHECKPOINTS_DIR"] = str(root)
-    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app" / "main.py"), default_timeout=300).run()
+    at = AppTest.from_file(str(PROJECT_ROOT / "app" / "main.py"), default_timeout=300).run()
     for name in names:  # warm every cache
         at.selectbox(key="run_path").set_value(str(root / name)).run()
     times = []

@@ -21,7 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from trainer.paths import DEFAULT_CHECKPOINTS_DIR, PROJECT_ROOT
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SERVER_START_S = 45.0
@@ -129,7 +130,7 @@ def measure(url: str, moves: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoints-dir", type=Path, default=PROJECT_ROOT / "checkpoints")
+    parser.add_argument("--checkpoints-dir", type=Path, default=DEFAULT_CHECKPOINTS_DIR)
     parser.add_argument("--moves", type=int, default=DEFAULT_MOVES)
     args = parser.parse_args(argv)
     if not CHROMIUM.exists():

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench.bench_browser import free_port
+from trainer.paths import PROJECT_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 BATCH_SIZE = 128
 EPOCHS = 4
 QUICK_EPOCHS = 2
@@ -57,8 +57,8 @@ def run_job(flags: Sequence[str], nproc: int, epochs: int, checkpoints: Path, na
     """Train one run with the CLI; returns its per-epoch JSON rows."""
     cmd = [*launcher(nproc, flush_denormal), *flags, "--batch-size", str(BATCH_SIZE), "--epochs", str(epochs), "--atlas-size", "100",
            "--checkpoints-dir", str(checkpoints), "--run-name", name, "--progress", "json"]
-    env = os.environ | {"PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    env = os.environ | {"PYTHONPATH": str(PROJECT_ROOT), "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

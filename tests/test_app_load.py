@@ -28,7 +28,6 @@ from trainer.runs import MANIFEST_FILE, list_runs, load_run
 from .helpers_kill import Zygote
 from .test_hostile_runs import GOOD_RUNS, VARIANTS, Ctx, make_variant
 
-ROOT = Path(__file__).resolve().parent.parent
 RUN_KEY = "run_path"
 N_SESSIONS = 4
 SLIDER_ROUNDS = 3

@@ -12,8 +12,8 @@ from typing import Iterator
 import pytest
 
 from bench.bench_browser import CHROMIUM, launch_chromium, streamlit_server
+from trainer.paths import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 STEP_MS = 45_000  # per wait in the browser; the machine is small and shared
 SLIDER_PRESSES = 40  # arrow presses on a latent slider (0.01 each)

@@ -1,18 +1,17 @@
 """The bundled demo runs in checkpoints/: each loads, says where its data came from, and every view renders."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from app.explore import TABS
 from trainer.demo import DEMO_RUNS
+from trainer.paths import DEFAULT_CHECKPOINTS_DIR
 from trainer.runs import load_run
 
 from .app_helpers import COMPARE_PAGE, ok, start_app
 from .test_app_explore import choose_run, image_with_caption, open_tab
 
-CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+CHECKPOINTS = DEFAULT_CHECKPOINTS_DIR  # where the bundled runs ship
 NAMES = [name for name, _, _ in DEMO_RUNS]
 MAX_BUNDLE_BYTES = 30 * 2**20
 

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 
 from trainer import demo, study
 from trainer.export import export_run
+from trainer.paths import PROJECT_ROOT
 from trainer.runs import RunError, load_run
 
 TINY = ["--widths", "4", "8", "8", "--hidden-dim", "0", "--epochs", "1", "--batch-size", "256"]
@@ -59,5 +59,5 @@ def test_demo_runs_cover_the_documented_set():
     argv = {name: args for name, _, args in demo.DEMO_RUNS}
     assert "--beta" in argv["mnist-conv-vae-z2-nokl"] and argv["mnist-conv-vae-z2-nokl"][argv["mnist-conv-vae-z2-nokl"].index("--beta") + 1] == "0"
     assert "ae" in argv["mnist-conv-ae-z2"] and "fashion-mnist" in argv["fashion-conv-vae-z16"]
-    gitignore = (Path(__file__).resolve().parent.parent / ".gitignore").read_text()
+    gitignore = (PROJECT_ROOT / ".gitignore").read_text()
     assert all(f"!/checkpoints/{n}/" in gitignore for n in names)
