@@ -6,8 +6,9 @@ A job is a run folder being (or having been) trained by `python -m trainer` in i
     <run>/job.json     written here at start: pid, argv, start time, log file (and the exit code once reaped)
     <run>/train.log    the trainer's stdout (one JSON line per epoch) and stderr
     <run>/status.json  written by the trainer: state, epoch/total, seconds, ETA, message
-Options use the trainer parser's own names (`latent_dim`, `batch_size`, ...) and are checked by the
-trainer's own parser and config classes, so the app and the CLI accept exactly the same values.
+Options use the trainer's own names (`latent_dim`, `batch_size`, ...; trainer.cli.trainer_options) and
+are checked by the trainer's own parser, config classes and dataset search, so the app and the CLI
+accept exactly the same values.
 """
 from __future__ import annotations
 
@@ -24,20 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from trainer.cli import PROG, UserError, build_parser, configs_from_args
-from trainer.data import DEBIAN_FASHION_MNIST, FOLDER_PREFIX, IDX_FILES, IMAGE_EXTENSIONS, TORCHVISION_DIRS, BUNDLED_MNIST_SUBSET
+from trainer import cli
+from trainer.cli import PROG, OptionSpec, UserError, build_parser, configs_from_args, flag
+from trainer.data import dataset_problem
+from trainer.paths import PROJECT_ROOT
 from trainer.runs import STATUS_FILE, RunError, read_status, validate_run_name
 from trainer.safe_io import atomic_write_json, read_json_dict, read_tail
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 JOB_FILE = "job.json"
 LOG_FILE = "train.log"
 TRAINER_MODULE = "trainer"
 LOG_TAIL_BYTES = 16384
 LOG_TAIL_LINES = 5
 # Trainer flags the app sets itself or never offers (offline app: no --download; a new run: no --resume).
-APP_CONTROLLED = ("checkpoints_dir", "progress", "resume", "download", "help")
-KNOWN_DATASETS = ("mnist", "fashion-mnist")
+APP_CONTROLLED = ("checkpoints_dir", "progress", "resume", "download")
 ACTIVE_STATES = ("starting", "running")
 EXEC_RETRIES, EXEC_RETRY_S = 5, 0.02  # a process inside exec() shows an empty command line for a moment
 
@@ -52,14 +53,9 @@ class JobError(Exception):
 
 # ---------------------------------------------------------------- options -> argv
 
-def trainer_options() -> dict[str, argparse.Action]:
-    """The trainer parser's options by dest (help text, choices, defaults), minus those the app controls."""
-    return {a.dest: a for a in build_parser()._actions if a.option_strings and a.dest not in APP_CONTROLLED}
-
-
-def flag(name: str) -> str:
-    """`batch_size` -> `--batch-size`."""
-    return "--" + name.replace("_", "-")
+def trainer_options() -> dict[str, OptionSpec]:
+    """The trainer's options by dest (flag, help, default, choices, bounds), minus those the app controls."""
+    return {dest: o for dest, o in cli.trainer_options().items() if dest not in APP_CONTROLLED}
 
 
 def format_value(value: Any) -> str:
@@ -83,17 +79,17 @@ def option_flags(options: Mapping[str, Any]) -> list[str]:
     if unknown:
         raise JobError([f"unknown option {name!r}: not a trainer option the app can set" for name in unknown])
     flags, wrong = [], []
-    for name, action in known.items():  # the parser's order: stable argv
+    for name, option in known.items():  # the parser's order: stable argv
         if name not in options or is_unset(options[name]):
             continue
         value = options[name]
-        if action.nargs == 0:  # an on/off flag such as --compile
+        if not option.takes_value:  # an on/off flag such as --compile
             if not isinstance(value, bool):
                 wrong.append(f"option {name!r} is on or off (True or False), got {value!r}")
             elif value:
                 flags.append(flag(name))
             continue
-        flags.append(f"{flag(name)}={format_value(value).strip() if isinstance(value, str) else format_value(value)}")
+        flags.append(f"{option.flag}={format_value(value).strip() if isinstance(value, str) else format_value(value)}")
     if wrong:
         raise JobError(wrong)
     return flags
@@ -129,35 +125,6 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).replace(f" (see {PROG} --help)", "").split())
 
 
-def _data_dir(options: Mapping[str, Any]) -> Path:
-    value = options.get("data_dir")
-    path = Path("data" if is_unset(value) else str(value)).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path  # the trainer runs in the project root
-
-
-def dataset_problem(dataset: str, data_dir: Path) -> str | None:
-    """Why the trainer would not find `dataset` (mnist, fashion-mnist, folder:PATH), or None."""
-    if dataset.startswith(FOLDER_PREFIX):
-        text = dataset[len(FOLDER_PREFIX):].strip()
-        folder = Path(text).expanduser()
-        folder = folder if folder.is_absolute() else PROJECT_ROOT / folder  # the trainer runs in the project root
-        if not text:
-            return "dataset 'folder:' names no folder: use folder:/path/to/images"
-        if not folder.is_dir():
-            return f"dataset {dataset!r}: {folder} is not a folder (use folder:/path/to/images)"
-        if not any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in folder.rglob("*")):
-            return f"dataset {dataset!r}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder} or its sub-folders"
-        return None
-    if dataset not in KNOWN_DATASETS:
-        return f"unknown dataset {dataset!r}: use mnist, fashion-mnist or folder:PATH (a folder of images)"
-    candidates = [data_dir / dataset, data_dir / TORCHVISION_DIRS[dataset] / "raw", data_dir]
-    candidates += [DEBIAN_FASHION_MNIST] if dataset == "fashion-mnist" else [BUNDLED_MNIST_SUBSET]
-    for folder in candidates:
-        if all((folder / stem).is_file() or (folder / f"{stem}.gz").is_file() for stem in IDX_FILES.values()):
-            return None
-    return f"dataset {dataset!r} not found in {', '.join(map(str, candidates))}: install it (e.g. apt-get install dataset-fashion-mnist) or choose another"
-
-
 def validate_options(options: Mapping[str, Any], checkpoints_dir: str | os.PathLike) -> list[str]:
     """Every problem with `options` as one line each; [] means the trainer will accept them.
 
@@ -182,11 +149,10 @@ def validate_options(options: Mapping[str, Any], checkpoints_dir: str | os.PathL
     if errors:
         return errors
     try:
-        args = _parse(flags)
-        configs_from_args(args)
+        _, train_config, _ = configs_from_args(_parse(flags))
     except UserError as e:
         return [_one_line(e)]
-    problem = dataset_problem(args.dataset or KNOWN_DATASETS[0], _data_dir(options))
+    problem = dataset_problem(train_config.dataset, train_config.data_dir, root=PROJECT_ROOT)  # the trainer runs in the project root
     return [problem] if problem else []
 
 

@@ -41,6 +41,20 @@ def test_train_page_renders(train_page: AppTest, tmp_path: Path) -> None:
     assert any(f"No training jobs in {tmp_path}" in c.value for c in at.caption)
 
 
+def test_form_defaults_bounds_and_help_are_the_trainers(train_page: AppTest) -> None:
+    """Each widget starts at the trainer's default, with the config field's bounds and the CLI's help text."""
+    at, options = train_page, jobs.trainer_options()
+    for name in ("latent_dim", "epochs", "batch_size", "beta_warmup", "atlas_size", "hidden_dim", "lr", "beta"):
+        widget, option = at.number_input(key=f"train_{name}"), options[name]
+        assert widget.value == option.default and widget.help == option.help, name
+        if option.parse is int:
+            assert (widget.min, widget.max) == (option.spec.min, option.spec.max), name
+    for name in ("model", "kind", "recon_loss"):
+        widget, option = at.selectbox(key=f"train_{name}"), options[name]
+        assert widget.options == list(option.choices) and widget.value == option.default and widget.help == option.help
+    assert at.selectbox(key="train_image_size").options == ["default", *map(str, options["image_size"].choices)]
+
+
 @pytest.mark.parametrize("name", ["a/b", "..", "/abs", ""])
 def test_invalid_run_name_shows_error_and_starts_nothing(train_page: AppTest, tmp_path: Path, name: str) -> None:
     at = submit(train_page, run_name=name)
@@ -63,6 +77,7 @@ def test_existing_run_name_refused(train_page: AppTest, tmp_path: Path) -> None:
     assert [e.value for e in at.error] == [f"run 'taken' already exists in {tmp_path}: choose another run name"]
 
 
+@pytest.mark.slow
 def test_start_from_the_form_then_follow_it(train_page: AppTest, tmp_path: Path) -> None:
     at = submit(train_page, run_name="from-form", model="mlp", hidden_dim=16, latent_dim=2, epochs=1, atlas_size=40)
     assert not at.error, [e.value for e in at.error]

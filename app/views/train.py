@@ -17,16 +17,15 @@ from app.common import checkpoints_dir, open_run
 from app.compare import loss_figure
 from app.latent import make_projection
 from app.plots import latent_scatter
-from models import ARCHS, IMAGE_SIZES, KINDS, MAX_LATENT_DIM, RECON_LOSSES, ModelConfig
-from models.vae import CHANNELS
-from trainer.config import MAX_BATCH_SIZE, MAX_EPOCHS, TrainConfig
-from trainer.data import FOLDER_PREFIX
+from trainer.cli import OptionSpec
+from trainer.data import DATASETS, FOLDER_PREFIX
 from trainer.runs import MANIFEST_FILE, summarize_run
 
 REFRESH_S = 2.0  # how often the job list redraws while something trains
 PAST_JOBS_SHOWN = 10
 LIVE_SCATTER_HEIGHT = 300
-DATASET_CHOICES = ("mnist", "fashion-mnist", "folder")
+DATASET_CHOICES = (*DATASETS, "folder")
+JS_MAX_SAFE_INTEGER = 2**53 - 1  # a browser number input holds no larger bound
 NAME_KEY, NEW_NAME_FLAG, STARTED_KEY, STOP_FEEDBACK_KEY = "train_run_name", "train_new_name", "train_started", "train_stop_feedback"
 STATE_ICONS = {  # Streamlit's material icons (emoji fonts are often missing on Linux desktops)
     "starting": ":material/hourglass_top:", "running": ":material/play_circle:", "finished": ":material/check_circle:",
@@ -42,40 +41,63 @@ def blank_to_none(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else value
 
 
+def choice_box(label: str, option: OptionSpec, key: str) -> Any:
+    """A selectbox over the option's choices at its default; "default" first where the trainer decides (image size)."""
+    assert option.choices is not None
+    if option.default is None:
+        return st.selectbox(label, (None, *option.choices), format_func=lambda v: "default" if v is None else str(v), help=option.help, key=key)
+    return st.selectbox(label, option.choices, index=option.choices.index(option.default), help=option.help, key=key)
+
+
+def int_input(label: str, option: OptionSpec, key: str) -> int | None:
+    """A number input with the config field's bounds (the browser keeps typed values within them) and default."""
+    spec = option.spec
+    assert spec is not None
+    low = None if spec.min is None else int(spec.min) + (1 if spec.min_open else 0)
+    high = spec.max if spec.max is not None and spec.max <= JS_MAX_SAFE_INTEGER else None
+    return st.number_input(label, low, high, option.default, placeholder="default", help=option.help, key=key)
+
+
+def float_input(label: str, option: OptionSpec, key: str, step: float) -> float:
+    """A number input with the field's default and no bounds: the browser would silently snap an out-of-range
+    value back, where the trainer's validation says what is wrong (the help shows the allowed range)."""
+    return st.number_input(label, value=option.default, format="%g", step=step, help=option.help, key=key)
+
+
 def training_form() -> dict[str, Any] | None:
-    """The trainer's options as a form; the options dict when submitted, else None."""
-    model_defaults, train_defaults = ModelConfig(), TrainConfig()
+    """The trainer's options as a form, its defaults, bounds and help from the trainer's options; the options dict when submitted."""
+    o = jobs.trainer_options()
     if st.session_state.pop(NEW_NAME_FLAG, False) or NAME_KEY not in st.session_state:
         st.session_state[NAME_KEY] = suggested_name()
-    help_of = {name: action.help for name, action in jobs.trainer_options().items()}
     with st.form("train_form"):
         c1, c2, c3, c4 = st.columns(4)
         with c1:
-            model = st.selectbox("Model", ARCHS, index=ARCHS.index(model_defaults.arch), help=help_of["model"], key="train_model")
-            kind = st.selectbox("Kind", KINDS, index=KINDS.index(model_defaults.kind), help=help_of["kind"], key="train_kind")
-            latent_dim = st.number_input("Latent size", 1, MAX_LATENT_DIM, model_defaults.latent_dim, help=help_of["latent_dim"], key="train_latent_dim")
+            model = choice_box("Model", o["model"], "train_model")
+            kind = choice_box("Kind", o["kind"], "train_kind")
+            latent_dim = int_input("Latent size", o["latent_dim"], "train_latent_dim")
         with c2:
-            dataset = st.selectbox("Dataset", DATASET_CHOICES, help=help_of["dataset"], key="train_dataset")
-            folder = st.text_input("Image folder (dataset 'folder')", placeholder="/path/to/images", help="A folder of images, or of class sub-folders of images.", key="train_folder")
-            recon_loss = st.selectbox("Reconstruction loss", RECON_LOSSES, index=RECON_LOSSES.index(train_defaults.recon_loss), help=help_of["recon_loss"], key="train_recon_loss")
+            dataset = st.selectbox("Dataset", DATASET_CHOICES, help=o["dataset"].help, key="train_dataset")
+            folder = st.text_input("Image folder (dataset 'folder')", placeholder="/path/to/images",
+                                   help="A folder of images, or of class sub-folders of images.", key="train_folder")
+            recon_loss = choice_box("Reconstruction loss", o["recon_loss"], "train_recon_loss")
         with c3:
-            epochs = st.number_input("Epochs", 1, MAX_EPOCHS, train_defaults.epochs, help=help_of["epochs"], key="train_epochs")
-            batch_size = st.number_input("Batch size", 1, MAX_BATCH_SIZE, train_defaults.batch_size, help=help_of["batch_size"], key="train_batch_size")
-            lr = st.number_input("Learning rate", value=train_defaults.lr, format="%g", step=1e-4, help=help_of["lr"], key="train_lr")
+            epochs = int_input("Epochs", o["epochs"], "train_epochs")
+            batch_size = int_input("Batch size", o["batch_size"], "train_batch_size")
+            lr = float_input("Learning rate", o["lr"], "train_lr", step=1e-4)
         with c4:
-            beta = st.number_input("Beta (KL weight)", value=train_defaults.beta, format="%g", step=0.1, help=help_of["beta"], key="train_beta")
-            beta_warmup = st.number_input("Beta warm-up (epochs)", 0, MAX_EPOCHS, train_defaults.beta_warmup, help=help_of["beta_warmup"], key="train_beta_warmup")
-            seed = st.number_input("Seed", 0, None, train_defaults.seed, help=help_of["seed"], key="train_seed")
+            beta = float_input("Beta (KL weight)", o["beta"], "train_beta", step=0.1)
+            beta_warmup = int_input("Beta warm-up (epochs)", o["beta_warmup"], "train_beta_warmup")
+            seed = int_input("Seed", o["seed"], "train_seed")
         with st.expander("Advanced"):
             a1, a2, a3 = st.columns(3)
             with a1:
-                widths = st.text_input("Conv widths", placeholder=",".join(map(str, model_defaults.widths)), help=help_of["widths"], key="train_widths")
-                hidden_dim = st.number_input("Hidden layer", 0, None, None, placeholder="default", help=help_of["hidden_dim"], key="train_hidden_dim")
+                widths = st.text_input("Conv widths", placeholder=",".join(map(str, o["widths"].default)), help=o["widths"].help, key="train_widths")
+                hidden_dim = int_input("Hidden layer", o["hidden_dim"], "train_hidden_dim")
             with a2:
-                image_size = st.selectbox("Image size", (None, *IMAGE_SIZES), format_func=lambda v: "default" if v is None else str(v), help=help_of["image_size"], key="train_image_size")
-                channels = st.selectbox("Channels", (None, *CHANNELS), format_func=lambda v: "default" if v is None else str(v), help=help_of["channels"], key="train_channels")
+                image_size = choice_box("Image size", o["image_size"], "train_image_size")
+                channels = choice_box("Channels", o["channels"], "train_channels")
             with a3:
-                atlas_size = st.number_input("Atlas size", 1, None, train_defaults.atlas_size, help=help_of["atlas_size"], key="train_atlas_size")
+                atlas_size = int_input("Atlas size", o["atlas_size"], "train_atlas_size")
         run_name = st.text_input("Run name", key=NAME_KEY, help="The run's folder name: letters, digits, '.', '_' or '-'.")
         submitted = st.form_submit_button("Start training", type="primary", key="train_submit")
     if not submitted:
