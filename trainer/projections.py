@@ -8,7 +8,6 @@ latents it was computed from).
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from . import safe_io
+from .runs import parse_versioned, versioned
 
 EMBEDDINGS = ("umap", "tsne")  # the non-linear maps: slow enough to be kept on disk in the run folder
 KNN_NEIGHBOURS = 10  # out-of-sample placement on a UMAP / t-SNE map
@@ -25,7 +25,6 @@ UMAP_EPOCHS = 200
 TSNE_ITERATIONS = 500
 MIN_EMBEDDING_POINTS = 5  # fewer points get their PCA plane instead
 PROJECTION_MAX_BYTES = 2**26  # a cached 2-D map: N x 2 floats and a fingerprint
-PROJECTION_FILE_RE = re.compile(r"^projection-(umap|tsne)-(\d{6})\.npz$")
 FINGERPRINT_CHARS = 16
 
 
@@ -127,7 +126,7 @@ def fingerprint(a: np.ndarray) -> str:
 
 def projection_path(run_dir: Path, method: str, epoch: int) -> Path:
     """Where the `method` map of epoch `epoch`'s atlas latents is kept in a run folder."""
-    return Path(run_dir) / f"projection-{method}-{epoch:06d}.npz"
+    return Path(run_dir) / versioned(f"projection-{method}", epoch, ".npz")
 
 
 def cached_embedding(run_dir: Path, epoch: int, z: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
@@ -150,8 +149,8 @@ def cached_embedding(run_dir: Path, epoch: int, z: np.ndarray, method: str, seed
     try:
         safe_io.atomic_write_bytes(path, safe_io.npz_bytes({"xy": xy, "fingerprint": np.array(key)}))
         for old in Path(run_dir).iterdir():
-            m = PROJECTION_FILE_RE.match(old.name)
-            if m and m.group(1) == method and old.name != path.name:
+            parts = parse_versioned(old.name)
+            if parts and (parts.stem, parts.suffix) == (f"projection-{method}", ".npz") and old.name != path.name:
                 old.unlink(missing_ok=True)
     except OSError:
         pass
