@@ -23,8 +23,8 @@ def is_int(v: Any) -> bool:
 
 
 def is_number(v: Any) -> bool:
-    """A finite int or float that is not a bool."""
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+    """A finite int or float that is not a bool (a huge int is finite, though math.isfinite cannot convert it)."""
+    return is_int(v) or (isinstance(v, float) and math.isfinite(v))
 
 
 @dataclasses.dataclass(frozen=True)
