@@ -9,8 +9,6 @@ import pytest
 from app import compare
 from trainer.runs import Run, load_run
 
-APP_TIMEOUT_S = 60
-
 
 @pytest.fixture(scope="module")
 def runs(runs_root: Path) -> dict[str, Run]:
@@ -110,7 +108,7 @@ def compare_page(monkeypatch, runs_root: Path, tmp_path: Path):
     """app/main.py on the Compare page over a copy of the tiny runs plus one broken run."""
     import shutil
 
-    from tests.app_helpers import COMPARE_PAGE, ok, start_app
+    from tests.helpers import COMPARE_PAGE, ok, start_app
 
     root = tmp_path / "runs"
     for name in ("vae2", "ae2", "vae5"):

@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from streamlit.testing.v1 import AppTest
 
-from app.common import CHECKPOINTS_ENV
-from app.explore import TAB_KEY, TABS
+from app.explore import TABS
 
-from .app_helpers import MAIN, TIMEOUT_S, ok, start_app
+from .helpers import choose_run, image_with_caption, ok, open_tab, start_app
 
 
 @pytest.fixture
@@ -26,22 +24,6 @@ def by_key_prefix(widgets, prefix: str):
     found = [w for w in widgets if (w.key or "").startswith(prefix)]
     assert found, f"no widget with a key starting {prefix!r}"
     return found[0]
-
-
-def image_with_caption(at: AppTest, start: str):
-    found = [im for im in at.image if any(c.startswith(start) for c in im.captions)]
-    assert found, f"no image captioned {start!r}: {[im.captions for im in at.image]}"
-    return found[0]
-
-
-def open_tab(at: AppTest, name: str) -> AppTest:
-    at.session_state[TAB_KEY] = name
-    return ok(at.run())
-
-
-def choose_run(at: AppTest, root: Path, name: str) -> AppTest:
-    at.selectbox(key="run_path").set_value(str(root / name))
-    return ok(at.run())
 
 
 def digit_png(size: tuple[int, int] = (90, 90)) -> bytes:

@@ -12,11 +12,7 @@ from PIL import Image, ImageDraw
 from app import images
 from models import ModelConfig, build_model
 
-
-def encode(im: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **kw)
-    return buf.getvalue()
+from .helpers import encode
 
 
 def paper_digit(size: tuple[int, int] = (160, 120), mode: str = "RGB") -> Image.Image:

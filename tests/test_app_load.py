@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.app_helpers import COMPARE_PAGE, TRAIN_PAGE, ok
-
 from trainer.runs import MANIFEST_FILE, list_runs, load_run
 
+from .helpers import COMPARE_PAGE, TRAIN_PAGE, app_test, ok
 from .helpers_kill import Zygote
 from .test_hostile_runs import GOOD_RUNS, VARIANTS, Ctx, make_variant
 
@@ -39,17 +38,6 @@ MUTATING_EVENTS = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.symlink
 
 
 # ---------------------------------------------------------------- AppTest plumbing
-
-def app_test(monkeypatch, root: Path):
-    """A fresh AppTest of app/main.py browsing `root` (not yet run)."""
-    from streamlit.testing.v1 import AppTest
-
-    from app.common import CHECKPOINTS_ENV
-    from tests.app_helpers import MAIN, TIMEOUT_S
-
-    monkeypatch.setenv(CHECKPOINTS_ENV, str(root))
-    return AppTest.from_file(str(MAIN), default_timeout=TIMEOUT_S)
-
 
 def z_sliders(at) -> list:
     return sorted((s for s in at.slider if (s.key or "").startswith("z") and ":" in (s.key or "")), key=lambda s: s.key)

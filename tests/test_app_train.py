@@ -11,7 +11,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from app import jobs
-from tests.app_helpers import TRAIN_PAGE, ok, start_app
+from tests.helpers import TRAIN_PAGE, ok, start_app
 
 JOB_TIMEOUT_S = 60.0
 

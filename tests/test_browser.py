@@ -5,7 +5,6 @@ Train pages; screenshots go to test-artifacts/ (gitignored). Skipped only when /
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -13,6 +12,8 @@ import pytest
 
 from bench.bench_browser import CHROMIUM, launch_chromium, streamlit_server
 from trainer.paths import PROJECT_ROOT
+
+from .helpers import wait_until
 
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 STEP_MS = 45_000  # per wait in the browser; the machine is small and shared
@@ -35,16 +36,6 @@ def decoded_src(page) -> str | None:
     """The src of the Explore page's decoded image (its caption starts with "Decoded z")."""
     image = page.locator("[data-testid='stImage']").filter(has_text="Decoded z").locator("img").first
     return image.get_attribute("src") if image.count() else None
-
-
-def wait_until(predicate, what: str, timeout_s: float = STEP_MS / 1000):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def test_explore_compare_train_in_chromium(server: str) -> None:

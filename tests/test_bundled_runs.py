@@ -8,8 +8,7 @@ from trainer.demo import DEMO_RUNS
 from trainer.paths import DEFAULT_CHECKPOINTS_DIR
 from trainer.runs import load_run
 
-from .app_helpers import COMPARE_PAGE, ok, start_app
-from .test_app_explore import choose_run, image_with_caption, open_tab
+from .helpers import COMPARE_PAGE, choose_run, image_with_caption, ok, open_tab, start_app
 
 CHECKPOINTS = DEFAULT_CHECKPOINTS_DIR  # where the bundled runs ship
 NAMES = [name for name, _, _ in DEMO_RUNS]

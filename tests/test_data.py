@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,7 @@ from PIL import Image
 from trainer import data as data_mod
 from trainer.data import DataError, load_dataset, parse_idx, read_idx
 
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Hand-build an IDX file: 0, 0, type 0x08 (ubyte), ndim, big-endian dims, data."""
-    return bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape) + array.astype(np.uint8).tobytes()
+from .helpers import idx_bytes
 
 
 def write_mnist_like(folder: Path, n_train: int = 12, n_test: int = 6, gz: bool = True) -> None:

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,17 +18,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.bench_browser import free_port
 from trainer.cli import build_parser, configs_from_args
 from trainer.config import TrainConfig
 from trainer.data import load_dataset
 from trainer.distributed import shard_bounds
 from trainer.runs import MANIFEST_FILE, load_run, read_config, read_status
-from bench.bench_browser import free_port
 from trainer.train import fit
 
-from .conftest import tiny_data
+from .helpers import run_module, tiny_data, write_idx
 
-ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN, N_TEST = 76, 48
 RUN_FLAGS = ["--device", "cpu", "--progress", "none"]
 FLAGS = ["--dataset", "mnist", "--widths", "4,8,8", "--hidden-dim", "0", "--latent-dim", "2", "--batch-size", "25",
@@ -38,13 +36,6 @@ REL_TOL = 1e-5
 LONG_EPOCHS = 2000  # jobs that are stopped or killed long before the end
 JOB_TIMEOUT_S = 120
 WAIT_S = 60
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """MNIST's IDX format: magic 0 0 0x08 ndim, big-endian dimensions, then uint8 data."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    dims = b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    path.write_bytes(bytes([0, 0, 0x08, array.ndim]) + dims + array.tobytes())
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +53,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 def torchrun(args: list[str], nproc: int = 2) -> subprocess.Popen:
     """`torchrun --nproc-per-node N -m trainer ARGS` on the loopback interface, in its own process group."""
-    env = os.environ | {"PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "-m", "trainer", *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    launch = ["--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "trainer", *args]
+    return run_module("torch.distributed.run", launch, env={"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}, start_new_session=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = JOB_TIMEOUT_S) -> tuple[int, str]:

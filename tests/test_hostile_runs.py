@@ -31,7 +31,7 @@ from trainer import runs as runs_mod
 from trainer.runs import (ATLAS_IMAGES_FILE, CONFIG_FILE, MANIFEST_FILE, MAX_JSON_BYTES, STATUS_FILE, RunError, RunLock,
                           list_runs, load_run)
 
-from .conftest import TINY_WIDTHS
+from .helpers import TINY_WIDTHS
 
 GOOD_RUNS = ("vae2", "ae2")
 BOMB_IMAGES = 100_000  # a zip bomb's images of zeros: ~80 MB declared, ~80 kB on disk

@@ -2,29 +2,18 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from app import jobs
 from trainer.runs import load_run
 
+from .helpers import wait_until
+
 # A model that trains an epoch of the bundled MNIST subset in about a second on two cores.
 TINY = {"model": "mlp", "hidden_dim": 16, "latent_dim": 2, "atlas_size": 50, "batch_size": 256}
-JOB_TIMEOUT_S = 60.0
-POLL_S = 0.25
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = JOB_TIMEOUT_S, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def one_job(root: Path, name: str) -> jobs.Job | None:
@@ -170,7 +159,7 @@ def test_job_runs_to_finished_and_is_listed(tmp_path: Path) -> None:
     started = jobs.start_job(TINY | {"epochs": 2, "run_name": "tiny"}, tmp_path)
     assert started.run_dir == (tmp_path / "tiny").resolve() and started.pid > 0
     assert jobs.is_trainer_process(started.pid)
-    job = wait_for(lambda: (j := one_job(tmp_path, "tiny")) and not j.active and j, what="the job to end")
+    job = wait_until(lambda: (j := one_job(tmp_path, "tiny")) and not j.active and j, what="the job to end")
     assert job.state == "finished", (job, jobs.log_tail(job.path))
     assert (job.epoch, job.total, job.fraction) == (2, 2, 1.0)
     run = load_run(tmp_path / "tiny")
@@ -182,19 +171,19 @@ def test_job_runs_to_finished_and_is_listed(tmp_path: Path) -> None:
 def test_stop_a_running_job_keeps_it_loadable(tmp_path: Path) -> None:
     started = jobs.start_job(TINY | {"epochs": 500, "run_name": "long"}, tmp_path)
     try:
-        job = wait_for(lambda: (j := one_job(tmp_path, "long")) and j.state == "running" and j.epoch >= 1 and j,
-                       what="the first epoch")
+        job = wait_until(lambda: (j := one_job(tmp_path, "long")) and j.state == "running" and j.epoch >= 1 and j,
+                         what="the first epoch")
         assert job.eta is not None and job.eta > 0 and job.pid == started.pid
         message = jobs.stop_job(job.path)
         assert "asked long" in message and str(started.pid) in message
-        job = wait_for(lambda: (j := one_job(tmp_path, "long")) and not j.active and j, what="the job to stop")
+        job = wait_until(lambda: (j := one_job(tmp_path, "long")) and not j.active and j, what="the job to stop")
         assert job.state == "stopped", (job, jobs.log_tail(job.path))
         assert 1 <= job.epoch < 500
         run = load_run(tmp_path / "long")
         assert run.epoch == job.epoch
         job_file = tmp_path / "long" / jobs.JOB_FILE
         # list_jobs reaps the exited process and records its exit code.
-        wait_for(lambda: jobs.list_jobs(tmp_path) and "returncode" in job_file.read_text(), what="the exit code")
+        wait_until(lambda: jobs.list_jobs(tmp_path) and "returncode" in job_file.read_text(), what="the exit code")
         assert '"returncode": 0' in job_file.read_text() and "stop_requested" in job_file.read_text()
     finally:
         if jobs.is_trainer_process(started.pid):
@@ -209,5 +198,5 @@ def test_job_that_dies_early_shows_why(tmp_path: Path) -> None:
     images.mkdir()
     (images / "broken.png").write_bytes(b"not a png")  # passes the app's check, fails in the trainer
     jobs.start_job({"dataset": f"folder:{images}", "run_name": "doomed", "epochs": 1}, tmp_path / "ck")
-    job = wait_for(lambda: (j := one_job(tmp_path / "ck", "doomed")) and j.state == "died" and j, what="the job to die")
+    job = wait_until(lambda: (j := one_job(tmp_path / "ck", "doomed")) and j.state == "died" and j, what="the job to die")
     assert "none of its 1 image files could be read" in (job.message or ""), job

@@ -14,7 +14,7 @@ from trainer import runs as runs_mod
 from trainer import safe_io
 from trainer.runs import MANIFEST_FILE, RunError, RunLock, list_runs, load_run, validate_run_name
 
-from .conftest import make_run
+from .helpers import make_run
 
 
 @pytest.fixture()

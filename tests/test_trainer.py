@@ -20,7 +20,7 @@ from trainer.paths import PROJECT_ROOT
 from trainer.runs import load_run, read_status
 from trainer.train import TrainingFailed, fit
 
-from .conftest import TINY_WIDTHS, tiny_data
+from .helpers import TINY_WIDTHS, tiny_data
 
 TINY = ModelConfig(latent_dim=2, widths=TINY_WIDTHS)
 

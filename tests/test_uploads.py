@@ -6,7 +6,6 @@ a decompression bomb, never a helper program (Ghostscript for EPS), and bounded 
 """
 from __future__ import annotations
 
-import io
 import struct
 import subprocess
 import tracemalloc
@@ -21,6 +20,8 @@ from PIL import Image, ImageDraw, ImageFile
 from app import images
 from app.images import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, UploadError, preprocess_upload
 
+from .helpers import encode
+
 SIZE = 28
 SHAPES = {"digit": (1, SIZE, SIZE), "object": (1, SIZE, SIZE), "photo": (3, 64, 64)}
 BOMB_SIDE = 100_000  # declared width and height of the bombs: 10 gigapixels
@@ -34,12 +35,6 @@ EITHER = "could not be decoded|no drawing"  # damage that may or may not leave a
 
 
 # ---------------------------------------------------------------- image makers
-
-def encode(im: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
 
 def digit(mode: str = "RGB", size: tuple[int, int] = (96, 72)) -> Image.Image:
     """A dark stroke on light paper, off centre."""
