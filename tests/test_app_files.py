@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 
 from app import jobs, latent
 
@@ -23,6 +24,7 @@ def test_log_tail_reads_only_the_end(tmp_path):
     assert jobs.log_tail(tmp_path) == ["old line"] * (jobs.LOG_TAIL_LINES - 1) + ["last message"]
 
 
+@pytest.mark.slow  # real UMAP
 def test_projection_cache_ignores_hostile_files(tmp_path):
     z = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
     path = latent.projection_path(tmp_path, "umap", 1)

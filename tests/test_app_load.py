@@ -253,6 +253,7 @@ def step(session: Session, r: int) -> None:
     session.values.append(value)
 
 
+@pytest.mark.slow
 def test_four_sessions_move_sliders_on_different_runs_while_one_trains(monkeypatch, runs_root, tmp_path):
     root = tmp_path / "checkpoints"
     root.mkdir()

@@ -21,7 +21,8 @@ SLIDER_PRESSES = 40  # arrow presses on a latent slider (0.01 each)
 VIEWPORT = {"width": 1400, "height": 1000}
 TALL_VIEWPORT = {"width": 1400, "height": 2600}  # streamlit scrolls inside the page: a tall window shows it all
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium): no real-browser test")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium): no real-browser test")]
 
 
 @pytest.fixture

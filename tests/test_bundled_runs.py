@@ -32,12 +32,14 @@ def test_bundled_run_loads_with_its_provenance(name):
     assert data["name"] == expected and data["kind"] in ("full", "subset") and data["note"]
 
 
+@pytest.mark.slow
 def test_first_screen_of_the_bundle_is_the_latent_2_vae(monkeypatch):
     at = ok(start_app(monkeypatch, CHECKPOINTS))
     assert at.selectbox(key="run_path").value == str(CHECKPOINTS / "mnist-conv-vae-z2")
     assert image_with_caption(at, "Decoded z")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_every_view_renders_for_bundled_run(monkeypatch, name):
     at = choose_run(ok(start_app(monkeypatch, CHECKPOINTS)), CHECKPOINTS, name)
@@ -46,6 +48,7 @@ def test_every_view_renders_for_bundled_run(monkeypatch, name):
         assert not at.error, (name, tab, [e.value for e in at.error])
 
 
+@pytest.mark.slow
 def test_compare_page_on_the_bundle(monkeypatch):
     at = ok(start_app(monkeypatch, CHECKPOINTS))
     ok(at.switch_page(COMPARE_PAGE).run())

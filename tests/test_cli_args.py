@@ -200,6 +200,7 @@ def test_bad_run_names_refused_by_cli_and_app(name, tmp_path, capsys, no_trainin
     assert errors and all("\n" not in e for e in errors)
 
 
+@pytest.mark.slow
 def test_real_process_exit_code_and_single_line(tmp_path):
     """The same through `python -m trainer` itself: status 2 and one line, no traceback, no usage block."""
     env = os.environ | {"PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}

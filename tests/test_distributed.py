@@ -141,6 +141,7 @@ def test_shards_cover_every_batch_once():
         assert bounds[0][0] == 0 and bounds[-1][1] == n and bounds[0][1] == bounds[1][0]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_and_only_rank0_writes(data_dir, reference, tmp_path):
     code, err = finish(torchrun(cli_args(data_dir, tmp_path, "two", "--epochs", "2")))
     assert code == 0, err
@@ -158,6 +159,7 @@ def test_two_processes_equal_one_and_only_rank0_writes(data_dir, reference, tmp_
     assert not any(k.startswith("module.") for k in load_file(run_dir / two.manifest["files"]["weights"]))
 
 
+@pytest.mark.slow
 def test_resume_from_one_process_into_two(data_dir, reference, tmp_path):
     one_process(data_dir, tmp_path / "grow", epochs=1)
     code, err = finish(torchrun(cli_args(data_dir, tmp_path, "grow", "--resume", "--epochs", "2")))
@@ -166,6 +168,7 @@ def test_resume_from_one_process_into_two(data_dir, reference, tmp_path):
     assert_same_weights(tmp_path / "grow", reference)
 
 
+@pytest.mark.slow
 def test_sigterm_on_one_rank_stops_all_then_resumes_in_one_process(data_dir, tmp_path):
     proc = torchrun(cli_args(data_dir, tmp_path, "stop", "--epochs", str(LONG_EPOCHS)))
     run_dir = tmp_path / "stop"
@@ -185,6 +188,7 @@ def test_sigterm_on_one_rank_stops_all_then_resumes_in_one_process(data_dir, tmp
     assert_same_weights(run_dir, tmp_path / "straight")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", [1, 0])
 def test_killed_rank_ends_the_job_and_keeps_the_checkpoint(data_dir, tmp_path, victim):
     proc = torchrun(cli_args(data_dir, tmp_path, "kill", "--epochs", str(LONG_EPOCHS)))

@@ -238,6 +238,7 @@ def test_cli_refuses_with_one_line(tiny_runs, capsys, args, words):
     assert not evaluation_path(tiny_runs / "ae", 1).exists()
 
 
+@pytest.mark.slow
 def test_module_entry_point_refuses_a_missing_run(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "trainer.evaluate", str(tmp_path / "missing")],

@@ -44,6 +44,8 @@ LATENT_TOL = 2e-3  # float16 storage of the atlas latents
 TRAINER_PREFIX = "python -m trainer:"
 NOT_SAVED_YET = r"(config|manifest)\.json: missing|no such run folder"  # load_run before the first save landed
 
+pytestmark = pytest.mark.slow  # the fault-injection matrix: a real trainer per case
+
 
 # ---------------------------------------------------------------- fixtures
 

@@ -155,6 +155,7 @@ def test_format_seconds() -> None:
 
 # ---------------------------------------------------------------- real jobs
 
+@pytest.mark.slow
 def test_job_runs_to_finished_and_is_listed(tmp_path: Path) -> None:
     started = jobs.start_job(TINY | {"epochs": 2, "run_name": "tiny"}, tmp_path)
     assert started.run_dir == (tmp_path / "tiny").resolve() and started.pid > 0
@@ -168,6 +169,7 @@ def test_job_runs_to_finished_and_is_listed(tmp_path: Path) -> None:
     assert jobs.validate_options({"run_name": "tiny"}, tmp_path)[0].startswith("run 'tiny' already exists")
 
 
+@pytest.mark.slow
 def test_stop_a_running_job_keeps_it_loadable(tmp_path: Path) -> None:
     started = jobs.start_job(TINY | {"epochs": 500, "run_name": "long"}, tmp_path)
     try:
@@ -193,6 +195,7 @@ def test_stop_a_running_job_keeps_it_loadable(tmp_path: Path) -> None:
             os.kill(started.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_job_that_dies_early_shows_why(tmp_path: Path) -> None:
     images = tmp_path / "imgs"
     images.mkdir()

@@ -132,6 +132,7 @@ def run_cli(args: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_json_lines(tmp_path):
     model = ["--model", "mlp", "--hidden-dim", "32", "--latent-dim", "2"]
     proc = run_cli([*model, "--epochs", "1", "--atlas-size", "100", "--checkpoints-dir", str(tmp_path), "--run-name", "e2e"])
@@ -146,6 +147,7 @@ def test_cli_end_to_end_json_lines(tmp_path):
     assert status["state"] == "finished" and status["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_cli_sigterm_stops_cleanly(tmp_path):
     proc = run_cli(["--latent-dim", "2", "--epochs", "200", "--checkpoints-dir", str(tmp_path), "--run-name", "long", "--widths", "4,8,8"])
     manifest = tmp_path / "long" / "manifest.json"
