@@ -1,20 +1,19 @@
-"""Compare runs: pure functions behind the Compare page (alignment, shared inputs, metrics, curves).
+"""Compare runs: the computation behind the Compare page (alignment, shared inputs, metrics).
 
-Nothing here calls Streamlit; every function takes loaded `Run`s (or arrays) and returns arrays,
-rows or plotly figures, so the page only lays them out side by side.
+Nothing here calls Streamlit or draws; every function takes loaded `Run`s (or arrays) and returns arrays
+or rows, so the page (app/views/compare.py) only lays them out side by side. Its figures are app.plots'.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import numpy as np
-import plotly.graph_objects as go
 import torch
 
-from app.images import decode_uint8, reconstruct_uint8
 from app.latent import INTERPOLATIONS, make_projection
 from app.latent import interpolate as latent_path
 from app.latent import prior_samples as prior_latents
+from trainer.images import decode_uint8, reconstruct_uint8
 from trainer.runs import Run
 
 MIN_RUNS, MAX_RUNS = 2, 4
@@ -43,14 +42,6 @@ TABLE_METRICS = {
     "active units": "active_units",
 }
 EPS = 1e-12
-UNIT_TICKS_UP_TO = 10  # epochs axis: one tick per epoch for short runs
-
-
-def epoch_axis(fig: go.Figure, last_epoch: int) -> go.Figure:
-    """Whole-epoch ticks on short runs (plotly would otherwise label 1.2, 1.4, ...)."""
-    if last_epoch <= UNIT_TICKS_UP_TO:
-        fig.update_xaxes(dtick=1)
-    return fig
 
 
 # ---------------------------------------------------------------- alignment
@@ -103,14 +94,6 @@ def aligned_projections(runs: Sequence[Run], snapshot: int = -1) -> list[tuple[n
     return out
 
 
-def shared_range(arrays: Sequence[np.ndarray], pad: float = 0.05) -> tuple[list[float], list[float]]:
-    """Common x and y axis ranges covering every (N, 2) array, with a margin."""
-    stacked = np.concatenate([np.asarray(a, dtype=np.float64) for a in arrays])
-    lo, hi = stacked.min(axis=0), stacked.max(axis=0)
-    margin = np.maximum(hi - lo, EPS) * pad
-    return [float(lo[0] - margin[0]), float(hi[0] + margin[0])], [float(lo[1] - margin[1]), float(hi[1] + margin[1])]
-
-
 # ---------------------------------------------------------------- shared inputs
 
 def accepts_images(run: Run, images: np.ndarray) -> bool:
@@ -135,7 +118,7 @@ def prior_samples(run: Run, count: int, seed: int) -> np.ndarray:
     return decode_uint8(run.model, prior_latents(count, run.model_config.latent_dim, 1.0, seed))
 
 
-# ---------------------------------------------------------------- metrics and curves
+# ---------------------------------------------------------------- metrics
 
 def training_seconds(run: Run) -> float:
     """Wall-clock seconds of training and evaluation over the run's epochs (from its history)."""
@@ -157,29 +140,3 @@ def metrics_table(runs: Sequence[Run]) -> list[dict[str, Any]]:
         }
         rows.append(row)
     return rows
-
-
-def curves_figure(runs: Sequence[Run], metric: str) -> go.Figure:
-    """One line per run of history key `metric` (or a CURVE_METRICS label) against epoch."""
-    key = CURVE_METRICS.get(metric, metric)
-    label = next((lbl for lbl, k in CURVE_METRICS.items() if k == key), key)
-    fig = go.Figure()
-    for run in runs:
-        rows = [r for r in run.history if isinstance(r.get(key), (int, float))]
-        fig.add_trace(go.Scatter(x=[r["epoch"] for r in rows], y=[r[key] for r in rows], mode="lines+markers", name=run.name))
-    fig.update_layout(
-        xaxis_title="epoch", yaxis_title=label, height=360, margin=dict(l=10, r=10, t=30, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
-    )
-    return epoch_axis(fig, max((r.epoch for r in runs), default=0))
-
-
-def loss_figure(history: Sequence[dict[str, Any]], keys: Sequence[str] = ("train_loss", "test_loss")) -> go.Figure:
-    """Loss curves of one run (train and test by default) against epoch."""
-    fig = go.Figure()
-    for key in keys:
-        rows = [r for r in history if isinstance(r.get(key), (int, float))]
-        fig.add_trace(go.Scatter(x=[r["epoch"] for r in rows], y=[r[key] for r in rows], mode="lines+markers", name=key.replace("_", " ")))
-    fig.update_layout(xaxis_title="epoch", yaxis_title="nats", height=300, margin=dict(l=10, r=10, t=30, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
-    return epoch_axis(fig, max((int(r.get("epoch", 0)) for r in history), default=0))

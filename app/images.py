@@ -53,6 +53,16 @@ def display_scale(image_size: int, target: int) -> int:
     return max(1, round(target / image_size))
 
 
+def thumbnail(image: np.ndarray, side: int) -> np.ndarray:
+    """One image (C, H, W) uint8 -> a display image enlarged (crisp pixels) to about `side` pixels wide."""
+    return upscale(to_display(image), display_scale(image.shape[-1], side))
+
+
+def enlarge(display: np.ndarray, side: int) -> np.ndarray:
+    """A display image (H, W[, 3]) enlarged (crisp pixels) to about `side` pixels wide."""
+    return upscale(display, display_scale(display.shape[1], side))
+
+
 # ---------------------------------------------------------------- uploads
 
 @dataclass(frozen=True)

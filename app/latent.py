@@ -24,6 +24,7 @@ MAX_SLIDERS = 32
 INACTIVE_THRESHOLD = ACTIVE_UNIT_THRESHOLD  # nats of mean KL (variance of the codes for an AE)
 INTERPOLATION_STEPS = (3, 20)
 INTERPOLATIONS = ("linear", "spherical")
+MAX_SEED = 2**31 - 1  # the largest seed a sampling widget accepts
 CACHED_PROJECTIONS = EMBEDDINGS  # UMAP and t-SNE maps are computed once per epoch and kept in the run folder
 
 
@@ -170,11 +171,21 @@ def posterior_samples(mean: np.ndarray, std: np.ndarray, n: int, seed: int = 0) 
     return DiagonalGaussian(mean_t, logvar_t).sample(eps=eps).numpy().astype(np.float32)
 
 
+def code_samples(stats: DimStats, deterministic: bool, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
+    """n seeded samples of the prior N(0, T^2 I), or for an AE (no prior) of N(mean, T^2 cov) fitted to its codes: (n, D)."""
+    if deterministic:
+        return fitted_gaussian_samples(stats.mean, stats.cov, n, temperature, seed)
+    return prior_samples(n, len(stats.mean), temperature, seed)
+
+
 def random_start(stats: DimStats, deterministic: bool, seed: int) -> np.ndarray:
     """A seeded starting point: a prior sample, or for an AE a sample of the Gaussian fitted to its codes: (D,)."""
-    if deterministic:
-        return fitted_gaussian_samples(stats.mean, stats.cov, 1, 1.0, seed)[0]
-    return prior_samples(1, len(stats.mean), 1.0, seed)[0]
+    return code_samples(stats, deterministic, 1, 1.0, seed)[0]
+
+
+def log_density(z: np.ndarray, stats: DimStats, deterministic: bool) -> np.ndarray:
+    """log N(z; 0, I) per row in nats, or for an AE the log density under the Gaussian fitted to its codes: (B,)."""
+    return gaussian_log_density(z, stats.mean, stats.cov) if deterministic else prior_log_density(z)
 
 
 # ---------------------------------------------------------------- the scatter's projection
@@ -288,3 +299,15 @@ def pca_grid(z_base: np.ndarray, pca: PCA, n: int) -> ManifoldGrid:
         return pca.move_in_plane(z_base, coords)
 
     return _grid_from_axes(n, make)
+
+
+def manifold_grid(z_base: np.ndarray, means: np.ndarray, stats: DimStats, deterministic: bool, plane: str,
+                  dims: tuple[int, int], n: int) -> ManifoldGrid:
+    """The Explore page's grid: over the PCA plane of the codes `means` (N, D) (plane "pca"), or over two raw
+    dims at the quantiles of the prior N(0, 1) (a VAE) or of the codes' mean and std (an AE)."""
+    if plane == "pca":
+        return pca_grid(z_base, fit_pca(means), n)
+    d = len(stats.mean)
+    centre = stats.mean if deterministic else np.zeros(d, np.float32)
+    scale = stats.std if deterministic else np.ones(d, np.float32)
+    return raw_grid(z_base, dims, n, centre, scale)

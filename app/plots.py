@@ -1,21 +1,29 @@
-"""Plotly figures for the explorer: the WebGL latent scatter, its overlays, small line charts.
+"""Plotly figures for the explorer: the WebGL latent scatter and its overlays, training curves, small charts.
 
-Pure functions from arrays to `go.Figure`; no Streamlit.
+Pure functions from arrays (or runs) to `go.Figure`; no Streamlit.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
 from trainer.images import class_colors
+from trainer.runs import Run
 
 SCATTER_HEIGHT = 580
 MARKER_SIZE = 5
 OVERLAY_COLOR = "#111111"
 PATH_COLOR = "#d62728"
 OUTLINE_COLOR = "#444444"
+OVERLAY_MARKER_SIZE = 12
+CHART_MARGIN = dict(l=10, r=10, t=10, b=10)
+CURVES_MARGIN = dict(l=10, r=10, t=30, b=10)
+CURVES_LEGEND = dict(orientation="h", yanchor="bottom", y=1.02, x=0)
+CURVES_HEIGHT, LOSS_HEIGHT, SMALL_CHART_HEIGHT = 360, 300, 220
+UNIT_TICKS_UP_TO = 10  # epochs axis: one tick per epoch for short runs
 
 
 def class_name(class_names: list[str], label: int) -> str:
@@ -92,22 +100,77 @@ def add_outline(fig: go.Figure, xy: np.ndarray, name: str, color: str = OUTLINE_
     return fig
 
 
-def line_chart(y: np.ndarray, *, x: np.ndarray | None = None, x_title: str = "", y_title: str = "", height: int = 220) -> go.Figure:
-    """A small line chart with markers, e.g. the prior log-density along an interpolation."""
-    x = np.arange(len(y)) if x is None else x
-    fig = go.Figure(go.Scatter(x=x, y=y, mode="lines+markers", line=dict(color=PATH_COLOR)))
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), xaxis_title=x_title, yaxis_title=y_title, showlegend=False)
+@dataclass
+class Overlay:
+    """Something drawn over the scatter, given in latent space (the scatter's projection places it)."""
+
+    kind: str  # "marker", "path" or "outline"
+    name: str
+    z: np.ndarray  # (B, D)
+    style: dict = field(default_factory=dict)  # marker symbol, color, size
+
+
+def add_overlays(fig: go.Figure, overlays: Sequence[Overlay], to_xy: Callable[[np.ndarray], np.ndarray]) -> go.Figure:
+    """Draw each overlay at to_xy(overlay.z) (B, 2): paths and outlines as lines, the rest as markers."""
+    for ov in overlays:
+        xy = to_xy(ov.z)
+        if ov.kind == "path":
+            add_path(fig, xy, ov.name)
+        elif ov.kind == "outline":
+            add_outline(fig, xy, ov.name)
+        else:
+            add_marker(fig, xy, ov.name, symbol=ov.style.get("symbol", "diamond"), color=ov.style.get("color", PATH_COLOR),
+                       size=ov.style.get("size", OVERLAY_MARKER_SIZE))
     return fig
 
 
-def bar_chart(y: np.ndarray, labels: list[str], *, y_title: str = "", threshold: float | None = None, height: int = 220) -> go.Figure:
+def line_chart(y: np.ndarray, *, x: np.ndarray | None = None, x_title: str = "", y_title: str = "", height: int = SMALL_CHART_HEIGHT) -> go.Figure:
+    """A small line chart with markers, e.g. the prior log-density along an interpolation."""
+    x = np.arange(len(y)) if x is None else x
+    fig = go.Figure(go.Scatter(x=x, y=y, mode="lines+markers", line=dict(color=PATH_COLOR)))
+    fig.update_layout(height=height, margin=CHART_MARGIN, xaxis_title=x_title, yaxis_title=y_title, showlegend=False)
+    return fig
+
+
+def bar_chart(y: np.ndarray, labels: list[str], *, y_title: str = "", threshold: float | None = None, height: int = SMALL_CHART_HEIGHT) -> go.Figure:
     """Bars per latent dimension (e.g. KL in nats), with an optional dashed threshold line."""
     fig = go.Figure(go.Bar(x=labels, y=y, marker_color="#1f77b4"))
     if threshold is not None:
         fig.add_hline(y=threshold, line_dash="dash", line_color=PATH_COLOR)
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), yaxis_title=y_title, showlegend=False)
+    fig.update_layout(height=height, margin=CHART_MARGIN, yaxis_title=y_title, showlegend=False)
     return fig
 
+
+# ---------------------------------------------------------------- training curves
+
+def epoch_axis(fig: go.Figure, last_epoch: int) -> go.Figure:
+    """Whole-epoch ticks on short runs (plotly would otherwise label 1.2, 1.4, ...)."""
+    if last_epoch <= UNIT_TICKS_UP_TO:
+        fig.update_xaxes(dtick=1)
+    return fig
+
+
+def _history_trace(history: Sequence[dict[str, Any]], key: str, name: str) -> go.Scatter:
+    """History key `key` against epoch, skipping rows without a number for it."""
+    rows = [r for r in history if isinstance(r.get(key), (int, float))]
+    return go.Scatter(x=[r["epoch"] for r in rows], y=[r[key] for r in rows], mode="lines+markers", name=name)
+
+
+def curves_figure(runs: Sequence[Run], key: str, label: str | None = None) -> go.Figure:
+    """One line per run of history key `key` against epoch; `label` titles the y axis."""
+    fig = go.Figure([_history_trace(run.history, key, run.name) for run in runs])
+    fig.update_layout(xaxis_title="epoch", yaxis_title=label or key, height=CURVES_HEIGHT, margin=CURVES_MARGIN, legend=CURVES_LEGEND)
+    return epoch_axis(fig, max((r.epoch for r in runs), default=0))
+
+
+def loss_figure(history: Sequence[dict[str, Any]], keys: Sequence[str] = ("train_loss", "test_loss")) -> go.Figure:
+    """Loss curves of one run (train and test by default) against epoch."""
+    fig = go.Figure([_history_trace(history, key, key.replace("_", " ")) for key in keys])
+    fig.update_layout(xaxis_title="epoch", yaxis_title="nats", height=LOSS_HEIGHT, margin=CURVES_MARGIN, legend=CURVES_LEGEND)
+    return epoch_axis(fig, max((int(r.get("epoch", 0)) for r in history), default=0))
+
+
+# ---------------------------------------------------------------- reading a selection
 
 def selected_atlas_index(state: Any) -> int | None:
     """The atlas index of the first clicked scatter point in a plotly selection state, if any."""

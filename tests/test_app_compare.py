@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import compare
+from app import compare, plots
 from trainer.runs import Run, load_run
 
 
@@ -82,7 +82,7 @@ def test_metrics_table_equals_last_history_rows(runs: dict[str, Run]) -> None:
 
 def test_curves_figure_one_trace_per_run(runs: dict[str, Run]) -> None:
     chosen = [runs["vae2"], runs["vae5"]]
-    fig = compare.curves_figure(chosen, "PSNR (dB)")
+    fig = plots.curves_figure(chosen, compare.CURVE_METRICS["PSNR (dB)"], "PSNR (dB)")
     assert [t.name for t in fig.data] == ["vae2", "vae5"]
     assert list(fig.data[1].y) == [r["psnr"] for r in runs["vae5"].history]
     assert fig.layout.yaxis.title.text == "PSNR (dB)"

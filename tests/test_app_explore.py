@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from app.explore import TABS
+from app.state import TABS
 
 from .helpers import choose_run, image_with_caption, ok, open_tab, start_app
 

@@ -148,7 +148,7 @@ def test_app_touches_nothing_outside_the_checkpoints_folder(monkeypatch, runs_ro
         ok(at.run())
         sliders = z_sliders(at)
         sliders[0].set_value(float(sliders[0].max)).run()
-        from app.explore import TAB_KEY, TABS
+        from app.state import TAB_KEY, TABS
 
         for tab in TABS:
             at.session_state[TAB_KEY] = tab

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.explore import TABS
+from app.state import TABS
 from trainer.demo import DEMO_RUNS
 from trainer.paths import DEFAULT_CHECKPOINTS_DIR
 from trainer.runs import load_run

@@ -1,6 +1,6 @@
 """Uploads from users: every odd, broken or hostile image goes through the Explore page's preprocessing.
 
-`app.images.preprocess_upload` (called by app.explore_data.preprocess for the Explore page) must return
+`app.images.preprocess_upload` (called by app.explore_cache.preprocess for the Explore page) must return
 the run's input format or raise UploadError with one line: never another exception, never a decode of
 a decompression bomb, never a helper program (Ghostscript for EPS), and bounded memory.
 """

@@ -4,11 +4,10 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import compare
+from app import compare, plots
 from app.common import cached_run_list, checkpoints_dir, describe_run, open_run
 from app.images import display_scale, tile, upscale
-from app.latent import INTERPOLATION_STEPS, INTERPOLATIONS, robust_range
-from app.plots import latent_scatter
+from app.latent import INTERPOLATION_STEPS, INTERPOLATIONS, MAX_SEED, robust_range
 from trainer.runs import Run, RunSummary
 
 SCATTER_HEIGHT = 340
@@ -59,7 +58,7 @@ def shared_inputs(reference: Run) -> dict:
         steps = st.slider("Interpolation steps", *INTERPOLATION_STEPS, DEFAULT_STEPS, key="compare_steps")
         method = st.segmented_control("Path", INTERPOLATIONS, default=INTERPOLATIONS[0], key="compare_path", required=True)
     with c3:
-        seed = st.number_input("Prior seed", 0, 2**31 - 1, 0, key="compare_seed")
+        seed = st.number_input("Prior seed", 0, MAX_SEED, 0, key="compare_seed")
         samples = st.slider("Prior samples", 1, MAX_SAMPLES, DEFAULT_SAMPLES, key="compare_samples")
     with c4:
         recon = st.slider("Reconstructions (first atlas images)", 1, min(MAX_SAMPLES, n_atlas), min(DEFAULT_SAMPLES, n_atlas), key="compare_recon")
@@ -89,7 +88,7 @@ def render_columns(chosen: list[tuple[RunSummary, Run]], inputs: dict) -> None:
             st.caption(describe_run(summary, run))
             title = "aligned to " + reference.name if aligned and run is not reference else ("reference" if aligned else "not aligned: other atlas images")
             ranges = (x_range, y_range) if aligned else (None, None)
-            fig = latent_scatter(points, run.atlas.labels, run.class_names, axis_titles=("dim 1", "dim 2"),
+            fig = plots.latent_scatter(points, run.atlas.labels, run.class_names, axis_titles=("dim 1", "dim 2"),
                                  x_range=ranges[0], y_range=ranges[1], title=title, height=SCATTER_HEIGHT)
             fig.update_layout(showlegend=False)
             st.plotly_chart(fig, key=f"compare_scatter_{run.name}")
@@ -127,7 +126,7 @@ def render() -> None:
 
     st.subheader("Training curves")
     metric = st.selectbox("Metric", list(compare.CURVE_METRICS), key="compare_metric")
-    st.plotly_chart(compare.curves_figure(runs, metric), key="compare_curves")
+    st.plotly_chart(plots.curves_figure(runs, compare.CURVE_METRICS[metric], metric), key="compare_curves")
 
     st.subheader("Side by side, same inputs")
     inputs = shared_inputs(runs[0])

@@ -1,4 +1,576 @@
-"""Explore page script, run by st.navigation in app/main.py; the page itself is app.explore."""
-from app.explore import render
+"""Explore page: the latent scatter with sliders and the decoded digit on top, the other views in tabs.
+
+A layout only: the computation is app.latent, app.images and app.plots (pure functions) behind the caches
+of app.explore_cache; every session-state key comes from app.state. st.navigation in app/main.py runs
+this file as the page script.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+from app import explore_cache as cache
+from app import images, latent, plots, state
+from app.plots import Overlay
+from app.sidebar import current_selection
+from trainer.runs import Run
+
+CLICK_MODES = ("slider origin", "interpolation end A", "interpolation end B")
+PROJECTION_LABELS = {"pca": "PCA", "umap": "UMAP", "tsne": "t-SNE", "raw": "two raw dimensions"}
+GRID_PLANES = {"pca": "PCA plane of the codes", "raw": "two raw dimensions"}
+REPLAY_MAPS = {"pca": "PCA (fitted on the last epoch)", "raw": "the scatter's two raw dims"}
+END_SOURCES = ("atlas image", "upload")
+UPLOAD_HOW = {
+    "digit": "a dark digit on light paper works: it is inverted to white-on-black and centred by mass in a 20×20 box, like MNIST",
+    "object": "it is made white-on-black and fitted to the frame, like Fashion-MNIST",
+    "photo": "it is resized and centre-cropped like the run's images",
+}
+REPLAY_TICK_S = 0.6
+DIGIT_SIDE = 224  # px of the decoded slider digit
+THUMB_SIDE = 84
+FRAME_SIDE = 84
+GRID_SIDE = 560
+SAMPLES_SIDE = 420
+TRAVERSAL_IMAGE_SIDE = 56
+UPLOAD_SIDE = 168
+SLIDER_BOX_HEIGHT = 560
+RECON_PER_CLASS = 2
+MAX_RECON_COLUMNS = 20
+DEFAULT_GRID_N = 15
+DEFAULT_TRAVERSAL_DIMS = 8
+DEFAULT_FRAMES = 10
+
+
+@dataclass(frozen=True)
+class View:
+    """One run as the page sees it: latest-snapshot posteriors and statistics."""
+
+    run: Run
+    rid: str  # the suffix of this run's session-state keys (state.key)
+    cache_key: str  # cache identity of this epoch of the run (explore_cache.run_key)
+    stats: latent.DimStats
+    means: np.ndarray  # (N, D) posterior means of the atlas images
+    stds: np.ndarray  # (N, D) posterior standard deviations (0 for an AE)
+    labels: np.ndarray  # (N,)
+    class_names: list[str]
+    deterministic: bool  # an autoencoder
+
+    @property
+    def latent_dim(self) -> int:
+        return self.means.shape[1]
+
+    def class_name(self, label: int) -> str:
+        return plots.class_name(self.class_names, int(label))
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """Latents (B, D) -> uint8 images (B, C, H, W), cached."""
+        return cache.decode(self.cache_key, self.run, z)
+
+
+def make_view(run: Run) -> View:
+    key = cache.run_key(run)
+    posterior = run.atlas.posterior(-1)
+    means = run.atlas.means[-1]
+    stds = np.zeros_like(means) if posterior.deterministic else posterior.std.numpy()
+    return View(run, state.run_id(run), key, cache.dim_stats(key, run), means, stds, run.atlas.labels, run.class_names, posterior.deterministic)
+
+
+def show_image(image, caption=None, **kwargs) -> None:
+    """st.image with lossless PNG (JPEG would smear the pixels of small digits)."""
+    st.image(image, caption=caption, output_format="PNG", **kwargs)
+
+
+def show_atlas_image(view: View, idx: int, what: str) -> None:
+    """A thumbnail of atlas image `idx` captioned `<what>: image #idx, class c`."""
+    show_image(images.thumbnail(view.run.atlas.images[idx], THUMB_SIDE), caption=f"{what}: image #{idx}, class {view.class_name(view.labels[idx])}",
+               width=THUMB_SIDE)
+
+
+# ---------------------------------------------------------------- the slider point
+
+def slider_bounds(view: View) -> tuple[np.ndarray, np.ndarray]:
+    """Slider ranges rounded outwards to half units, so a new epoch rarely changes a slider's identity."""
+    return np.floor(view.stats.lo * 2.0) / 2.0, np.ceil(view.stats.hi * 2.0) / 2.0
+
+
+def origin(view: View) -> np.ndarray:
+    """Values of the dims without a slider (and the sliders' starting values): (D,).
+
+    A VAE starts at the prior's mean (zero); an autoencoder, which has no prior, at the mean of its codes."""
+    k = state.key(state.ORIGIN, view.rid)
+    z = st.session_state.get(k)
+    if not isinstance(z, np.ndarray) or z.shape != (view.latent_dim,):
+        z = np.round(view.stats.mean, 2) if view.deterministic else np.zeros(view.latent_dim, np.float32)
+        st.session_state[k] = z
+    return z
+
+
+def current_z(view: View) -> np.ndarray:
+    """The point the sliders describe: (D,)."""
+    lo, hi = slider_bounds(view)
+    z = origin(view).copy()
+    for d in range(view.latent_dim):
+        value = st.session_state.get(state.slider_key(d, view.rid))
+        if isinstance(value, (int, float)):
+            z[d] = value
+    return np.clip(z, lo, hi).astype(np.float32)
+
+
+def set_point(view: View, z: np.ndarray) -> None:
+    """Move every slider to z (D,) (call from a callback or before the sliders are drawn)."""
+    lo, hi = slider_bounds(view)
+    z = np.round(np.clip(np.asarray(z, np.float32), lo, hi), 2)
+    st.session_state[state.key(state.ORIGIN, view.rid)] = z.astype(np.float32)
+    for d in range(view.latent_dim):
+        st.session_state[state.slider_key(d, view.rid)] = float(z[d])
+
+
+def selected_index(view: View) -> int | None:
+    """The atlas index of the last clicked scatter point, if any."""
+    idx = st.session_state.get(state.key(state.SELECTED, view.rid))
+    return idx if isinstance(idx, int) and 0 <= idx < len(view.means) else None
+
+
+def _start_random(view: View) -> None:
+    seed = int(st.session_state.get(state.key(state.START_SEED, view.rid), 0))
+    set_point(view, latent.random_start(view.stats, view.deterministic, seed))
+
+
+def _start_selected(view: View) -> None:
+    idx = selected_index(view)
+    set_point(view, view.means[idx if idx is not None else 0])
+
+
+def _on_scatter_select(view: View, chart_key: str) -> None:
+    """A click on the scatter: remember the image, then use it as the slider origin or an interpolation end."""
+    idx = plots.selected_atlas_index(st.session_state.get(chart_key))
+    if idx is None or not 0 <= idx < len(view.means):
+        return
+    st.session_state[state.key(state.SELECTED, view.rid)] = idx
+    mode = st.session_state.get(state.CLICK_KEY, CLICK_MODES[0])
+    if mode == CLICK_MODES[0]:
+        set_point(view, view.means[idx])
+        return
+    pick = state.end_pick("A" if mode == CLICK_MODES[1] else "B")
+    st.session_state[state.pick_key(pick, state.PICK_SOURCE, view.rid)] = END_SOURCES[0]
+    st.session_state[state.pick_key(pick, state.PICK_CLASS, view.rid)] = int(view.labels[idx])
+    st.session_state[state.pick_key(pick, state.PICK_INDEX, view.rid)] = idx
+    st.session_state[state.TAB_KEY] = state.TAB_INTERPOLATION
+    state.request_full_rerun()
+
+
+# ---------------------------------------------------------------- the top block: scatter, digit, sliders
+
+def scatter_projection(view: View) -> latent.Projection:
+    """The scatter's projection as chosen by the projection widgets (2-D latents are shown directly)."""
+    method = st.session_state.get(state.PROJECTION_KEY, "pca") if view.latent_dim > 2 else "raw"
+    dims = (0, 1) if view.latent_dim > 1 else (0, 0)
+    if method == "raw" and view.latent_dim > 2:
+        order = view.stats.order
+        dims = (int(st.session_state.get(state.key(state.PROJ_X, view.rid), order[0])),
+                int(st.session_state.get(state.key(state.PROJ_Y, view.rid), order[1])))
+    if method not in latent.CACHED_PROJECTIONS:
+        return cache.projection(view.cache_key, view.run, method, dims)
+    with st.spinner(f"Computing the {PROJECTION_LABELS[method]} map of {len(view.means):,} points (once; then kept in the run folder)…"):
+        return cache.projection(view.cache_key, view.run, method, dims)
+
+
+def _projection_controls(view: View) -> None:
+    if view.latent_dim <= 2:
+        st.caption(f"{view.latent_dim}-D latents, shown directly (posterior means of {len(view.means):,} test images).")
+        return
+    cols = st.columns([2, 1, 1])
+    cols[0].selectbox("Map", list(PROJECTION_LABELS), format_func=PROJECTION_LABELS.get, key=state.PROJECTION_KEY,
+                      help="How the latent means are laid out in 2-D. UMAP and t-SNE are computed once per epoch and kept in the run folder.")
+    if st.session_state.get(state.PROJECTION_KEY) == "raw":
+        dims = [int(d) for d in view.stats.order]
+        for col, name, default in ((cols[1], state.PROJ_X, dims[0]), (cols[2], state.PROJ_Y, dims[1])):
+            k = state.key(name, view.rid)
+            state.keep_choice(k, dims, default)
+            col.selectbox(name[-1], dims, format_func=lambda d: f"z{d}", key=k)
+
+
+def _digit_column(view: View, z: np.ndarray) -> None:
+    """The decoded slider point, the start buttons and the clicked image."""
+    x_hat = images.decode_uint8(view.run.model, z[None])[0]  # (C, H, W)
+    density = latent.log_density(z, view.stats, view.deterministic)[0]
+    where = "fitted Gaussian" if view.deterministic else "N(0, I)"
+    show_image(images.thumbnail(x_hat, DIGIT_SIDE), caption=f"Decoded z · log density under {where}: {density:.1f} nats", width="stretch")
+    st.caption("Move the sliders from")
+    rid = view.rid
+    st.button("zero", key=state.key("start_zero", rid), on_click=set_point, args=(view, np.zeros(view.latent_dim)), width="stretch")
+    st.button("the clicked image", key=state.key("start_selected", rid), on_click=_start_selected, args=(view,), width="stretch",
+              help="The posterior mean of the image last clicked on the scatter (image #0 until you click one).")
+    st.button("a random sample", key=state.key("start_random", rid), on_click=_start_random, args=(view,), width="stretch",
+              help="A sample of the Gaussian fitted to the codes (an autoencoder has no prior)" if view.deterministic else "A sample of the prior N(0, I)")
+    st.number_input("Seed of the random sample", 0, latent.MAX_SEED, 0, key=state.key(state.START_SEED, rid))
+    idx = selected_index(view)
+    if idx is not None:
+        show_atlas_image(view, idx, "Clicked")
+    else:
+        st.caption("Click a point on the scatter to see its image here.")
+
+
+def _slider_column(view: View, dims: list[int]) -> None:
+    """One slider per dim in `dims`, labelled with its KL (or code variance), and the picker of more dims."""
+    lo, hi = slider_bounds(view)
+    unit = "nats" if view.stats.score_name == "KL" else "var"
+    what = "Mean KL of this dimension over the atlas images" if unit == "nats" else "Variance of this code over the atlas images"
+    hint = f"; below {latent.INACTIVE_THRESHOLD} it is inactive (the decoder ignores it). Range: mean ± {latent.SLIDER_STDS:g} std of the codes."
+    with st.container(height=SLIDER_BOX_HEIGHT, border=False):
+        for d in dims:
+            inactive = " · inactive" if view.stats.inactive[d] else ""
+            st.slider(f"z{d} · {float(view.stats.scores[d]):.2f} {unit}{inactive}", float(lo[d]), float(hi[d]), step=0.01, format="%.2f",
+                      key=state.slider_key(d, view.rid), help=what + hint)
+    if view.latent_dim > latent.MAX_SLIDERS:
+        others = [int(d) for d in view.stats.order[latent.MAX_SLIDERS:]]
+        st.multiselect(f"More sliders (showing the {latent.MAX_SLIDERS} dims with the highest {view.stats.score_name})", others,
+                       format_func=lambda d: f"z{d} ({view.stats.scores[d]:.3f})", key=state.key(state.EXTRA_DIMS, view.rid))
+
+
+def _scatter_column(view: View, z: np.ndarray, overlays: list[Overlay]) -> None:
+    """The scatter with the tabs' overlays, the clicked image and the slider point; clicking it picks an image."""
+    _projection_controls(view)
+    projection = scatter_projection(view)
+    fig = plots.latent_scatter(projection.xy, view.labels, view.class_names, axis_titles=projection.axis_titles)
+    plots.add_overlays(fig, overlays, projection.transform)
+    idx = selected_index(view)
+    if idx is not None:
+        plots.add_marker(fig, projection.xy[idx], "clicked image", symbol="circle-open", color=plots.OVERLAY_COLOR, size=14)
+    plots.add_marker(fig, projection.transform(z), "slider point", symbol="x")
+    chart_key = state.key(state.SCATTER, view.rid)
+    st.plotly_chart(fig, key=chart_key, on_select=functools.partial(_on_scatter_select, view, chart_key), selection_mode="points",
+                    config={"scrollZoom": True, "displaylogo": False})
+    st.radio("A click on the scatter sets the", CLICK_MODES, key=state.CLICK_KEY, horizontal=True)
+
+
+@st.fragment
+def explorer(view: View, overlays: list[Overlay]) -> None:
+    """Scatter, decoded digit and sliders: a fragment, so moving a slider reruns only this block."""
+    state.rerun_if_requested()
+    c_chart, c_digit, c_sliders = st.columns([5, 2, 3], gap="medium")
+    dims = latent.slider_dims(view.stats, st.session_state.get(state.key(state.EXTRA_DIMS, view.rid)) or [])
+    lo, hi = slider_bounds(view)
+    start = origin(view)
+    for d in dims:  # every slider has a valid value before it is drawn
+        k = state.slider_key(d, view.rid)
+        st.session_state[k] = float(np.clip(st.session_state.get(k, float(start[d])), lo[d], hi[d]))
+    z = current_z(view)
+    with c_digit:
+        _digit_column(view, z)
+    with c_sliders:
+        _slider_column(view, dims)
+    with c_chart:
+        _scatter_column(view, z, overlays)
+
+
+# ---------------------------------------------------------------- choosing images
+
+def pick_atlas_image(view: View, pick: str, default_rank: int = 0) -> int:
+    """Class and instance pickers over the atlas; returns the chosen atlas index."""
+    classes = [int(c) for c in np.unique(view.labels)]
+    class_key, index_key = state.pick_key(pick, state.PICK_CLASS, view.rid), state.pick_key(pick, state.PICK_INDEX, view.rid)
+    state.keep_choice(class_key, classes, classes[min(default_rank, len(classes) - 1)])
+    c1, c2 = st.columns(2)
+    cls = c1.selectbox("Class", classes, format_func=view.class_name, key=class_key)
+    options = [int(i) for i in np.nonzero(view.labels == cls)[0]]
+    state.keep_choice(index_key, options, options[0])
+    return int(c2.selectbox("Instance", options, format_func=lambda i: f"image #{i}", key=index_key))
+
+
+def read_upload(view: View, label: str, key: str) -> images.Upload | None:
+    """A file uploader preprocessed for this run; shows one error line and returns None when unusable."""
+    file = st.file_uploader(label, type=list(images.UPLOAD_TYPES), key=key, max_upload_size=images.MAX_UPLOAD_BYTES // 2**20)
+    if file is None:
+        return None
+    cfg = view.run.model_config
+    result = cache.preprocess(file.getvalue(), cfg.image_size, cfg.in_channels, images.upload_style(view.run.train_config.dataset))
+    if isinstance(result, str):
+        st.error(f"{file.name}: {result}")
+        return None
+    return result
+
+
+def pick_end(view: View, end: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """One interpolation end: (z (D,), image (C, H, W)) from the atlas or an upload, or None."""
+    pick = state.end_pick(end)
+    source = st.radio(f"End {end}", END_SOURCES, key=state.pick_key(pick, state.PICK_SOURCE, view.rid), horizontal=True)
+    if source == END_SOURCES[0]:
+        idx = pick_atlas_image(view, pick, default_rank=0 if end == "A" else 1)
+        show_atlas_image(view, idx, end)
+        return view.means[idx], view.run.atlas.images[idx]
+    upload = read_upload(view, f"Image for end {end}", state.pick_key(pick, state.PICK_UPLOAD, view.rid))
+    if upload is None:
+        st.caption("Upload an image to use it as this end.")
+        return None
+    mean, _ = cache.encode_upload(view.cache_key, view.run, upload.x)
+    show_image(images.thumbnail(upload.x, THUMB_SIDE), caption=f"{end}: the upload, preprocessed", width=THUMB_SIDE)
+    return mean, upload.x
+
+
+# ---------------------------------------------------------------- tabs (each returns what it draws on the scatter)
+
+def refresh_note(what: str) -> None:
+    """The tabs run with the page, not with the slider fragment: say so and offer a refresh."""
+    st.caption(f"{what} the slider point of the last page update; after moving sliders, refresh.")
+    st.button("↻ Use the slider point", key=f"refresh_{what.split()[0].lower()}")
+
+
+def _grid_options(view: View) -> tuple[int, str, tuple[int, int]]:
+    """The grid's widgets: (N, plane "pca" or "raw", the raw dims)."""
+    n = st.slider("Grid size N", *latent.GRID_SIZE_RANGE, value=DEFAULT_GRID_N, key="grid_n")
+    plane = st.radio("Plane", list(GRID_PLANES), format_func=GRID_PLANES.get, key="grid_plane") if view.latent_dim > 2 else "raw"
+    dims = (0, 1)
+    if plane == "raw" and view.latent_dim > 2:
+        order = [int(d) for d in view.stats.order]
+        picked = []
+        for name, label, default in ((state.GRID_X, "Horizontal", order[0]), (state.GRID_Y, "Vertical", order[1])):
+            k = state.key(name, view.rid)
+            state.keep_choice(k, order, default)
+            picked.append(int(st.selectbox(label, order, format_func=lambda d: f"z{d}", key=k)))
+        dims = (picked[0], picked[1])
+    lo_q, hi_q = latent.GRID_QUANTILES
+    spread = "the codes' mean ± std" if view.deterministic or plane == "pca" else "the prior N(0, 1)"
+    st.caption(f"Each axis spans the {lo_q:.0%}–{hi_q:.0%} Gaussian quantiles of {spread}; the dashed outline on the scatter is the grid's extent.")
+    if view.latent_dim > 2:
+        refresh_note("Other dimensions are held at")
+    return n, plane, dims
+
+
+def grid_tab(view: View) -> list[Overlay]:
+    if view.latent_dim < 2:
+        st.info("A 1-D latent has no plane to grid: see the Traversal tab.")
+        return []
+    c_opts, c_grid = st.columns([1, 3])
+    with c_opts:
+        n, plane, dims = _grid_options(view)
+    grid = latent.manifold_grid(current_z(view), view.means, view.stats, view.deterministic, plane, dims, n)
+    tiles = images.tile(view.decode(grid.z), n, pad=0)
+    with c_grid:
+        show_image(images.enlarge(tiles, GRID_SIDE), caption=f"{n}×{n} decodes of the manifold grid (decoded in one batch)")
+    return [Overlay("outline", "grid extent", grid.outline)]
+
+
+def traversal_tab(view: View) -> list[Overlay]:
+    order = [int(d) for d in view.stats.order]
+    k = state.key(state.TRAV_DIMS, view.rid)
+    if k not in st.session_state:
+        st.session_state[k] = order[: min(DEFAULT_TRAVERSAL_DIMS, len(order))]
+    unit = "nats" if view.stats.score_name == "KL" else "var"
+    c1, c2 = st.columns([3, 1])
+    dims = c1.multiselect("Dimensions to sweep", order, format_func=lambda d: f"z{d} ({view.stats.scores[d]:.2f} {unit})", key=k)
+    steps = c2.slider("Steps", 5, 15, 11, key="trav_steps")
+    st.caption("Each row sweeps one dimension across its slider range; the others stay at the slider point. "
+               f"Inactive dimensions (below {latent.INACTIVE_THRESHOLD} {unit}) barely change the image.")
+    if view.latent_dim > 1:
+        refresh_note("Rows start from")
+    if not dims:
+        return []
+    lo, hi = slider_bounds(view)
+    decoded = view.decode(latent.traversal_latents(current_z(view), dims, latent.traversal_values(lo, hi, steps)))  # (len(dims) * steps, C, H, W)
+    factor = images.display_scale(view.run.model_config.image_size, TRAVERSAL_IMAGE_SIDE)
+    for r, d in enumerate(dims):
+        row = images.tile(decoded[r * steps : (r + 1) * steps], steps)
+        inactive = " · inactive" if view.stats.inactive[d] else ""
+        show_image(images.upscale(row, factor), caption=f"z{d}: {lo[d]:.1f} → {hi[d]:.1f} · {view.stats.scores[d]:.2f} {unit}{inactive}")
+    st.plotly_chart(plots.bar_chart(view.stats.scores[order], [f"z{d}" for d in order], y_title=unit, threshold=latent.INACTIVE_THRESHOLD),
+                    key="trav_scores")
+    return []
+
+
+def interpolation_tab(view: View) -> list[Overlay]:
+    c_a, c_b, c_opts = st.columns(3)
+    with c_a:
+        a = pick_end(view, "A")
+    with c_b:
+        b = pick_end(view, "B")
+    with c_opts:
+        method = st.radio("Path", latent.INTERPOLATIONS, key="interp_method", horizontal=True,
+                          help="spherical: the direction turns along a great circle and the norm changes linearly, "
+                          "staying where a Gaussian prior puts its mass")
+        steps = st.slider("Frames", *latent.INTERPOLATION_STEPS, value=DEFAULT_FRAMES, key="interp_steps")
+        st.caption("Click the scatter with “interpolation end A/B” selected to pick an end there.")
+    if a is None or b is None:
+        st.info("Choose both ends to see the interpolation.")
+        return []
+    path = latent.interpolate(a[0], b[0], steps, method)  # (steps, D)
+    frames = view.decode(path)
+    density = latent.log_density(path, view.stats, view.deterministic)
+    what = ("log density under the Gaussian fitted to the codes (an AE has no prior)" if view.deterministic
+            else "prior log-density log N(z; 0, I)")
+    t = np.linspace(0.0, 1.0, steps)
+    show_image([images.thumbnail(f, FRAME_SIDE) for f in frames], caption=[f"t={ti:.2f} · {p:.0f}" for ti, p in zip(t, density)], width=FRAME_SIDE)
+    st.caption(f"{steps} frames, {method} path from A to B; under each frame its {what} in nats. A dip marks frames off the data manifold.")
+    st.plotly_chart(plots.line_chart(density, x=t, x_title="t (A → B)", y_title="log density (nats)"), key="interp_density")
+    return [Overlay("path", f"{method} path A → B", path)]
+
+
+def _prior_samples(view: View) -> int:
+    """Samples of the prior (or an AE's fitted Gaussian) with their widgets; returns the chosen seed."""
+    st.markdown("**Samples from the prior**")
+    if view.deterministic:
+        st.info("An autoencoder has no prior: these samples come from a Gaussian fitted to its codes (mean and covariance of the atlas means).")
+    o1, o2, o3 = st.columns(3)
+    temperature = o1.slider("Temperature T", 0.1, 2.0, 1.0, 0.1, key="sample_T")
+    seed = int(o2.number_input("Seed", 0, latent.MAX_SEED, 0, key="sample_seed"))
+    side = o3.slider("Per side", 3, 10, 6, key="sample_side")
+    z = latent.code_samples(view.stats, view.deterministic, side * side, temperature, seed)
+    what = "z ~ N(μ, T²Σ) fitted to the codes" if view.deterministic else "z ~ N(0, T²I)"
+    grid = images.tile(view.decode(z), side)
+    show_image(images.enlarge(grid, SAMPLES_SIDE), caption=f"{side * side} samples of {what}, T={temperature:g}, seed {seed}")
+    return seed
+
+
+def _posterior_samples(view: View, seed: int) -> np.ndarray:
+    """Samples of one chosen image's posterior with their widgets; returns the samples (n, D)."""
+    st.markdown("**Samples of one image's posterior**")
+    idx = pick_atlas_image(view, state.POSTERIOR_PICK)
+    n = st.slider("Samples", 4, 32, 12, key="post_n")
+    if view.deterministic:
+        st.info("An autoencoder's posterior is a single point: every sample is its code, so all decodes are the reconstruction.")
+    z = latent.posterior_samples(view.means[idx], view.stds[idx], n, seed)
+    decoded = view.decode(np.concatenate([view.means[idx][None], z]))
+    show_image([images.thumbnail(view.run.atlas.images[idx], THUMB_SIDE), images.thumbnail(decoded[0], THUMB_SIDE)],
+               caption=[f"image #{idx}", "reconstruction (mean)"], width=THUMB_SIDE)
+    show_image(images.upscale(images.tile(decoded[1:], 8), 2), caption=f"{n} decodes of z = mean + std · ε (seed {seed})")
+    return z
+
+
+def sampling_tab(view: View) -> list[Overlay]:
+    c_prior, c_post = st.columns(2)
+    with c_prior:
+        seed = _prior_samples(view)
+    with c_post:
+        z = _posterior_samples(view, seed)
+    return [Overlay("marker", "posterior samples", z, {"symbol": "circle", "size": 7})]
+
+
+def reconstruction_tab(view: View) -> list[Overlay]:
+    labels = view.labels
+    picks = [int(i) for c in np.unique(labels) for i in np.nonzero(labels == c)[0][:RECON_PER_CLASS]][:MAX_RECON_COLUMNS]
+    x_hat = cache.reconstructions(view.cache_key, view.run, tuple(picks))
+    both = images.tile(np.concatenate([view.run.atlas.images[picks], x_hat]), len(picks), pad=2)
+    show_image(images.upscale(both, 2), caption="Top: test images; bottom: their reconstructions (posterior mean → decoder)")
+    st.divider()
+    upload = read_upload(view, "Upload an image to reconstruct (PNG, JPEG, …)", state.key(state.RECON_UPLOAD, view.rid))
+    if upload is None:
+        how = UPLOAD_HOW[images.upload_style(view.run.train_config.dataset)]
+        st.caption(f"Up to {images.MAX_UPLOAD_BYTES // 2**20} MB and {images.MAX_UPLOAD_PIXELS // 10**6} megapixels; {how}.")
+        return []
+    mean, _ = cache.encode_upload(view.cache_key, view.run, upload.x)
+    recon = view.decode(mean[None])[0]
+    show_image([upload.preview, images.thumbnail(upload.x, UPLOAD_SIDE), images.thumbnail(recon, UPLOAD_SIDE)],
+               caption=["input", "preprocessed (what the model sees)", "reconstruction"], width=UPLOAD_SIDE)
+    st.caption("Its posterior mean is the ◆ marked “upload” on the scatter.")
+    return [Overlay("marker", "upload", mean[None], {"symbol": "diamond", "size": 14})]
+
+
+def _toggle_play(view: View, snapshots: int) -> None:
+    playing = not st.session_state.get(state.PLAY_KEY, False)
+    st.session_state[state.PLAY_KEY] = playing
+    snap_key = state.key(state.REPLAY_SNAPSHOT, view.rid)
+    if playing and st.session_state.get(snap_key) == snapshots - 1:
+        st.session_state[snap_key] = 0
+    state.request_full_rerun()  # run_every of the player changes: the whole page must rerun
+
+
+def _replay_map(view: View) -> tuple[str, tuple[int, int]]:
+    """The replay's map, one for every epoch: (method "pca" or "raw", the raw dims)."""
+    if view.latent_dim <= 2:
+        return "raw", (0, 1) if view.latent_dim > 1 else (0, 0)
+    c1, c2 = st.columns([1, 3])
+    method = c1.radio("Map", list(REPLAY_MAPS), format_func=REPLAY_MAPS.get, key="replay_map")
+    c2.caption("One map for every epoch, with fixed axes, so the points move as training shapes the latent space. "
+               "UMAP / t-SNE would lay out each epoch anew, so the replay uses PCA or raw dimensions.")
+    if method == "pca":
+        return method, (0, 1)
+    if st.session_state.get(state.PROJECTION_KEY) == "raw":
+        return method, scatter_projection(view).dims
+    return method, (int(view.stats.order[0]), int(view.stats.order[1]))
+
+
+def _replay_player(view: View, method: str, dims: tuple[int, int]) -> None:
+    """The epoch slider, play button and the scatter of the chosen snapshot (run as a fragment that ticks while playing)."""
+    state.rerun_if_requested()
+    coords, x_range, y_range = cache.replay(view.cache_key, view.run, method, dims)
+    epochs = [int(e) for e in view.run.atlas.epochs]
+    snap_key = state.key(state.REPLAY_SNAPSHOT, view.rid)
+    playing = bool(st.session_state.get(state.PLAY_KEY, False))
+    if playing:
+        nxt = st.session_state[snap_key] + 1
+        if nxt >= len(epochs):
+            st.session_state[state.PLAY_KEY] = False
+            st.rerun()
+        st.session_state[snap_key] = nxt
+    c_play, c_slider = st.columns([1, 8])
+    c_play.button("⏸ Pause" if playing else "▶ Play", key="replay_play", on_click=_toggle_play, args=(view, len(epochs)))
+    s = c_slider.select_slider("Epoch", options=list(range(len(epochs))), format_func=lambda i: f"epoch {epochs[i]}", key=snap_key)
+    titles = (f"z{dims[0]}", f"z{dims[1]}") if method == "raw" else ("PC1", "PC2")
+    fig = plots.latent_scatter(coords[s], view.run.atlas.labels, view.class_names, axis_titles=titles, x_range=x_range, y_range=y_range,
+                               title=f"epoch {epochs[s]} of {epochs[-1]}")
+    st.plotly_chart(fig, key="replay_chart", config={"displaylogo": False})
+
+
+def replay_tab(view: View) -> list[Overlay]:
+    atlas = view.run.atlas
+    method, dims = _replay_map(view)
+    state.keep_choice(state.key(state.REPLAY_SNAPSHOT, view.rid), range(len(atlas.epochs)), len(atlas.epochs) - 1)
+    playing = bool(st.session_state.get(state.PLAY_KEY, False))
+    c_chart, c_side = st.columns([3, 1])
+    with c_chart:
+        st.fragment(lambda: _replay_player(view, method, dims), run_every=REPLAY_TICK_S if playing else None)()
+    with c_side:
+        st.caption(f"{len(atlas.epochs)} snapshots of the posterior means of the same {len(atlas.labels):,} test images; epoch 0 is the untrained model.")
+        st.download_button("Download the replay as a GIF", data=lambda: cache.replay_gif(view.cache_key, view.run, method, dims),
+                           file_name=f"{view.run.name}-replay.gif", mime="image/gif", on_click="ignore", key="replay_gif")
+    return []
+
+
+TAB_VIEWS = {
+    state.TAB_GRID: grid_tab,
+    state.TAB_TRAVERSAL: traversal_tab,
+    state.TAB_INTERPOLATION: interpolation_tab,
+    state.TAB_SAMPLING: sampling_tab,
+    state.TAB_RECONSTRUCTION: reconstruction_tab,
+    state.TAB_REPLAY: replay_tab,
+}
+
+
+# ---------------------------------------------------------------- the page
+
+def render_tabs(view: View) -> list[Overlay]:
+    """Only the open tab computes anything; it returns what it wants drawn on the scatter."""
+    overlays: list[Overlay] = []
+    for tab, name in zip(st.tabs(state.TABS, key=state.TAB_KEY, on_change="rerun"), state.TABS):
+        with tab:
+            if tab.open:
+                overlays += TAB_VIEWS[name](view)
+    return overlays
+
+
+def render() -> None:
+    """The whole page: a header line, the scatter block on top, the tabs below (drawn first: they feed the scatter)."""
+    selection = current_selection()
+    if selection.run is None:
+        st.title("Explore")
+        if selection.summary is not None:
+            st.error(f"Run {selection.summary.name} cannot be opened: {selection.error}")
+            st.caption("Choose another run in the sidebar.")
+        else:
+            st.info("No run to explore yet: choose a checkpoints folder with runs in the sidebar.")
+        return
+    view = make_view(selection.run)
+    kind = "autoencoder (no prior, no KL)" if view.deterministic else "VAE"
+    n_inactive = int(view.stats.inactive.sum())
+    st.markdown(f"### {view.run.name} · {kind}, latent {view.latent_dim}, epoch {view.run.epoch}"
+                + (f" · {n_inactive} inactive dim{'s' if n_inactive != 1 else ''}" if n_inactive else ""))
+    top = st.container()
+    overlays = render_tabs(view)
+    with top:
+        explorer(view, overlays)
+
 
 render()

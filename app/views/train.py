@@ -14,9 +14,8 @@ import streamlit as st
 
 from app import jobs
 from app.common import checkpoints_dir, open_run
-from app.compare import loss_figure
 from app.latent import make_projection
-from app.plots import latent_scatter
+from app.plots import latent_scatter, loss_figure
 from trainer.cli import OptionSpec
 from trainer.data import DATASETS, FOLDER_PREFIX
 from trainer.runs import MANIFEST_FILE, summarize_run

@@ -5,8 +5,6 @@ the run itself as the unhashed `_run`, so a new epoch of a run is a new entry an
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import streamlit as st
 
@@ -19,11 +17,6 @@ CACHE_ENTRIES = 32
 DECODE_CACHE_ENTRIES = 256
 GIF_SIDE = 360
 MAX_GIF_FRAMES = 60
-
-
-def run_id(run: Run) -> str:
-    """A short stable id of a run folder, used to namespace per-run widget state."""
-    return hashlib.sha1(str(run.path.resolve()).encode()).hexdigest()[:10]
 
 
 def run_key(run: Run) -> str:
