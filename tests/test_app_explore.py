@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from app.state import TABS
+from trainer.runs import load_run
 
 from .helpers import choose_run, image_with_caption, ok, open_tab, start_app
 
@@ -129,9 +130,23 @@ def test_missing_checkpoints_folder_is_one_error(app, tmp_path):
     assert [e.value for e in ok(app).error] == [f"{tmp_path / 'nowhere'}: no such folder"]
 
 
-def test_replay_and_projection_do_not_write_outside_the_checkpoints(app, runs_root):
+def test_umap_map_is_cached_in_the_run_folder_and_the_replay_writes_nothing(monkeypatch, runs_root, tmp_path):
+    """The 5-D run's UMAP map is computed once and kept in its run folder (for these very latents); nothing else is written."""
+    from trainer.projections import fingerprint, projection_path
+
+    root = tmp_path / "checkpoints"
+    shutil.copytree(runs_root / "vae5", root / "vae5")
     before = {p for p in Path.cwd().rglob("projection-*.npz")}
-    open_tab(app, "Training replay")
-    assert app.select_slider(key=by_key_prefix(app.select_slider, "replay_snapshot").key).value is not None
+    at = ok(start_app(monkeypatch, root))
+    at.selectbox(key="projection").set_value("umap").run()
+    assert any("UMAP 1" in str(c.proto) for c in ok(at).get("plotly_chart"))
+    run = load_run(root / "vae5")
+    cached = projection_path(root / "vae5", "umap", run.epoch)
+    with np.load(cached, allow_pickle=False) as npz:
+        assert npz["xy"].shape == (len(run.atlas.labels), 2) and str(npz["fingerprint"]) == fingerprint(run.atlas.means[-1])
+    assert sorted(p.name for p in (root / "vae5").glob("projection-*.npz")) == [cached.name]
+    open_tab(at, "Training replay")
+    assert at.select_slider(key=by_key_prefix(at.select_slider, "replay_snapshot").key).value is not None
+    assert sorted(p.name for p in (root / "vae5").glob("projection-*.npz")) == [cached.name]
     assert {p for p in Path.cwd().rglob("projection-*.npz")} == before
-    np.testing.assert_equal(len(app.button), len({b.key for b in app.button}))
+    np.testing.assert_equal(len(at.button), len({b.key for b in at.button}))
