@@ -8,10 +8,9 @@ from typing import Sequence
 
 import streamlit as st
 
+from trainer.paths import DEFAULT_CHECKPOINTS_DIR
 from trainer.runs import Run, RunError, RunSummary, list_runs, load_run
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CHECKPOINTS_DIR = PROJECT_ROOT / "checkpoints"
 CHECKPOINTS_ENV = "VAE_CHECKPOINTS_DIR"
 RUN_CACHE_ENTRIES = 16
 # One intra-op thread per request: on a small shared CPU a second thread makes a single decode wait for a

@@ -4,8 +4,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+# Streamlit runs this file as a script: make `app`, `models`, `trainer` importable. This must run before those
+# imports, so it cannot take the root from trainer.paths.PROJECT_ROOT (the one place that spells it out besides that).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if str(PROJECT_ROOT) not in sys.path:  # streamlit runs this file as a script: make `app`, `models`, `trainer` importable
+if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 import streamlit as st  # noqa: E402

@@ -235,3 +235,27 @@ def test_embedding_is_cached_on_disk_atomically(tmp_path, monkeypatch):
     projections.cached_embedding(tmp_path, 4, z, "tsne")  # a new epoch replaces the old file
     assert calls == ["tsne"] * 3
     assert not path.exists() and projections.projection_path(tmp_path, "tsne", 4).is_file()
+
+
+def test_posterior_samples_are_mean_plus_std_times_the_seeded_noise():
+    mean, std = np.array([1.0, -2.0, 0.5], np.float32), np.array([0.5, 0.0, 2.0], np.float32)
+    eps = latent.prior_samples(6, 3, 1.0, seed=4)
+    np.testing.assert_allclose(latent.posterior_samples(mean, std, 6, seed=4), mean + std * eps, rtol=1e-6, atol=1e-6)
+
+
+def test_an_autoencoder_gets_its_fitted_gaussian_where_a_vae_has_its_prior():
+    means = rng_latents(n=200, d=3)
+    stats = latent.dimension_stats(means, None)
+    z = means[:4]
+    np.testing.assert_allclose(latent.log_density(z, stats, True), latent.gaussian_log_density(z, stats.mean, stats.cov))
+    np.testing.assert_allclose(latent.log_density(z, stats, False), latent.prior_log_density(z))
+    np.testing.assert_array_equal(latent.code_samples(stats, False, 5, 0.5, 3), latent.prior_samples(5, 3, 0.5, 3))
+    np.testing.assert_array_equal(latent.code_samples(stats, True, 5, 0.5, 3), latent.fitted_gaussian_samples(stats.mean, stats.cov, 5, 0.5, 3))
+    q = latent.gaussian_quantiles(5)
+    bottom_left = 4 * 5  # row 0 is the top: the last row's first column is (q[0], q[0])
+    vae = latent.manifold_grid(np.zeros(3), means, stats, False, "raw", (0, 2), 5)
+    np.testing.assert_allclose(vae.z[bottom_left], [q[0], 0.0, q[0]], atol=1e-6)
+    ae = latent.manifold_grid(np.zeros(3), means, stats, True, "raw", (0, 2), 5)
+    np.testing.assert_allclose(ae.z[bottom_left][[0, 2]], stats.mean[[0, 2]] + stats.std[[0, 2]] * q[0], rtol=1e-5)
+    pca = latent.manifold_grid(means[0], means, stats, False, "pca", (0, 1), 5)
+    np.testing.assert_allclose(pca.z, latent.pca_grid(means[0], latent.fit_pca(means), 5).z)
