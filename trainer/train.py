@@ -11,6 +11,7 @@ and a run may be resumed with another number of processes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,12 +20,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-
-import contextlib
-from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
@@ -62,6 +61,7 @@ SHARED_ERRORS: tuple[type[BaseException], ...] = (RunError, TrainingFailed, OSEr
 
 
 def code_version() -> str:
+    """The short git commit of the code that trains, or 'unknown'."""
     try:
         out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or "unknown"
@@ -455,6 +455,118 @@ class StopFlag:
         return self.signal is not None
 
 
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How `fit` runs a training (not what it trains): where, on what, and how it reports."""
+
+    run_dir: Path
+    device: torch.device
+    resume: bool
+    stop: Callable[[], bool]  # asked at every step; True stops at the next step
+    progress: str  # 'bar', 'json' or 'none' ('auto' already resolved)
+    dist: DistContext
+    amp: str
+    compile_model: bool
+
+
+def history_row(epoch: int, train_terms: dict[str, float], result: EvalResult, seconds: float, train_seconds: float, n_train: int) -> dict[str, Any]:
+    """One epoch's line of history.json: train terms, test metrics, KL per dimension and timings."""
+    return {
+        "epoch": epoch,
+        **train_terms,
+        "test_loss": result.loss,
+        "test_recon": result.recon,
+        "test_kl": result.kl,
+        "mse": result.mse,
+        "psnr": result.psnr,
+        "ssim": result.ssim,
+        "active_units": result.active_units,
+        "kl_per_dim": [round(float(v), 5) for v in result.kl_per_dim],
+        "seconds": seconds,
+        "train_seconds": train_seconds,
+        "images_per_s": n_train / train_seconds,
+    }
+
+
+class ProgressReporter(AbstractContextManager):
+    """Per-epoch progress: a tqdm bar on stderr ('bar'), one JSON line per epoch on stdout ('json'), or nothing ('none')."""
+
+    def __init__(self, mode: str, total: int, initial: int):
+        self.mode = mode
+        self.bar = None
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True)
+
+    def update(self, row: dict[str, Any]) -> None:
+        """Report a finished epoch's history row."""
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(test_loss=f"{row['test_loss']:.2f}", psnr=f"{row['psnr']:.2f}")
+        elif self.mode == "json":
+            print(json.dumps({k: v for k, v in row.items() if k != "kl_per_dim"}), flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StatusWriter:
+    """status.json, written by rank 0 only; a failed write is logged, never raised (the run folder is what counts)."""
+
+    def __init__(self, run_dir: Path, dist: DistContext, total: int):
+        self.run_dir, self.is_main = run_dir, dist.is_main
+        self.fields: dict[str, Any] = {"pid": os.getpid(), "total": total, "started": time.time()}
+        if dist.enabled:
+            self.fields["world_size"] = dist.world_size
+        self.seconds = 0.0  # training seconds of the epochs done so far
+
+    def write(self, state: str, epoch: int, **extra: Any) -> None:
+        if not self.is_main:
+            return
+        try:
+            write_status(self.run_dir, state=state, epoch=epoch, **self.fields, seconds=self.seconds, **extra)
+        except OSError as e:
+            log.warning("could not write status.json: %s", e)
+
+
+def on_main(ctx: DistContext, action: Callable[[], Any]) -> None:
+    """Run-folder work on rank 0 only; every process learns whether it worked and raises the same error."""
+    error: BaseException | None = None
+    if ctx.is_main:
+        try:
+            action()
+        except SHARED_ERRORS as e:
+            error = e
+    distributed.share_main_error(ctx, error, SHARED_ERRORS)
+
+
+class Checkpoints:
+    """The run folder as training writes it: rank 0 writes, every process shares the outcome."""
+
+    def __init__(self, run_dir: Path, dist: DistContext):
+        self.run_dir, self.dist = run_dir, dist
+        self.writer = RunWriter(run_dir)
+        self.saved = 0  # the epoch the run folder holds, for messages
+
+    def on_main(self, action: Callable[[], Any]) -> None:
+        on_main(self.dist, action)
+
+    def save_epoch(self, trainer: Trainer, keep: bool = False) -> None:
+        """Save the trainer's current epoch (weights, optimiser, history, latents)."""
+        epoch, cfg = trainer.epoch, trainer.config
+        self.on_main(lambda: self.writer.save_epoch(epoch, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), cfg.weights_dtype, keep))
+        self.saved = epoch
+
+
 def fit(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -477,12 +589,24 @@ def fit(
     Raises TrainingFailed or RunError with a readable message; the last completed epoch stays loadable.
     """
     ctx = dist or distributed.SINGLE
-    run_dir = Path(run_dir)
-    stop = stop or (lambda: False)
     if progress == "auto":
         progress = "bar" if sys.stderr.isatty() else "json"
     if not ctx.is_main:
         progress = "none"
+    opts = FitOptions(
+        run_dir=Path(run_dir), device=torch.device(device), resume=resume, stop=stop or _never,
+        progress=progress, dist=ctx, amp=amp, compile_model=compile_model,
+    )
+    lock = _lock(opts.run_dir, ctx)
+    try:
+        return _fit_locked(model_config, train_config, data, opts)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock(run_dir: Path, ctx: DistContext) -> RunLock | None:
+    """Rank 0 creates and locks the run folder (None elsewhere); every process raises rank 0's error if that failed."""
     lock = RunLock(run_dir) if ctx.is_main else None
     error: BaseException | None = None
     if lock is not None:
@@ -492,127 +616,100 @@ def fit(
         except (OSError, RunError) as e:
             error = e
     distributed.share_main_error(ctx, error, SHARED_ERRORS)
+    return lock
+
+
+def _fit_locked(model_config: ModelConfig, train_config: TrainConfig, data: ImageData, opts: FitOptions) -> Trainer:
+    """fit's body once the run folder is locked: start or resume, train, and leave status.json saying how it ended."""
+    trainer = Trainer(model_config, train_config, data, opts.device, dist=opts.dist, amp=opts.amp, compile_model=opts.compile_model)
+    checkpoints = Checkpoints(opts.run_dir, opts.dist)
+    status = StatusWriter(opts.run_dir, opts.dist, train_config.epochs)
     try:
-        return _fit_locked(model_config, train_config, data, run_dir, torch.device(device), resume, stop, progress, ctx, amp, compile_model)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _fit_locked(model_config, train_config, data, run_dir, device, resume, stop, progress, ctx, amp, compile_model) -> Trainer:
-    trainer = Trainer(model_config, train_config, data, device, dist=ctx, amp=amp, compile_model=compile_model)
-    writer = RunWriter(run_dir)
-    started = time.time()
-    status: dict[str, Any] = {"pid": os.getpid(), "total": train_config.epochs, "started": started}
-    if ctx.enabled:
-        status["world_size"] = ctx.world_size
-    info = run_info(data, device, trainer.setup_info())
-    saved = trainer.epoch  # the epoch the run folder holds, for messages
-
-    def set_status(state: str, **extra: Any) -> None:
-        if not ctx.is_main:
-            return
-        try:
-            write_status(run_dir, state=state, epoch=trainer.epoch, **status, **extra)
-        except OSError as e:
-            log.warning("could not write status.json: %s", e)
-
-    def on_main(action: Callable[[], Any]) -> None:
-        """Run-folder work on rank 0 only; every process learns whether it worked and raises the same error."""
-        error: BaseException | None = None
-        if ctx.is_main:
-            try:
-                action()
-            except SHARED_ERRORS as e:
-                error = e
-        distributed.share_main_error(ctx, error, SHARED_ERRORS)
-
-    train_seconds = 0.0
-    try:
-        if resume:
-            on_main(lambda: trainer.restore(run_dir))
-            trainer.broadcast_state()
-            saved = trainer.epoch
-            on_main(lambda: (discard_after(run_dir, trainer.epoch), writer.write_config(model_config, train_config, info | {"resumed_from": trainer.epoch})))
-        else:
-            atlas_x = data.test_x[torch.from_numpy(trainer.atlas_idx)].cpu().numpy()
-            atlas_y = data.test_y[torch.from_numpy(trainer.atlas_idx)].cpu().numpy()
-            on_main(lambda: writer.create(model_config, train_config, info, atlas_x, atlas_y))
-            result = trainer.evaluate(train_config.beta_at(0, 0.0))
-            trainer.record_latents(result)
-            on_main(lambda: writer.save_epoch(0, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), train_config.weights_dtype))
-
-        bar = None
-        if progress == "bar":
-            from tqdm import tqdm
-
-            bar = tqdm(total=train_config.epochs, initial=trainer.epoch, unit="epoch", dynamic_ncols=True)
-        train_seconds = sum(r.get("seconds", 0.0) for r in trainer.history)
-        set_status("running", seconds=train_seconds, eta=None)
-        try:
-            while trainer.epoch < train_config.epochs:
-                t0 = time.perf_counter()
-                try:
-                    train_terms = trainer.train_epoch(stop)
-                except TrainingFailed as e:
-                    raise TrainingFailed(f"{e} in epoch {trainer.epoch + 1}; the last good checkpoint (epoch {trainer.epoch}) is kept") from None
-                if train_terms is None:
-                    break
-                t_train = time.perf_counter() - t0
-                trainer.epoch += 1
-                result = trainer.evaluate(train_terms["beta"])
-                seconds = time.perf_counter() - t0
-                train_seconds += seconds
-                row = {
-                    "epoch": trainer.epoch,
-                    **train_terms,
-                    "test_loss": result.loss,
-                    "test_recon": result.recon,
-                    "test_kl": result.kl,
-                    "mse": result.mse,
-                    "psnr": result.psnr,
-                    "ssim": result.ssim,
-                    "active_units": result.active_units,
-                    "kl_per_dim": [round(float(v), 5) for v in result.kl_per_dim],
-                    "seconds": seconds,
-                    "train_seconds": t_train,
-                    "images_per_s": len(trainer.train_x) / t_train,
-                }
-                if not math.isfinite(result.loss):
-                    trainer.epoch -= 1
-                    raise TrainingFailed(f"test loss became {result.loss} after epoch {trainer.epoch + 1}; the last good checkpoint (epoch {trainer.epoch}) is kept")
-                trainer.history.append(row)
-                trainer.record_latents(result)
-                keep = trainer.epoch in train_config.keep_epochs
-                on_main(lambda: writer.save_epoch(trainer.epoch, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), train_config.weights_dtype, keep))
-                saved = trainer.epoch
-                per_epoch = train_seconds / max(1, len(trainer.history))
-                set_status("running", seconds=train_seconds, eta=per_epoch * (train_config.epochs - trainer.epoch))
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(test_loss=f"{result.loss:.2f}", psnr=f"{result.psnr:.2f}")
-                elif progress == "json":
-                    print(json.dumps({k: v for k, v in row.items() if k != "kl_per_dim"}), flush=True)
-        finally:
-            if bar is not None:
-                bar.close()
-    except TrainingFailed as e:
-        set_status("failed", seconds=train_seconds, eta=None, message=str(e))
-        raise
-    except OSError as e:  # disk full, read-only or unwritable folder: while creating the run, saving or resuming
-        kept = f"the last saved epoch ({saved}) is kept" if (run_dir / MANIFEST_FILE).exists() else "nothing was saved yet"
-        message = f"could not write the run folder {run_dir} ({e.strerror or e}); {kept}"
-        set_status("failed", seconds=train_seconds, eta=None, message=message)
-        raise TrainingFailed(message) from None
-    except RuntimeError as e:
-        if not ctx.enabled:
+        _start_or_resume(trainer, checkpoints, data, opts)
+        _train_epochs(trainer, checkpoints, status, opts)
+    except (TrainingFailed, OSError, RuntimeError) as e:
+        failure = _failure(e, opts, checkpoints.saved)
+        if failure is None:
             raise
-        # gloo / nccl raise RuntimeError (DistBackendError among them) when another process died or broke off.
-        message = f"a process of the {ctx.world_size}-process job failed or went away ({one_line(e)}); the last saved epoch ({saved}) is kept"
-        set_status("failed", seconds=train_seconds, eta=None, message=message)
-        raise ProcessLost(message) from None
+        status.write("failed", trainer.epoch, eta=None, message=str(failure))
+        if failure is e:
+            raise
+        raise failure from None
     if trainer.epoch < train_config.epochs:
-        set_status("stopped", seconds=train_seconds, eta=None, message=f"stopped after epoch {trainer.epoch}; resume with --resume")
+        status.write("stopped", trainer.epoch, eta=None, message=f"stopped after epoch {trainer.epoch}; resume with --resume")
     else:
-        set_status("finished", seconds=train_seconds, eta=0.0)
+        status.write("finished", trainer.epoch, eta=0.0)
     return trainer
+
+
+def _start_or_resume(trainer: Trainer, checkpoints: Checkpoints, data: ImageData, opts: FitOptions) -> None:
+    """Resume: every process continues from rank 0's run folder, whose later epochs are dropped.
+    Start: create the run folder and save epoch 0, the untrained model's evaluation."""
+    model_config, train_config = trainer.model_config, trainer.config
+    info = run_info(data, opts.device, trainer.setup_info())
+    if opts.resume:
+        checkpoints.on_main(lambda: trainer.restore(opts.run_dir))
+        trainer.broadcast_state()
+        checkpoints.saved = trainer.epoch
+        info |= {"resumed_from": trainer.epoch}
+        checkpoints.on_main(lambda: (discard_after(opts.run_dir, trainer.epoch), checkpoints.writer.write_config(model_config, train_config, info)))
+        return
+    atlas = torch.from_numpy(trainer.atlas_idx)
+    atlas_x, atlas_y = data.test_x[atlas].cpu().numpy(), data.test_y[atlas].cpu().numpy()
+    checkpoints.on_main(lambda: checkpoints.writer.create(model_config, train_config, info, atlas_x, atlas_y))
+    trainer.record_latents(trainer.evaluate(train_config.beta_at(0, 0.0)))
+    checkpoints.save_epoch(trainer)
+
+
+def _train_epochs(trainer: Trainer, checkpoints: Checkpoints, status: StatusWriter, opts: FitOptions) -> None:
+    """Train, evaluate and save epoch after epoch until the last one or until `opts.stop` asks."""
+    total = trainer.config.epochs
+    with ProgressReporter(opts.progress, total, trainer.epoch) as progress:
+        status.seconds = sum(r.get("seconds", 0.0) for r in trainer.history)
+        status.write("running", trainer.epoch, eta=None)
+        while trainer.epoch < total:
+            done = _train_epoch(trainer, opts.stop)
+            if done is None:
+                return
+            row, result = done
+            status.seconds += row["seconds"]
+            if not math.isfinite(result.loss):
+                trainer.epoch -= 1
+                kept = f"the last good checkpoint (epoch {trainer.epoch}) is kept"
+                raise TrainingFailed(f"test loss became {result.loss} after epoch {trainer.epoch + 1}; {kept}")
+            trainer.history.append(row)
+            trainer.record_latents(result)
+            checkpoints.save_epoch(trainer, keep=trainer.epoch in trainer.config.keep_epochs)
+            per_epoch = status.seconds / max(1, len(trainer.history))
+            status.write("running", trainer.epoch, eta=per_epoch * (total - trainer.epoch))
+            progress.update(row)
+
+
+def _train_epoch(trainer: Trainer, stop: Callable[[], bool]) -> tuple[dict[str, Any], EvalResult] | None:
+    """Train and evaluate one epoch (counting it done): its history row and test result, or None if stopped part-way."""
+    t0 = time.perf_counter()
+    try:
+        train_terms = trainer.train_epoch(stop)
+    except TrainingFailed as e:
+        raise TrainingFailed(f"{e} in epoch {trainer.epoch + 1}; the last good checkpoint (epoch {trainer.epoch}) is kept") from None
+    if train_terms is None:
+        return None
+    t_train = time.perf_counter() - t0
+    trainer.epoch += 1
+    result = trainer.evaluate(train_terms["beta"])
+    row = history_row(trainer.epoch, train_terms, result, time.perf_counter() - t0, t_train, len(trainer.train_x))
+    return row, result
+
+
+def _failure(error: BaseException, opts: FitOptions, saved: int) -> TrainingFailed | None:
+    """What `error` means for the run: the TrainingFailed to record and raise, or None if it is not a run failure."""
+    if isinstance(error, TrainingFailed):
+        return error
+    if isinstance(error, OSError):  # disk full, read-only or unwritable folder: while creating the run, saving or resuming
+        kept = f"the last saved epoch ({saved}) is kept" if (opts.run_dir / MANIFEST_FILE).exists() else "nothing was saved yet"
+        return TrainingFailed(f"could not write the run folder {opts.run_dir} ({error.strerror or error}); {kept}")
+    if isinstance(error, RuntimeError) and opts.dist.enabled:
+        # gloo / nccl raise RuntimeError (DistBackendError among them) when another process died or broke off.
+        world = opts.dist.world_size
+        return ProcessLost(f"a process of the {world}-process job failed or went away ({one_line(error)}); the last saved epoch ({saved}) is kept")
+    return None
