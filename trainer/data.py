@@ -1,4 +1,4 @@
-"""Datasets as in-memory uint8 tensors: MNIST, Fashion-MNIST (IDX files) and folders of images.
+"""Datasets as uint8 tensors: MNIST, Fashion-MNIST (IDX files) in memory, folders of images memory-mapped.
 
 Search order for `mnist` / `fashion-mnist`:
   1. the data directory (default `data/`): `DIR/<name>/`, `DIR/<Name>/raw/` (torchvision's layout) or `DIR/` itself;
@@ -7,22 +7,38 @@ Search order for `mnist` / `fashion-mnist`:
   4. mnist only: the bundled offline subset `data/mnist-subset/` (10,000 real digits), said plainly.
 `dataset_problem` runs the same search without reading or downloading anything (the app's check before
 it starts the trainer).
+
+A folder of images is decoded once, streaming, into `PATH/.vae_cache/`: a raw uint8 file of rows (N, C, S, S)
+and a JSON header (shape, dtype, labels, the checksum of the file list). Every folder, whatever its size, is
+then memory-mapped from it, so a folder larger than memory trains with bounded resident memory and one in the
+page cache as fast as from memory (see bench/bench_memmap.py); torchrun processes on one machine share its
+pages instead of holding a copy each. The rows are stored in a fixed shuffled order and the last tenth is the
+test split, so both splits are views of the one mapping (the split does not depend on the run's seed). A stale
+cache (files added, removed or changed), a truncated or malformed one is rebuilt, never trusted or unpickled.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import json
 import logging
+import math
 import os
+import stat
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .images import IMAGE_EXTENSIONS, decode_image  # the one image decoder and its allow-list: folder images and the explorer's uploads
+from . import safe_io
+from .config import is_int
 from .paths import BUNDLED_DATA_DIR
 
 log = logging.getLogger(__name__)
@@ -53,6 +69,13 @@ FOLDER_CHANNELS = 3
 FOLDER_TEST_FRACTION = 0.1
 FOLDER_PREFIX = "folder:"
 CACHE_DIR = ".vae_cache"  # decoded folder images, inside the folder
+CACHE_FORMAT = "vae-folder-cache/1"  # the header's format tag: a cache of another format is rebuilt
+CACHE_DATA_SUFFIX = ".u8"  # raw uint8 rows (N, C, S, S), no header of its own
+CACHE_KEY_CHARS = 16  # hex digits of the file-list checksum in the cache's file names
+CACHE_ORDER_SEED = 0  # the fixed shuffle of the cache's rows; its last rows are the test split
+CACHE_HEADER_MAX_BYTES = 256 * 2**20  # the header lists one label per image (a few bytes each)
+CACHE_WRITE_BUFFER = 2**22  # decoded rows are written out in chunks of this many bytes
+CACHE_TEMP_MAX_AGE_S = 24 * 3600  # a temporary cache file older than this is a crashed build's: removed
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
@@ -68,6 +91,7 @@ class ImageData:
     test_y: torch.Tensor  # (M,) int64
     class_names: list[str]
     source: dict[str, Any] = field(default_factory=dict)  # name, kind (full/subset/folder), path, note
+    cache_file: Path | None = None  # the file the images are memory-mapped from (a folder's decode cache); None: in memory
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -210,52 +234,186 @@ def _folder_files(root: Path) -> tuple[list[Path], list[int], list[str]]:
     return files, labels, class_names
 
 
-def load_folder(root: Path, image_size: int, channels: int, seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
+def folder_cache_key(root: Path, files: list[Path], image_size: int, channels: int) -> str:
+    """SHA-256 of the cache format, the image size and channels, and every file's relative path, size and mtime."""
+    key = hashlib.sha256(f"{CACHE_FORMAT}:{image_size}:{channels}".encode())
+    for p in files:
+        st = p.stat()
+        key.update(f"{p.relative_to(root)}\0{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return key.hexdigest()
+
+
+def folder_cache_paths(root: Path, image_size: int, channels: int, key: str) -> tuple[Path, Path]:
+    """(data file, header file) of a folder's decode cache: raw uint8 rows (N, C, S, S) and their JSON header."""
+    stem = f"{_cache_prefix(image_size, channels)}{key[:CACHE_KEY_CHARS]}"
+    return root / CACHE_DIR / f"{stem}{CACHE_DATA_SUFFIX}", root / CACHE_DIR / f"{stem}.json"
+
+
+def _cache_prefix(image_size: int, channels: int) -> str:
+    return f"{image_size}px-{channels}ch-"
+
+
+def _map_rows(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """`path` memory-mapped copy-on-write as uint8 `shape`, if it is a regular file of exactly that many bytes.
+
+    Copy-on-write: the array is writable (torch.from_numpy takes it without a warning, and without a copy),
+    a write would change this process's pages only, never the file. Symlinks and FIFOs are refused unopened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != math.prod(shape):  # truncated, grown or not a file
+            return None
+        return np.memmap(f, dtype=np.uint8, mode="c", shape=shape)  # the mapping outlives the file object
+
+
+def _read_cache(data_path: Path, header_path: Path, key: str, row_shape: tuple[int, int, int], n_files: int, n_classes: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(memory-mapped images (N, C, S, S), labels (N,), files skipped) of a sound, current cache, else None.
+
+    Nothing in it is trusted: the header must name this file list's checksum and a shape and labels that fit
+    it, and the data file must hold exactly the bytes the header declares."""
+    try:
+        header = json.loads(safe_io.read_regular_file(header_path, CACHE_HEADER_MAX_BYTES))
+    except (safe_io.UnsafeFileError, ValueError, RecursionError):
+        return None
+    if not isinstance(header, dict) or header.get("format") != CACHE_FORMAT or header.get("files_sha256") != key:
+        return None  # another format, or stale: files were added, removed or changed
+    shape, skipped = header.get("shape"), header.get("skipped")
+    if header.get("dtype") != "uint8" or not isinstance(shape, list) or len(shape) != 4 or not all(is_int(s) for s in shape):
+        return None
+    if tuple(shape[1:]) != row_shape or not is_int(skipped) or shape[0] < 1 or skipped < 0 or shape[0] + skipped != n_files:
+        return None
+    try:
+        labels = np.asarray(header.get("labels"))
+    except (ValueError, TypeError):
+        return None
+    if labels.ndim != 1 or len(labels) != shape[0] or labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= n_classes:
+        return None
+    images = _map_rows(data_path, tuple(shape))
+    return None if images is None else (images, labels.astype(np.int64), int(skipped))
+
+
+def _decode_rows(f: BinaryIO, files: list[Path], labels: list[int], image_size: int, channels: int) -> tuple[list[int], int]:
+    """Decode `files` one by one, appending each readable image's (C, S, S) uint8 bytes to `f`: (kept labels, skipped)."""
+    kept, skipped = [], 0
+    for p, label in zip(files, labels):
+        try:
+            image = decode_image(p.read_bytes(), image_size, channels)  # (C, S, S) uint8
+        except Exception:  # unreadable or not an image: skipped and counted
+            skipped += 1
+            continue
+        f.write(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+        kept.append(label)
+    f.flush()
+    return kept, skipped
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _remove_stale(cache_dir: Path, image_size: int, channels: int, keep: tuple[Path, ...]) -> None:
+    """Remove this size's other caches (stale file lists, the old .npz format) and crashed builds' old temporary files."""
+    prefix, now = _cache_prefix(image_size, channels), time.time()
+    try:
+        for p in cache_dir.iterdir():
+            if p in keep:
+                continue
+            stale = p.name.startswith(prefix) and p.suffix in (CACHE_DATA_SUFFIX, ".json", ".npz")
+            crashed = p.name.startswith("." + prefix) and p.suffix == ".tmp" and now - p.lstat().st_mtime > CACHE_TEMP_MAX_AGE_S
+            if stale or crashed:
+                p.unlink()
+    except OSError:
+        pass  # another process cleaning up, or a read-only folder: harmless
+
+
+def _build_cache(root: Path, files: list[Path], labels: list[int], class_names: list[str], image_size: int, channels: int, key: str) -> tuple[np.ndarray, np.ndarray, int, Path | None]:
+    """Decode every file once into the folder's cache, streaming (one image in memory at a time); memory-map it:
+    (images (N, C, S, S), labels (N,), files skipped, the data file or None for an unnamed temporary file).
+
+    Rows are written in a fixed shuffled order (CACHE_ORDER_SEED) so the last rows make a fair test split. The
+    data file is written to a temporary name, fsynced and renamed, then its header (written last: a cache
+    without one is rebuilt). A folder that cannot be written decodes into an unnamed temporary file instead."""
+    data_path, header_path = folder_cache_paths(root, image_size, channels, key)
+    order = np.random.default_rng(CACHE_ORDER_SEED).permutation(len(files))
+    files, labels = [files[i] for i in order], [labels[i] for i in order]
+    tmp: str | None = None
+    try:
+        data_path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{data_path.name}.", suffix=".tmp", dir=data_path.parent)
+        with os.fdopen(fd, "wb", buffering=CACHE_WRITE_BUFFER) as f:
+            kept, skipped = _decode_rows(f, files, labels, image_size, channels)
+            os.fsync(f.fileno())
+        if kept:
+            os.replace(tmp, data_path)
+            tmp = None
+            _fsync_dir(data_path.parent)
+    except OSError as e:  # read-only folder, disk full: decode into a temporary file that disappears with the process
+        log.warning("cannot write the decode cache in %s (%s); decoding into a temporary file", data_path.parent, e)
+        try:
+            f = tempfile.TemporaryFile(buffering=CACHE_WRITE_BUFFER)
+            kept, skipped = _decode_rows(f, files, labels, image_size, channels)
+        except OSError as e2:
+            raise DataError(f"image folder {root}: no room to decode it, neither in {data_path.parent} ({e.strerror or e}) nor in a temporary file ({e2.strerror or e2})") from None
+        data_path = None  # type: ignore[assignment]
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    if not kept:
+        raise DataError(f"image folder {root}: none of its {len(files)} image files could be read")
+    if skipped:
+        log.warning("skipped %d unreadable image files in %s", skipped, root)
+    shape = (len(kept), channels, image_size, image_size)
+    kept_labels = np.asarray(kept, dtype=np.int64)
+    if data_path is None:
+        with f:
+            return np.memmap(f, dtype=np.uint8, mode="c", shape=shape), kept_labels, skipped, None
+    header = {
+        "format": CACHE_FORMAT, "source": str(root), "files_sha256": key, "n_files": len(files),
+        "shape": list(shape), "dtype": "uint8", "data_file": data_path.name, "skipped": skipped,
+        "class_names": class_names, "labels": kept,
+    }
+    try:
+        safe_io.atomic_write_bytes(header_path, json.dumps(header, separators=(",", ":")).encode())
+        _remove_stale(data_path.parent, image_size, channels, keep=(data_path, header_path))
+    except OSError:
+        pass  # no header: the next load decodes again
+    images = _map_rows(data_path, shape)
+    if images is None:  # replaced under us by another process's build of other files: theirs is not ours
+        raise DataError(f"image folder {root}: its decode cache {data_path} changed while it was being built; try again")
+    return images, kept_labels, skipped, data_path
+
+
+def folder_test_size(n: int) -> int:
+    """How many of a folder's `n` images (the last rows of its cache) are its test split: 0 for one image (test = train)."""
+    return max(1, int(round(n * FOLDER_TEST_FRACTION))) if n > 1 else 0
+
+
+def load_folder(root: Path, image_size: int, channels: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any], list[str], Path | None]:
+    """A folder's images (N, C, S, S) uint8 memory-mapped from its decode cache (built or rebuilt when needed),
+    labels (N,), source, class names and the cache's data file (None: an unnamed temporary file)."""
     problem = _folder_problem(root)
     if problem:
         raise DataError(problem)
     files, labels, class_names = _folder_files(root)
-    key = hashlib.sha256(f"{image_size}:{channels}".encode())
-    for p in files:
-        st = p.stat()
-        key.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    cache = root / CACHE_DIR / f"{image_size}px-{channels}ch-{key.hexdigest()[:16]}.npz"
-    images, kept_labels, skipped = None, None, 0
-    if cache.is_file():
-        try:
-            with np.load(cache, allow_pickle=False) as npz:
-                images, kept_labels, skipped = npz["images"], npz["labels"], int(npz["skipped"])
-        except Exception:  # a stale or damaged cache is simply rebuilt
-            images = None
-    if images is None:
-        skipped = 0
-        decoded, kept = [], []
-        for p, label in zip(files, labels):
-            try:
-                decoded.append(decode_image(p.read_bytes(), image_size, channels))
-                kept.append(label)
-            except Exception:
-                skipped += 1
-        if not decoded:
-            raise DataError(f"image folder {root}: none of its {len(files)} image files could be read")
-        if skipped:
-            log.warning("skipped %d unreadable image files in %s", skipped, root)
-        images, kept_labels = np.stack(decoded), np.asarray(kept, dtype=np.int64)
-        try:
-            cache.parent.mkdir(exist_ok=True)
-            from .safe_io import atomic_write_bytes, npz_bytes
-
-            atomic_write_bytes(cache, npz_bytes({"images": images, "labels": kept_labels, "skipped": np.asarray(skipped)}))
-        except OSError:
-            pass  # a read-only folder just decodes again next time
-    order = np.random.default_rng(seed).permutation(len(images))
-    n_test = max(1, int(round(len(images) * FOLDER_TEST_FRACTION))) if len(images) > 1 else 0
-    test_idx, train_idx = order[:n_test], order[n_test:]
-    if n_test == 0:
-        test_idx = train_idx
-    arrays = {"train_x": images[train_idx], "train_y": kept_labels[train_idx], "test_x": images[test_idx], "test_y": kept_labels[test_idx]}
+    key = folder_cache_key(root, files, image_size, channels)
+    data_path, header_path = folder_cache_paths(root, image_size, channels, key)
+    cached = _read_cache(data_path, header_path, key, (channels, image_size, image_size), len(files), len(class_names))
+    if cached is not None:
+        images, kept_labels, skipped = cached
+        cache_file: Path | None = data_path
+    else:
+        images, kept_labels, skipped, cache_file = _build_cache(root, files, labels, class_names, image_size, channels, key)
     note = f"{len(images):,} images from folder {root} at {image_size}px, {channels} channel(s)" + (f"; {skipped} unreadable files skipped" if skipped else "")
-    return arrays, {"name": f"{FOLDER_PREFIX}{root}", "kind": "folder", "path": str(root), "skipped": skipped, "note": note}, class_names
+    source = {"name": f"{FOLDER_PREFIX}{root}", "kind": "folder", "path": str(root), "skipped": skipped, "note": note}
+    return images, kept_labels, source, class_names, cache_file
 
 
 # ---------------------------------------------------------------- entry point
@@ -324,16 +482,21 @@ def load_dataset(
     download: bool = False,
     seed: int = 0,
 ) -> ImageData:
-    """Load `mnist`, `fashion-mnist` or `folder:PATH` into memory as uint8 tensors."""
+    """Load `mnist`, `fashion-mnist` (into memory) or `folder:PATH` (memory-mapped from its decode cache) as uint8 tensors.
+
+    `seed` is accepted for callers' sake: no split depends on it (a folder's is fixed by its cache)."""
     image_size = image_size or default_image_size(dataset)
     channels = channels or default_channels(dataset)
-    if dataset in DATASETS:
-        arrays, source = load_mnist_like(dataset, _resolve(data_dir, None), download)
-        class_names = CLASS_NAMES[dataset]
-    elif dataset.startswith(FOLDER_PREFIX):
-        arrays, source, class_names = load_folder(_folder_of(dataset, None), image_size, channels, seed)
-    else:
+    if dataset.startswith(FOLDER_PREFIX):
+        images, labels, source, class_names, cache_file = load_folder(_folder_of(dataset, None), image_size, channels)
+        x, y = torch.from_numpy(images), torch.from_numpy(labels)  # views of the mapping: no pixel is read here
+        n_train = len(x) - folder_test_size(len(x))
+        test = slice(n_train, None) if n_train < len(x) else slice(None)  # one image: test = train
+        return ImageData(x[:n_train], y[:n_train], x[test], y[test], class_names, source, cache_file)
+    if dataset not in DATASETS:
         raise DataError(_unknown(dataset))
+    arrays, source = load_mnist_like(dataset, _resolve(data_dir, None), download)
+    class_names = CLASS_NAMES[dataset]
     return ImageData(
         train_x=_to_tensor_images(arrays["train_x"], image_size, channels),
         train_y=torch.from_numpy(arrays["train_y"].astype(np.int64)),
