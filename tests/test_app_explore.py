@@ -130,6 +130,7 @@ def test_missing_checkpoints_folder_is_one_error(app, tmp_path):
     assert [e.value for e in ok(app).error] == [f"{tmp_path / 'nowhere'}: no such folder"]
 
 
+@pytest.mark.slow  # real UMAP
 def test_umap_map_is_cached_in_the_run_folder_and_the_replay_writes_nothing(monkeypatch, runs_root, tmp_path):
     """The 5-D run's UMAP map is computed once and kept in its run folder (for these very latents); nothing else is written."""
     from trainer.projections import fingerprint, projection_path
