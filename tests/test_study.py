@@ -13,6 +13,7 @@ from trainer.runs import RunError, load_run
 TINY = ["--widths", "4", "8", "8", "--hidden-dim", "0", "--epochs", "1", "--batch-size", "256"]
 
 
+@pytest.mark.slow  # four runs on the full 8,000-image subset
 def test_study_writes_report_and_resumes(tmp_path, capsys):
     args = ["--latent-sizes", "2", "3", "--models", "conv:vae", "conv:ae", *TINY, "--checkpoints-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "report")]
     assert study.main(args) == 0

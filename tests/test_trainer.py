@@ -111,6 +111,7 @@ def test_cli_bad_input_is_one_line(argv, match, tmp_path, capsys):
     assert re.search(match, err), err
 
 
+@pytest.mark.slow  # two CLI runs on the full 8,000-image subset
 def test_cli_refuses_existing_run_and_resume_changes(tmp_path, capsys):
     run = ["--checkpoints-dir", str(tmp_path), "--run-name", "r", "--progress", "none"]
     args = [*run, "--epochs", "1", "--widths", "4,8,8", "--latent-dim", "2", "--atlas-size", "10"]
