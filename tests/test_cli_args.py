@@ -25,7 +25,7 @@ from trainer.config import TrainConfig
 from trainer.paths import PROJECT_ROOT
 
 EXIT_USAGE = 2
-FLAGS = ("download", "resume", "compile")  # store_true options: a value attached to them is the wrong type
+FLAGS = ("download", "resume", "compile")  # on/off options (--resume may take the word auto): no missing-value case
 CHECKPOINTS_IS_A_FILE = "<a regular file>"  # --checkpoints-dir pointing at a file (filled in per test)
 
 # option dest -> [(bad value, a fragment the one-line error must hold, or None for the option's own name)]
@@ -58,7 +58,7 @@ BAD_VALUES: dict[str, list[tuple[str, str | None]]] = {
     "weights_dtype": [("int8", "invalid choice"), ("bfloat16", "invalid choice")],
     "run_name": [("../evil", "invalid run name"), ("", "invalid run name")],  # more in BAD_RUN_NAMES
     "checkpoints_dir": [(CHECKPOINTS_IS_A_FILE, "cannot create run folder")],
-    "resume": [("yes", "ignored explicit argument")],
+    "resume": [("yes", "invalid choice"), ("", "invalid choice")],
     "device": [("tpu", "(?i)device|tpu"), ("cuda:99", "(?i)cuda|device"), ("", "(?i)device"), ("cpu:abc", "(?i)device|cpu")],
     "progress": [("verbose", "invalid choice")],
     "amp": [("fp8", "invalid choice")],

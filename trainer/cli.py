@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import logging
 import re
+import stat
 import sys
 import time
 import typing
@@ -26,14 +27,17 @@ from .config import TrainConfig
 from .data import DATASETS, FOLDER_PREFIX, DataError, ImageData, default_channels, default_image_size, load_dataset
 from .distributed import AMP_CHOICES, DistContext
 from .errors import one_line
-from .runs import MANIFEST_FILE, RunError, read_config, validate_run_name
+from .runs import ATLAS_IMAGES_FILE, CONFIG_FILE, MANIFEST_FILE, STATUS_FILE, RunError, RunLock, epoch_file, read_config, read_manifest, validate_run_name
 from .train import ProcessLost, StopFlag, TrainingFailed, fit, pick_device
 
 DEFAULT_CHECKPOINTS_DIR = "checkpoints"
 PROG = "python -m trainer"
 PROGRESS_CHOICES = ("auto", "bar", "json", "none")
-# Model and data options that a resumed run takes from its config.json; they cannot change mid-run.
-FIXED_ON_RESUME = ("model", "kind", "latent_dim", "dataset", "image_size", "channels", "widths", "hidden_dim")
+RESUME_AUTO = "auto"  # --resume auto: continue the run if it has a saved epoch, else start it
+FIXED_GROUPS = ("model", "data")  # option groups a run keeps for good: a resume given other values is refused
+RESUME_CHANGEABLE = "epochs"  # the one config option a resume may change (to extend the run)
+# What a start killed before its first save leaves in the run folder, besides epoch files and temporaries.
+UNSAVED_START_FILES = (CONFIG_FILE, ATLAS_IMAGES_FILE, STATUS_FILE)
 # Config fields whose option has another name; every other option is its field's name (batch_size: --batch-size).
 OPTION_NAMES = {"arch": "model", "in_channels": "channels"}
 DATA_FIELDS = ("dataset", "data_dir", "image_size", "in_channels")  # config fields listed under "data" in --help
@@ -70,7 +74,7 @@ class OptionSpec:
     help: str  # as --help shows it, default included
     takes_value: bool = True  # False for on/off flags such as --compile
     default: Any = None  # what the trainer uses when the option is left out; None where other options decide it
-    choices: tuple[Any, ...] | None = None
+    choices: tuple[Any, ...] | None = None  # for an on/off flag, the words it may optionally take (--resume auto)
     parse: Callable[[str], Any] | None = None  # command-line text -> value (int, float, int_list); None keeps the text
     field: str | None = None  # the ModelConfig or TrainConfig field it sets; None for options of the CLI alone
     spec: FieldSpec | None = None  # that field's help and allowed values (min/max/choices)
@@ -132,10 +136,19 @@ def _field_option(cls: type, field: dataclasses.Field, group: str, derived: dict
 
 
 def _cli_option(dest: str, group: str, help: str, default: Any = None, choices: tuple[str, ...] | None = None) -> OptionSpec:
-    """An option of the CLI alone (no config field); a bool default makes it an on/off flag."""
+    """An option of the CLI alone (no config field); a bool default makes it an on/off flag (with `choices`, one
+    that may take one of them as its value)."""
     is_flag = isinstance(default, bool)
     shown = None if is_flag else _shown(default)
     return OptionSpec(dest, flag(dest), group, _with_notes(help, shown and f"default {shown}"), takes_value=not is_flag, default=default, choices=choices)
+
+
+RESUME_HELP = (
+    "continue the run named by --run-name from its last saved epoch (an error if it has none); "
+    f"--resume {RESUME_AUTO}: continue it if it has a saved epoch, else start it (one command for every restart). "
+    "Other flags given must equal the run's config.json, except --epochs, which may extend the run; "
+    "a model, data or training flag with another value is refused"
+)
 
 
 @functools.cache
@@ -152,7 +165,7 @@ def _options() -> tuple[OptionSpec, ...]:
         *(_field_option(TrainConfig, f, "training", derived) for name, f in train_fields.items() if name not in DATA_FIELDS),
         _cli_option("run_name", "run", "folder name under --checkpoints-dir (default: made from the options)"),
         _cli_option("checkpoints_dir", "run", "where run folders live", default=DEFAULT_CHECKPOINTS_DIR),
-        _cli_option("resume", "run", "continue the run named by --run-name from its last completed epoch", default=False),
+        _cli_option("resume", "run", RESUME_HELP, default=False, choices=(RESUME_AUTO,)),
         _cli_option("device", "run", "auto (CUDA if present), cpu, cuda or cuda:N", default="auto"),
         _cli_option("progress", "run", "auto: a tqdm bar on a terminal, else one JSON line per epoch", default="auto", choices=PROGRESS_CHOICES),
         _cli_option("amp", "run", "mixed precision: auto (bf16 on a GPU that has it, else off), off, bf16 or fp16", default="auto", choices=AMP_CHOICES),
@@ -165,19 +178,28 @@ def trainer_options() -> dict[str, OptionSpec]:
     return {o.dest: o for o in _options()}
 
 
-def build_parser() -> Parser:
+def build_parser(*, defaults: bool = True) -> Parser:
+    """The parser of `python -m trainer`. With defaults=False an option left out is absent from the parsed
+    namespace, so what the command line names explicitly can be told apart (see given_options)."""
     p = Parser(prog=PROG, description="Train a VAE or autoencoder into a self-contained run folder.")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for o in _options():
         group = groups.get(o.group) or groups.setdefault(o.group, p.add_argument_group(o.group))
-        if not o.takes_value:
-            group.add_argument(o.flag, action="store_true", help=o.help)
-            continue
-        # Config options parse to None when left out, so configs_from_args and --resume can tell what was given.
-        default = None if o.field else o.default
-        choices = o.choices if o.parse is None else None  # numbers out of their set are the config's to refuse, by name
-        group.add_argument(o.flag, type=o.parse, choices=choices, default=default, help=o.help)
+        # Config options parse to None when left out, so configs_from_args can tell what was given.
+        default = (None if o.field else o.default) if defaults else argparse.SUPPRESS
+        if not o.takes_value and o.choices:  # --resume or --resume auto
+            group.add_argument(o.flag, nargs="?", const=True, choices=o.choices, default=default, metavar="|".join(o.choices), help=o.help)
+        elif not o.takes_value:
+            group.add_argument(o.flag, action="store_true", default=default, help=o.help)
+        else:
+            choices = o.choices if o.parse is None else None  # numbers out of their set are the config's to refuse, by name
+            group.add_argument(o.flag, type=o.parse, choices=choices, default=default, help=o.help)
     return p
+
+
+def given_options(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The options the command line names explicitly, by dest, with their parsed values (defaults suppressed)."""
+    return vars(build_parser(defaults=False).parse_args(argv))
 
 
 def _fields_given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -208,23 +230,102 @@ def default_run_name(model_config: ModelConfig, train_config: TrainConfig) -> st
     return f"{data}-{model_config.arch}-{model_config.kind}-z{model_config.latent_dim}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resume_configs(args: argparse.Namespace, run_dir: Path) -> tuple[ModelConfig, TrainConfig, int]:
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What the command does: which run folder, with which configs, started or resumed."""
+
+    run_dir: Path
+    model_config: ModelConfig
+    train_config: TrainConfig
+    channels: int
+    resume: bool
+    note: str | None = None  # the line --resume auto prints: whether it resumed or started the run
+
+    def to_list(self) -> list[Any]:
+        """Plain data, for broadcasting rank 0's plan to the other processes."""
+        return [str(self.run_dir), self.model_config.to_dict(), self.train_config.to_dict(), self.channels, self.resume, self.note]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> "RunPlan":
+        run_dir, model_dict, train_dict, channels, resume, note = data
+        return cls(Path(run_dir), ModelConfig.from_dict(model_dict), TrainConfig.from_dict(train_dict), int(channels), bool(resume), note)
+
+
+@dataclasses.dataclass(frozen=True)
+class Conflict:
+    """An option given on resume with another value than the run's config.json."""
+
+    option: OptionSpec
+    saved: Any
+    given: Any
+
+
+def _value_text(value: Any) -> str:
+    """A config value as a message shows it: 4,8,8 for tuples (none when empty), repr for floats."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) or "none"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def resume_conflicts(given: dict[str, Any], model_config: ModelConfig, train_config: TrainConfig) -> list[Conflict]:
+    """The config options in `given` (explicit options by dest) whose value differs from the run's configs,
+    --epochs aside; in --help order."""
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    found = []
+    for dest, option in trainer_options().items():
+        if option.field is None or dest == RESUME_CHANGEABLE or dest not in given:
+            continue
+        saved = getattr(model_config if option.field in model_fields else train_config, option.field)
+        value = tuple(given[dest]) if isinstance(saved, tuple) else given[dest]
+        if value != saved:
+            found.append(Conflict(option, saved, value))
+    return found
+
+
+def conflicts_message(conflicts: list[Conflict], run_name: str) -> str:
+    """One line naming each conflicting option with the run's value and the given one, and why it is refused."""
+    flags = ", ".join(c.option.flag for c in conflicts)
+    if len(conflicts) == 1:
+        c = conflicts[0]
+        values = f"it is {_value_text(c.saved)} in run {run_name}, got {_value_text(c.given)}"
+    else:
+        values = "; ".join(f"{c.option.flag} is {_value_text(c.saved)} in run {run_name}, got {_value_text(c.given)}" for c in conflicts)
+    groups = {c.option.group for c in conflicts}
+    why = []
+    if groups & set(FIXED_GROUPS):
+        why.append("a run keeps the model and data of its config.json")
+    if groups - set(FIXED_GROUPS):
+        why.append(f"of its training settings only {flag(RESUME_CHANGEABLE)} may change on resume: start a new run to train with others")
+    return f"{flags} cannot change when resuming: {values} ({'; '.join(why)})"
+
+
+def resume_plan(given: dict[str, Any], run_dir: Path) -> RunPlan:
+    """Continue the run in `run_dir`: its configs, with --epochs applied; the options given must equal the rest."""
+    name = run_dir.name
     try:
         model_config, train_config, _ = read_config(run_dir)
+        saved = read_manifest(run_dir)["epoch"]
     except RunError as e:
         raise UserError(f"cannot resume: {e}") from None
-    changed = [n for n in FIXED_ON_RESUME if getattr(args, n) is not None and n not in ("dataset",)]
-    if args.dataset is not None and args.dataset != train_config.dataset:
-        changed.append("dataset")
-    if changed:
-        flags = ", ".join("--" + n.replace("_", "-") for n in changed)
-        raise UserError(f"{flags} cannot change when resuming: the run keeps the model and data of its config.json")
-    if args.epochs is not None:
+    conflicts = resume_conflicts(given, model_config, train_config)
+    if conflicts:
+        raise UserError(conflicts_message(conflicts, name))
+    epochs = given.get(RESUME_CHANGEABLE)
+    if epochs is not None:
         try:
-            train_config = TrainConfig.from_dict(train_config.to_dict() | {"epochs": args.epochs})
+            train_config = dataclasses.replace(train_config, epochs=epochs)
         except ValueError as e:
             raise UserError(str(e)) from None
-    return model_config, train_config, model_config.in_channels
+        if epochs < saved:
+            raise UserError(f"--epochs {epochs} is fewer than the {saved} epochs run {name} has already trained: pass --epochs {saved} or more")
+    return RunPlan(run_dir, model_config, train_config, model_config.in_channels, resume=True,
+                   note=f"resuming run {name} at epoch {saved} of {train_config.epochs}")
+
+
+def has_saved_epoch(run_dir: Path) -> bool:
+    """Whether the run folder holds a saved epoch (a manifest; a broken one counts: it is never started over)."""
+    manifest = run_dir / MANIFEST_FILE
+    return manifest.exists() or manifest.is_symlink()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,22 +354,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _decide_run(args: argparse.Namespace) -> tuple[Path, ModelConfig, TrainConfig, int]:
-    """The run folder and configs from the flags (and, on --resume, the run's config.json)."""
+def _decide_run(args: argparse.Namespace, given: dict[str, Any]) -> RunPlan:
+    """The run folder and configs from the flags and, when resuming, the run's config.json. Reads only."""
     checkpoints = Path(args.checkpoints_dir)
     if args.resume:
         if not args.run_name:
             raise UserError("--resume needs --run-name: the run to continue")
         run_dir = checkpoints / validate_name(args.run_name)
-        if not (run_dir / MANIFEST_FILE).exists():
-            raise UserError(f"nothing to resume: {run_dir} has no saved epoch")
-        model_config, train_config, channels = resume_configs(args, run_dir)
-    else:
+        if has_saved_epoch(run_dir):
+            plan = resume_plan(given, run_dir)
+            return plan if args.resume == RESUME_AUTO else dataclasses.replace(plan, note=None)
+        if args.resume != RESUME_AUTO:
+            raise UserError(f"nothing to resume: {run_dir} has no saved epoch (--resume {RESUME_AUTO} starts a run that has none)")
         model_config, train_config, channels = configs_from_args(args)
-        run_dir = checkpoints / validate_name(default_run_name(model_config, train_config) if args.run_name is None else args.run_name)
-        if (run_dir / MANIFEST_FILE).exists():
-            raise UserError(f"run {run_dir} already exists: pass --resume to continue it, or choose another --run-name")
-    return run_dir, model_config, train_config, channels
+        return RunPlan(run_dir, model_config, train_config, channels, resume=False, note=f"starting run {run_dir.name}")
+    model_config, train_config, channels = configs_from_args(args)
+    run_dir = checkpoints / validate_name(default_run_name(model_config, train_config) if args.run_name is None else args.run_name)
+    if has_saved_epoch(run_dir):
+        raise UserError(f"run {run_dir} already exists: pass --resume to continue it, or choose another --run-name")
+    return RunPlan(run_dir, model_config, train_config, channels, resume=False)
 
 
 def _make_run_dir(run_dir: Path) -> None:
@@ -278,21 +382,55 @@ def _make_run_dir(run_dir: Path) -> None:
         raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
 
 
-def _shared_decision(ctx: DistContext, args: argparse.Namespace) -> tuple[Path, ModelConfig, TrainConfig, int]:
-    """Rank 0 decides the run (its name may hold the time) and creates its folder; every process gets the same."""
+def _is_unsaved_start_file(name: str) -> bool:
+    return name in UNSAVED_START_FILES or epoch_file(name) is not None or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def clear_unsaved_start(run_dir: Path) -> None:
+    """Remove what a start killed before its first save left in `run_dir` (config, atlas, status, epoch files,
+    temporaries; nothing else), holding the run's lock: a trainer busy creating the run is refused, never disturbed."""
+    if not run_dir.is_dir():
+        return
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except RunError as e:
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"cannot use run folder {run_dir}: {e.strerror or e}") from None
+    try:
+        if has_saved_epoch(run_dir):  # another trainer saved its first epoch since this one looked
+            raise UserError(f"run {run_dir} was saved by another trainer meanwhile: run the command again")
+        for path in run_dir.iterdir():
+            if _is_unsaved_start_file(path.name) and not stat.S_ISDIR(path.lstat().st_mode):
+                path.unlink(missing_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot clear the unsaved start in {run_dir}: {e.strerror or e}") from None
+    finally:
+        lock.release()
+
+
+def _prepare_run_dir(plan: RunPlan) -> None:
+    """Create the run folder; a start clears what an earlier start left there before its first save."""
+    if not plan.resume:
+        clear_unsaved_start(plan.run_dir)
+    _make_run_dir(plan.run_dir)
+
+
+def _shared_decision(ctx: DistContext, args: argparse.Namespace, given: dict[str, Any]) -> RunPlan:
+    """Rank 0 decides the run (its name may hold the time) and prepares its folder; every process gets the same plan."""
     error, payload = None, None
     if ctx.is_main:
         try:
-            run_dir, model_config, train_config, channels = _decide_run(args)
-            _make_run_dir(run_dir)
-            payload = [str(run_dir), model_config.to_dict(), train_config.to_dict(), channels]
+            plan = _decide_run(args, given)
+            _prepare_run_dir(plan)
+            payload = plan.to_list()
         except UserError as e:
             error = str(e)
     error, payload = distributed.broadcast_object(ctx, [error, payload])
     if error is not None:
         raise UserError(error)
-    run_dir, model_dict, train_dict, channels = payload
-    return Path(run_dir), ModelConfig.from_dict(model_dict), TrainConfig.from_dict(train_dict), int(channels)
+    return RunPlan.from_list(payload)
 
 
 def _load_data(ctx: DistContext, args: argparse.Namespace, model_config: ModelConfig, train_config: TrainConfig, channels: int) -> ImageData:
@@ -328,20 +466,21 @@ def _setup_device(ctx: DistContext, args: argparse.Namespace) -> torch.device:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    given = given_options(argv)
     try:
         ctx = distributed.context_from_env()
     except ValueError as e:
         raise UserError(str(e)) from None
     if not ctx.enabled:
-        run_dir, model_config, train_config, channels = _decide_run(args)
+        plan = _decide_run(args, given)
         device = _setup_device(ctx, args)
     else:
         device = _setup_device(ctx, args)
         ctx = distributed.init(ctx, device)
     try:
         if ctx.enabled:
-            run_dir, model_config, train_config, channels = _shared_decision(ctx, args)
-        return _train(ctx, args, device, run_dir, model_config, train_config, channels)
+            plan = _shared_decision(ctx, args, given)
+        return _train(ctx, args, device, plan)
     except RuntimeError as e:
         if not ctx.enabled:
             raise
@@ -351,9 +490,8 @@ def _main(argv: Sequence[str] | None) -> int:
         distributed.shutdown(ctx)
 
 
-def _train(
-    ctx: DistContext, args: argparse.Namespace, device: torch.device, run_dir: Path, model_config: ModelConfig, train_config: TrainConfig, channels: int
-) -> int:
+def _train(ctx: DistContext, args: argparse.Namespace, device: torch.device, plan: RunPlan) -> int:
+    run_dir, model_config, train_config, channels = plan.run_dir, plan.model_config, plan.train_config, plan.channels
     if device.type == "cpu":
         torch.set_num_threads(distributed.cpu_threads(ctx))
     data = _load_data(ctx, args, model_config, train_config, channels)
@@ -367,11 +505,14 @@ def _train(
         print(f"run: {run_dir}  device: {device}{extras}", file=sys.stderr)
     stop = StopFlag()
     stop.install()
-    if ctx.is_main:
-        _make_run_dir(run_dir)
+    if not ctx.enabled:
+        _prepare_run_dir(plan)  # (several processes: rank 0 did it while deciding, so that all share its errors)
+    if ctx.is_main and plan.note:
+        restart = distributed.restart_count()
+        print(plan.note + (f" (torchrun restart {restart})" if restart else ""), file=sys.stderr)
     trainer = fit(
         model_config, train_config, data, run_dir, device,
-        resume=args.resume, stop=stop, progress=args.progress, dist=ctx, amp=args.amp, compile_model=args.compile,
+        resume=plan.resume, stop=stop, progress=args.progress, dist=ctx, amp=args.amp, compile_model=args.compile,
     )
     if speaks:
         state = "stopped" if trainer.epoch < train_config.epochs else "finished"

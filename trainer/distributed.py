@@ -23,6 +23,7 @@ MAIN_RANK = 0
 # How long a collective may wait: the others wait while rank 0 decodes a large image folder or saves.
 # A process that dies is noticed sooner (gloo: its sockets close; torchrun: it tears the job down).
 COLLECTIVE_TIMEOUT = timedelta(minutes=60)
+RESTART_COUNT_VAR = "TORCHELASTIC_RESTART_COUNT"  # set by torchrun: 0, then 1, 2, ... after each --max-restarts restart
 ERROR_CLASS_KEY = 0  # position of the class name in a shared error; the message follows it
 
 
@@ -64,6 +65,14 @@ def _env_int(env: dict[str, str], name: str, default: int) -> int:
 def env_rank(env: dict[str, str] | None = None) -> int:
     """This process's global rank from torchrun's RANK (0 when not launched by torchrun)."""
     return _env_int(os.environ if env is None else env, "RANK", 0)
+
+
+def restart_count(env: dict[str, str] | None = None) -> int:
+    """How many times torchrun has restarted the job's processes (TORCHELASTIC_RESTART_COUNT; 0 without torchrun)."""
+    try:
+        return _env_int(os.environ if env is None else env, RESTART_COUNT_VAR, 0)
+    except ValueError:
+        return 0  # only ever shown in a message
 
 
 def context_from_env(env: dict[str, str] | None = None) -> DistContext:
