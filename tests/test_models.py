@@ -1,6 +1,7 @@
 """Model family: shapes for every model x kind x size, the posterior's maths, the loss, training steps."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -52,7 +53,7 @@ def test_bad_model_config(kw, match):
 
 def test_config_is_frozen_and_round_trips():
     config = tiny_config(arch="conv-upsample", latent_dim=7)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.latent_dim = 3  # type: ignore[misc]
     assert ModelConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown model config keys"):
