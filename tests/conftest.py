@@ -1,4 +1,4 @@
-"""Shared fixtures: run folders trained by the real trainer. Shared plain helpers are in tests/helpers.py."""
+"""Shared fixtures: run folders trained by the real trainer, a tiny IDX data folder. Shared plain helpers are in tests/helpers.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .helpers import make_run
+from .helpers import make_run, write_idx_digits
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +18,9 @@ def runs_root(tmp_path_factory) -> Path:
     make_run(root, "ae2", kind="ae", latent_dim=2)
     make_run(root, "vae5", latent_dim=5, epochs=3)
     return root
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A --data-dir whose mnist/ holds IDX files of IDX_N_TRAIN + IDX_N_TEST bundled digits (the tiny CLI runs' data)."""
+    return write_idx_digits(tmp_path_factory.mktemp("data"))

@@ -1,4 +1,5 @@
-"""What several test files share: tiny runs, AppTest plumbing, image and IDX bytes, waiting, the trainer as a subprocess.
+"""What several test files share: tiny runs, AppTest plumbing, image and IDX bytes, waiting, the trainer as a subprocess,
+and the tiny command-line runs that one process and torchrun train alike.
 
 Fixtures live in tests/conftest.py; the fault-injection harness is tests/helpers_kill.py.
 Streamlit is imported only by the AppTest helpers that need it, so model and trainer tests do not load it.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,12 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from models import ModelConfig
+from trainer.cli import build_parser, configs_from_args
 from trainer.config import TrainConfig
 from trainer.data import ImageData, load_dataset
 from trainer.paths import PROJECT_ROOT
+from trainer.runs import load_run, read_config
 from trainer.train import fit
 
 if TYPE_CHECKING:
@@ -28,6 +33,12 @@ if TYPE_CHECKING:
 TINY_WIDTHS = (4, 8, 8)
 WAIT_TIMEOUT_S = 60.0  # the machine is slow and shared
 WAIT_POLL_S = 0.25
+PROCESS_TIMEOUT_S = 120  # a trainer subprocess (or torchrun job) that should have ended
+IDX_N_TRAIN, IDX_N_TEST = 76, 48  # 76 training images: three global batches of 25 and a last batch of 1
+CLI_RUN_FLAGS = ["--device", "cpu", "--progress", "none"]
+CLI_TINY_FLAGS = ["--dataset", "mnist", "--widths", ",".join(map(str, TINY_WIDTHS)), "--hidden-dim", "0", "--latent-dim", "2",
+                  "--batch-size", "25", "--lr", "0.01", "--atlas-size", "40", *CLI_RUN_FLAGS]
+REPRO_REL_TOL = 1e-5  # the same run in one process or several: only the order of float sums differs
 
 # ---------------------------------------------------------------- tiny data and runs
 
@@ -88,6 +99,56 @@ def run_module(module: str, args: Sequence[str], *, env: dict[str, str] | None =
     full_env = os.environ | {"PYTHONPATH": str(PROJECT_ROOT)} | (env or {})
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=PROJECT_ROOT, env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kw)
+
+
+def finish(proc: subprocess.Popen, timeout: float = PROCESS_TIMEOUT_S) -> tuple[int, str]:
+    """(exit code, stderr) of a process started in its own session; its whole group is killed and the test fails after timeout."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"the job did not end within {timeout} s: {err[-2000:]}")
+    return proc.returncode, err
+
+
+# ---------------------------------------------------------------- tiny command-line runs on IDX files
+
+
+def write_idx_digits(root: Path, n_train: int = IDX_N_TRAIN, n_test: int = IDX_N_TEST) -> Path:
+    """root/mnist/ as MNIST IDX files of the first bundled digits; returns root, a --data-dir for `--dataset mnist`."""
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    d = tiny_data(n_train, n_test)
+    write_idx(folder / "train-images-idx3-ubyte", d.train_x[:, 0].numpy())
+    write_idx(folder / "train-labels-idx1-ubyte", d.train_y.numpy())
+    write_idx(folder / "t10k-images-idx3-ubyte", d.test_x[:, 0].numpy())
+    write_idx(folder / "t10k-labels-idx1-ubyte", d.test_y.numpy())
+    return root
+
+
+def cli_args(data_dir: Path, checkpoints: Path, name: str, *extra: str) -> list[str]:
+    """A new tiny run's flags; with --resume in `extra`, only what a resumed run may be given."""
+    flags = CLI_RUN_FLAGS if "--resume" in extra else CLI_TINY_FLAGS
+    return [*flags, "--data-dir", str(data_dir), "--checkpoints-dir", str(checkpoints), "--run-name", name, *extra]
+
+
+def one_process(data_dir: Path, run_dir: Path, epochs: int, resume: bool = False) -> None:
+    """The tiny run in this process, with the configs the CLI builds from the same flags."""
+    model_config, train_config, channels = configs_from_args(build_parser().parse_args(cli_args(data_dir, run_dir.parent, run_dir.name)))
+    if resume:
+        model_config, train_config, _ = read_config(run_dir)
+    train_config = TrainConfig.from_dict(train_config.to_dict() | {"epochs": epochs})
+    data = load_dataset("mnist", str(data_dir), model_config.image_size, channels, seed=train_config.seed)
+    fit(model_config, train_config, data, run_dir, resume=resume, progress="none")
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two runs' weights agree to REPRO_REL_TOL of each tensor's largest magnitude."""
+    wa, wb = load_run(a).model.state_dict(), load_run(b).model.state_dict()
+    for name, va in wa.items():
+        scale = wb[name].abs().max().item() or 1.0
+        assert (va - wb[name]).abs().max().item() <= REPRO_REL_TOL * scale, name
 
 
 # ---------------------------------------------------------------- streamlit AppTest

@@ -19,75 +19,19 @@ import torch
 from safetensors.torch import load_file
 
 from bench.bench_browser import free_port
-from trainer.cli import build_parser, configs_from_args
-from trainer.config import TrainConfig
-from trainer.data import load_dataset
 from trainer.distributed import shard_bounds
-from trainer.runs import MANIFEST_FILE, load_run, read_config, read_status
-from trainer.train import fit
+from trainer.runs import MANIFEST_FILE, load_run, read_status
 
-from .helpers import run_module, tiny_data, write_idx
+from .helpers import REPRO_REL_TOL, assert_same_weights, cli_args, finish, one_process, run_module
 
-N_TRAIN, N_TEST = 76, 48
-RUN_FLAGS = ["--device", "cpu", "--progress", "none"]
-FLAGS = ["--dataset", "mnist", "--widths", "4,8,8", "--hidden-dim", "0", "--latent-dim", "2", "--batch-size", "25",
-         "--lr", "0.01", "--atlas-size", "40", *RUN_FLAGS]
-REL_TOL = 1e-5
 LONG_EPOCHS = 2000  # jobs that are stopped or killed long before the end
-JOB_TIMEOUT_S = 120
 WAIT_S = 60
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    folder = root / "mnist"
-    folder.mkdir()
-    d = tiny_data(N_TRAIN, N_TEST)
-    write_idx(folder / "train-images-idx3-ubyte", d.train_x[:, 0].numpy())
-    write_idx(folder / "train-labels-idx1-ubyte", d.train_y.numpy())
-    write_idx(folder / "t10k-images-idx3-ubyte", d.test_x[:, 0].numpy())
-    write_idx(folder / "t10k-labels-idx1-ubyte", d.test_y.numpy())
-    return root
 
 
 def torchrun(args: list[str], nproc: int = 2) -> subprocess.Popen:
     """`torchrun --nproc-per-node N -m trainer ARGS` on the loopback interface, in its own process group."""
     launch = ["--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "trainer", *args]
     return run_module("torch.distributed.run", launch, env={"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}, start_new_session=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = JOB_TIMEOUT_S) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-        pytest.fail(f"the job did not end within {timeout} s: {err[-2000:]}")
-    return proc.returncode, err
-
-
-def cli_args(data_dir: Path, checkpoints: Path, name: str, *extra: str) -> list[str]:
-    """A new run's flags; with --resume in `extra`, only what a resumed run may be given."""
-    flags = RUN_FLAGS if "--resume" in extra else FLAGS
-    return [*flags, "--data-dir", str(data_dir), "--checkpoints-dir", str(checkpoints), "--run-name", name, *extra]
-
-
-def one_process(data_dir: Path, run_dir: Path, epochs: int, resume: bool = False) -> None:
-    """The same run in this process, with the configs the CLI builds from the same flags."""
-    model_config, train_config, channels = configs_from_args(build_parser().parse_args(cli_args(data_dir, run_dir.parent, run_dir.name)))
-    if resume:
-        model_config, train_config, _ = read_config(run_dir)
-    train_config = TrainConfig.from_dict(train_config.to_dict() | {"epochs": epochs})
-    data = load_dataset("mnist", str(data_dir), model_config.image_size, channels, seed=train_config.seed)
-    fit(model_config, train_config, data, run_dir, resume=resume, progress="none")
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_run(a).model.state_dict(), load_run(b).model.state_dict()
-    for name, va in wa.items():
-        scale = wb[name].abs().max().item() or 1.0
-        assert (va - wb[name]).abs().max().item() <= REL_TOL * scale, name
 
 
 def rank_pids(launcher: int) -> dict[int, int]:
@@ -148,7 +92,7 @@ def test_two_processes_equal_one_and_only_rank0_writes(data_dir, reference, tmp_
     run_dir = tmp_path / "two"
     assert_same_weights(run_dir, reference)
     two, one = load_run(run_dir), load_run(reference)
-    assert [r["test_loss"] for r in two.history] == pytest.approx([r["test_loss"] for r in one.history], rel=REL_TOL)
+    assert [r["test_loss"] for r in two.history] == pytest.approx([r["test_loss"] for r in one.history], rel=REPRO_REL_TOL)
     assert np.allclose(two.atlas.means, one.atlas.means, atol=1e-2)  # stored as float16
     # One writer: the same files as the one-process run (no stray temporaries), its pid in status and lock.
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(p.name for p in reference.iterdir())

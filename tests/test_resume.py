@@ -27,8 +27,7 @@ from trainer.cli import PROG, main, trainer_options
 from trainer.config import TrainConfig
 from trainer.runs import CONFIG_FILE, LOCK_FILE, MANIFEST_FILE, RunLock, load_run, read_config, read_status
 
-from .helpers import run_module
-from .test_distributed import FLAGS, JOB_TIMEOUT_S, assert_same_weights, data_dir, finish, one_process  # noqa: F401 (data_dir: a fixture)
+from .helpers import CLI_TINY_FLAGS, PROCESS_TIMEOUT_S, assert_same_weights, finish, one_process, run_module
 
 EXIT_USAGE = 2
 NAME = "r"
@@ -36,14 +35,14 @@ KILL_ENV = "RESUME_TEST_KILL"  # "RANK:STEP:MARKER": SIGKILL rank RANK at its ST
 ELASTIC_EPOCHS = 5
 STEPS_PER_EPOCH = 4  # 76 training images in global batches of 25 (see tests/test_distributed.py)
 KILL_STEP = 2 * STEPS_PER_EPOCH + 2  # the second step of epoch 3: epochs 1 and 2 are saved
-ELASTIC_TIMEOUT_S = 2 * JOB_TIMEOUT_S  # two attempts, each starting torch in two processes
+ELASTIC_TIMEOUT_S = 2 * PROCESS_TIMEOUT_S  # two attempts, each starting torch in two processes
 
 
 # ---------------------------------------------------------------- helpers
 
 def new_run_argv(data_dir: Path, checkpoints: Path, *extra: str, name: str = NAME) -> list[str]:
     """A tiny run's full command line (the flags test_distributed trains with)."""
-    return [*FLAGS, "--data-dir", str(data_dir), "--checkpoints-dir", str(checkpoints), "--run-name", name, *extra]
+    return [*CLI_TINY_FLAGS, "--data-dir", str(data_dir), "--checkpoints-dir", str(checkpoints), "--run-name", name, *extra]
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str]:
