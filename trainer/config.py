@@ -19,6 +19,7 @@ MAX_LOSS_WEIGHT = 1000  # beta and recon_weight
 MAX_SEED = 2**63 - 1
 DEFAULT_ATLAS_SIZE = 2000
 MAX_ATLAS_SIZE = 100_000
+MAX_VAL_SIZE = 10_000_000  # validation images carved from the training set; the data set must keep some for training
 
 
 def _check(ok: bool, message: str) -> None:
@@ -50,6 +51,14 @@ class TrainConfig(JSONConfig):
     atlas_size: int = setting(DEFAULT_ATLAS_SIZE, "test images whose posteriors are recorded every epoch", min=1, max=MAX_ATLAS_SIZE)
     keep_epochs: tuple[int, ...] = setting((), "epochs whose weights are kept besides the latest", min=0)
     weights_dtype: str = setting("float32", "stored weights; float16 halves a run's size", choices=WEIGHT_DTYPES)
+    val_size: int = setting(
+        0, "training images held out (a fixed choice seeded by --seed) as a validation set, scored by its negative ELBO each epoch; 0 = none",
+        min=0, max=MAX_VAL_SIZE,
+    )
+    patience: int = setting(
+        0, "stop early when the validation negative ELBO has not improved (by over 0.01 nats) for this many epochs (needs --val-size); 0 = never",
+        min=0, max=MAX_EPOCHS,
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
@@ -66,7 +75,8 @@ class TrainConfig(JSONConfig):
         self.check_fields("seed", "atlas_size")
         keep = field_spec(TrainConfig, "keep_epochs")
         _check(all(keep.in_range(e, integer=True) for e in self.keep_epochs), f"keep_epochs must be epochs {keep.range_text()}, got {list(self.keep_epochs)!r}")
-        self.check_fields("weights_dtype")
+        self.check_fields("weights_dtype", "val_size", "patience")
+        _check(self.patience == 0 or self.val_size > 0, f"patience {self.patience} needs a validation set: give val_size (--val-size) too")
 
     def lr_at(self, epoch: int, progress: float) -> float:
         """Learning rate during 0-based `epoch`, `progress` in [0, 1) through it."""

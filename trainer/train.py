@@ -12,6 +12,7 @@ and a run may be resumed with another number of processes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -43,6 +44,8 @@ from .runs import MANIFEST_FILE, RunError, RunLock, RunWriter, discard_after, lo
 log = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 1000
 EVAL_SEED_OFFSET = 7919  # evaluation noise is seeded apart from training noise
+VAL_SEED_OFFSET = 7919  # evaluation noise is seeded apart from training noise
+VAL_MIN_IMPROVEMENT = 0.01  # nats per image: a smaller fall of the validation negative ELBO is no improvement (early stopping)
 EVAL_SUMS = ("loss", "recon", "kl", "mse", "psnr", "ssim")  # test metrics summed over images, then averaged
 STOP_SLOT = len(LossTerms._fields)  # index of the stop flag after the loss terms in a step's all-reduce
 DEVICE_DATA_SHARE = 0.5  # the data sets live on the GPU if they take at most this share of its free memory
@@ -89,6 +92,40 @@ def atlas_indices(n_test: int, atlas_size: int, seed: int) -> np.ndarray:
     if n_test <= atlas_size:
         return np.arange(n_test)
     return np.sort(np.random.default_rng(seed).choice(n_test, atlas_size, replace=False))
+
+
+def validation_split(n_train: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of a training set of `n_train` images: `val_size` rows held out,
+    a fixed choice seeded by `seed` (both sorted, disjoint, together every row)."""
+    if not 0 <= val_size < n_train:
+        raise TrainingFailed(f"--val-size {val_size} leaves no training images: the training set has {n_train}; give a smaller --val-size")
+    held = np.zeros(n_train, dtype=bool)
+    held[np.random.default_rng(seed + VAL_SEED_OFFSET).choice(n_train, val_size, replace=False)] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def best_validation(history: list[dict[str, Any]]) -> tuple[int, float] | None:
+    """(epoch, value) of the history's best `val_neg_elbo`: the last epoch that improved on every earlier one
+    by more than VAL_MIN_IMPROVEMENT nats; None without a validation score."""
+    best: tuple[int, float] | None = None
+    for row in history:
+        value = row.get("val_neg_elbo")
+        if value is not None and (best is None or value < best[1] - VAL_MIN_IMPROVEMENT):
+            best = (row["epoch"], value)
+    return best
+
+
+def early_stop_message(history: list[dict[str, Any]], patience: int) -> str | None:
+    """Why training stops early after the history's last epoch (None: it goes on). A function of the
+    history alone, so a resumed run stops where the uninterrupted one did."""
+    best = best_validation(history) if patience > 0 else None
+    if best is None:
+        return None
+    epoch, last = best[0], history[-1]["epoch"]
+    if last - epoch < patience:
+        return None
+    return (f"stopped early after epoch {last}: the validation negative ELBO has not improved (by over {VAL_MIN_IMPROVEMENT} nats) for {last - epoch} epochs "
+            f"(patience {patience}); the best, {best[1]:.2f}, was at epoch {epoch}")
 
 
 @dataclass
@@ -166,6 +203,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.net: nn.Module = self._training_net()
         self.train_x, self.test_x = self._place(data.train_x, data.test_x)  # (N, C, H, W) uint8 stays uint8 in memory
+        self.val_x = self.train_x[:0]  # (V, C, H, W): training images held out for early stopping (--val-size)
+        if train_config.val_size:
+            keep, held = validation_split(len(self.train_x), train_config.val_size, train_config.seed)
+            self.train_x, self.val_x = self.train_x[torch.from_numpy(keep)], self.train_x[torch.from_numpy(held)]
         self.steps_per_epoch = math.ceil(len(self.train_x) / train_config.batch_size)
         self.epoch = 0  # completed epochs
         self.history: list[dict[str, Any]] = []
@@ -204,7 +245,14 @@ class Trainer:
             "compile": self.compiled,
             "channels_last": self.channels_last,
             "data_on_device": self.train_x.device.type == self.device.type,
+            **({"validation": self.validation_info()} if len(self.val_x) else {}),
         }
+
+    def validation_info(self) -> dict[str, Any]:
+        """The recorded validation split: its size, seed and the held-out training rows' SHA-256."""
+        _, held = validation_split(len(self.train_x) + len(self.val_x), self.config.val_size, self.config.seed)
+        digest = hashlib.sha256(held.astype("<i8").tobytes()).hexdigest()
+        return {"images": len(held), "seed": self.config.seed + VAL_SEED_OFFSET, "rows_sha256": digest, "first_rows": held[:10].tolist()}
 
     def autocast(self) -> AbstractContextManager:
         """Mixed precision for forward passes when --amp chose a dtype, else nothing."""
@@ -347,6 +395,30 @@ class Trainer:
         active = metrics.active_units(torch.from_numpy(kl_per_dim), mean.var(0) if n > 1 else torch.zeros(mean.shape[1]), deterministic)
         avg = dict(zip(EVAL_SUMS, (sums / n).tolist()))
         return EvalResult(**avg, active_units=active, kl_per_dim=kl_per_dim, mean=mean, logvar=None if logvars is None else logvars.cpu())
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """The validation set's negative ELBO per image: recon + KL, unweighted (beta = 1), with one posterior
+        sample of fixed seeded noise. Each process scores its slice of every chunk; the sum is shared."""
+        self.model.eval()
+        g = epoch_generator(self.config.seed + VAL_SEED_OFFSET, 0, self.device)
+        n, rank, world = len(self.val_x), self.dist.rank, self.dist.world_size
+        total = torch.zeros(1, dtype=torch.float64, device=self.device)
+        for start in range(0, n, EVAL_BATCH_SIZE):
+            size = min(EVAL_BATCH_SIZE, n - start)
+            eps = self.noise(size, g)  # the whole chunk's noise on every process
+            lo, hi = shard_bounds(size, rank, world)
+            if lo == hi:
+                continue
+            x = self.images(self.val_x, slice(start + lo, start + hi))  # (b, C, H, W)
+            with self.autocast():
+                encoded = self.model.encode(x)
+                x_hat = self.model.decode(encoded.sample(eps=None if eps is None else eps[lo:hi]))
+            posterior = _float_posterior(encoded.mean, None if encoded.deterministic else encoded.logvar)
+            terms = vae_loss(x, x_hat, posterior, recon_loss=self.config.recon_loss, beta=1.0, recon_weight=1.0)
+            total += terms.loss.double() * (hi - lo)
+        all_reduce_sum(self.dist, total)
+        return float(total) / n
 
     def record_latents(self, result: EvalResult) -> None:
         self.latent_epochs.append(self.epoch)
@@ -635,7 +707,10 @@ def _fit_locked(model_config: ModelConfig, train_config: TrainConfig, data: Imag
         if failure is e:
             raise
         raise failure from None
-    if trainer.epoch < train_config.epochs:
+    early = early_stop_message(trainer.history, train_config.patience)
+    if early is not None:
+        status.write("finished", trainer.epoch, eta=0.0, message=early)
+    elif trainer.epoch < train_config.epochs:
         status.write("stopped", trainer.epoch, eta=None, message=f"stopped after epoch {trainer.epoch}; resume with --resume")
     else:
         status.write("finished", trainer.epoch, eta=0.0)
@@ -662,21 +737,24 @@ def _start_or_resume(trainer: Trainer, checkpoints: Checkpoints, data: ImageData
 
 
 def _train_epochs(trainer: Trainer, checkpoints: Checkpoints, status: StatusWriter, opts: FitOptions) -> None:
-    """Train, evaluate and save epoch after epoch until the last one or until `opts.stop` asks."""
-    total = trainer.config.epochs
+    """Train, evaluate and save epoch after epoch until the last one, until `opts.stop` asks, or until the
+    validation negative ELBO has not improved for `patience` epochs (early stopping; `epochs` is the cap)."""
+    total, patience = trainer.config.epochs, trainer.config.patience
     with ProgressReporter(opts.progress, total, trainer.epoch) as progress:
         status.seconds = sum(r.get("seconds", 0.0) for r in trainer.history)
         status.write("running", trainer.epoch, eta=None)
-        while trainer.epoch < total:
+        while trainer.epoch < total and early_stop_message(trainer.history, patience) is None:
             done = _train_epoch(trainer, opts.stop)
             if done is None:
                 return
             row, result = done
             status.seconds += row["seconds"]
-            if not math.isfinite(result.loss):
+            bad = next(((k, row[k]) for k in ("test_loss", "val_neg_elbo") if k in row and not math.isfinite(row[k])), None)
+            if bad is not None:
                 trainer.epoch -= 1
                 kept = f"the last good checkpoint (epoch {trainer.epoch}) is kept"
-                raise TrainingFailed(f"test loss became {result.loss} after epoch {trainer.epoch + 1}; {kept}")
+                name = "test loss" if bad[0] == "test_loss" else "validation negative ELBO"
+                raise TrainingFailed(f"{name} became {bad[1]} after epoch {trainer.epoch + 1}; {kept}")
             trainer.history.append(row)
             trainer.record_latents(result)
             checkpoints.save_epoch(trainer, keep=trainer.epoch in trainer.config.keep_epochs)
@@ -697,7 +775,10 @@ def _train_epoch(trainer: Trainer, stop: Callable[[], bool]) -> tuple[dict[str, 
     t_train = time.perf_counter() - t0
     trainer.epoch += 1
     result = trainer.evaluate(train_terms["beta"])
+    val = trainer.validate() if len(trainer.val_x) else None
     row = history_row(trainer.epoch, train_terms, result, time.perf_counter() - t0, t_train, len(trainer.train_x))
+    if val is not None:
+        row["val_neg_elbo"] = val
     return row, result
 
 
