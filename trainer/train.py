@@ -44,7 +44,7 @@ from .runs import MANIFEST_FILE, RunError, RunLock, RunWriter, discard_after, lo
 log = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 1000
 EVAL_SEED_OFFSET = 7919  # evaluation noise is seeded apart from training noise
-VAL_SEED_OFFSET = 7919  # evaluation noise is seeded apart from training noise
+VAL_SEED_OFFSET = 104_729  # the validation split and its posterior noise are seeded apart from both
 VAL_MIN_IMPROVEMENT = 0.01  # nats per image: a smaller fall of the validation negative ELBO is no improvement (early stopping)
 EVAL_SUMS = ("loss", "recon", "kl", "mse", "psnr", "ssim")  # test metrics summed over images, then averaged
 STOP_SLOT = len(LossTerms._fields)  # index of the stop flag after the loss terms in a step's all-reduce
