@@ -1,4 +1,15 @@
-"""The one objective: reconstruction + beta * KL, per sample in nats."""
+"""The one objective: recon_weight * reconstruction + beta * KL, averaged over the batch.
+
+With beta = 1 and recon_weight = 1 it is the negative ELBO (the bound); otherwise it is a training
+objective, not a bound. What the reconstruction term is depends on the loss and the targets:
+- bce on binary targets (0/1 pixels, `--binarize dynamic`): the Bernoulli negative log-likelihood
+  -log p(x|z), in nats, so the negative ELBO bounds -log p(x).
+- bce on grayscale targets in [0, 1]: a cross-entropy that is not a density of the image; it is the
+  expected Bernoulli NLL of images binarised at random from x, and even a perfect model pays the
+  pixels' binary entropy (44.06 nats per bundled MNIST test digit).
+- mse: the sum of squared errors of sigmoid(logits) over the pixels, not nats (a Gaussian NLL with
+  sigma fixed at 1/sqrt(2) minus its constant, 0.5 log(pi) per pixel).
+"""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -12,16 +23,18 @@ RECON_LOSSES = ("bce", "mse")
 
 
 class LossTerms(NamedTuple):
-    loss: torch.Tensor  # recon_weight * recon + beta * kl, scalar
-    recon: torch.Tensor  # reconstruction term, summed over pixels, mean over batch
-    kl: torch.Tensor  # KL(q(z|x) || N(0, I)), summed over latent dims, mean over batch
+    loss: torch.Tensor  # recon_weight * recon + beta * kl, scalar: the objective (the negative ELBO only at beta = recon_weight = 1)
+    recon: torch.Tensor  # reconstruction term, summed over pixels, mean over batch, unweighted (see reconstruction_per_sample)
+    kl: torch.Tensor  # KL(q(z|x) || N(0, I)) in nats, summed over latent dims, mean over batch, unweighted
 
 
 def reconstruction_per_sample(x_hat: torch.Tensor, x: torch.Tensor, recon_loss: str = "bce") -> torch.Tensor:
     """Per-sample reconstruction error (B,), summed over pixels.
 
-    bce: Bernoulli negative log-likelihood of x under logits x_hat (nats).
-    mse: squared error of sigmoid(x_hat) against x (a Gaussian NLL up to scale and constant).
+    bce: binary cross-entropy of x under logits x_hat. For binary x it is the Bernoulli NLL -log p(x|z)
+        in nats; for grayscale x it is not a density (see the module docstring).
+    mse: sum of squared errors of sigmoid(x_hat) against x, not nats (a Gaussian NLL with sigma
+        1/sqrt(2) up to its constant).
     """
     if recon_loss == "bce":
         per_pixel = F.binary_cross_entropy_with_logits(x_hat, x, reduction="none")
@@ -41,8 +54,9 @@ def vae_loss(
     beta: float = 1.0,
     recon_weight: float = 1.0,
 ) -> LossTerms:
-    """Negative ELBO terms for a batch: x (B, C, H, W) in [0, 1], x_hat logits of the same shape.
+    """The objective and its two unweighted terms for a batch: x (B, C, H, W) in [0, 1], x_hat logits of the same shape.
 
+    loss = recon_weight * recon + beta * kl; recon + kl is the negative ELBO whatever the weights.
     beta=0 is the reconstruction-only ablation, recon_weight=0 the KL-only one.
     """
     x_hat = x_hat.float()

@@ -141,6 +141,24 @@ def test_bce_floor_on_bundled_mnist_test_digits_is_44_06(tmp_path) -> None:
     assert float(floor) == pytest.approx(44.06, abs=0.005)
 
 
+# ---------------------------------------------------------------- the bound and the labels
+
+
+def test_neg_elbo_is_recorded_or_derived_from_the_unweighted_terms() -> None:
+    row = {"test_loss": 161.97, "test_recon": 140.0, "test_kl": 9.5, "train_recon": 139.0, "train_kl": 9.0, "train_neg_elbo": 148.0}
+    assert metrics.neg_elbo(row) == pytest.approx(149.5)  # an old row: recon + KL, not the beta-weighted objective
+    assert metrics.neg_elbo(row, "train") == 148.0  # recorded: used as it is
+    assert metrics.neg_elbo(row | {"test_neg_elbo": 149.25}) == 149.25
+    with pytest.raises(KeyError):
+        metrics.neg_elbo({"test_loss": 1.0})
+
+
+def test_recon_label_says_what_the_reconstruction_term_is() -> None:
+    assert metrics.recon_label("bce", binarized=True) == "Bernoulli NLL (nats)"
+    assert metrics.recon_label("bce", binarized=False) == "BCE on grayscale targets (a bound on randomly binarised images, not a density)"
+    assert metrics.recon_label("mse", binarized=False) == metrics.recon_label("mse", binarized=True) == "sum of squared errors (not nats)"
+
+
 # ---------------------------------------------------------------- LPIPS-style distance (local weights only)
 
 from trainer import lpips  # noqa: E402

@@ -14,10 +14,15 @@ Definitions (README "Metrics" lists what the project shows):
 - Active units: `kl_active_units` (mean KL per dimension over the test set above 0.01 nats) and
   `active_units_burda` (Burda et al. 2015: variance over the test set of each dimension's posterior
   mean above 0.01).
+- Objective and bound: a history row's `test_loss` is the training objective, recon_weight * recon +
+  beta * KL (what was optimised); `test_neg_elbo` is the negative ELBO, recon + KL unweighted (beta =
+  1), the bound (`neg_elbo`). What the recon term is depends on the loss and the targets (`recon_label`).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from pytorch_msssim import ssim as _ssim
@@ -105,3 +110,29 @@ def active_units(kl_per_dim_mean: torch.Tensor, mean_var: torch.Tensor, determin
     if deterministic:
         return int((mean_var > ACTIVE_UNIT_THRESHOLD).sum())
     return kl_active_units(kl_per_dim_mean)
+
+
+RECON_LABELS = {
+    "bernoulli": "Bernoulli NLL (nats)",
+    "bce": "BCE on grayscale targets (a bound on randomly binarised images, not a density)",
+    "mse": "sum of squared errors (not nats)",
+}
+
+
+def recon_label(recon_loss: str, binarized: bool) -> str:
+    """What a run's reconstruction term is, in words: a true Bernoulli NLL only for BCE on binary targets
+    (`--binarize dynamic`); BCE on grayscale pixels is not a density; MSE is a plain sum of squared errors."""
+    if recon_loss == "bce":
+        return RECON_LABELS["bernoulli" if binarized else "bce"]
+    return RECON_LABELS.get(recon_loss, f"reconstruction term '{recon_loss}'")
+
+
+def neg_elbo(row: Mapping[str, Any], split: str = "test") -> float:
+    """The negative ELBO (recon + KL, unweighted: beta = 1) of one history row for `split` ('train' or 'test').
+
+    Rows written before the bound was recorded lack `<split>_neg_elbo`; it is then `<split>_recon +
+    <split>_kl`, exact, as both terms are recorded unweighted. KeyError if the row has neither."""
+    value = row.get(f"{split}_neg_elbo")
+    if value is not None:
+        return float(value)
+    return float(row[f"{split}_recon"]) + float(row[f"{split}_kl"])
