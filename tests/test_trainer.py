@@ -11,12 +11,13 @@ import torch
 
 import models
 from models import ModelConfig
+from trainer import metrics
 from trainer.cli import main
 from trainer.config import TrainConfig
 from trainer.runs import load_run, read_status
 from trainer.train import TrainingFailed, fit
 
-from .helpers import TINY_WIDTHS, run_module, tiny_data, wait_until
+from .helpers import TINY_WIDTHS, cli_args, run_module, tiny_data, wait_until, write_idx_digits
 
 TINY = ModelConfig(latent_dim=2, widths=TINY_WIDTHS)
 
@@ -36,6 +37,72 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert [r["test_loss"] for r in a.history] == [r["test_loss"] for r in b.history]
     assert a.history[-1]["lr"] == pytest.approx(1e-4) and a.history[0]["beta"] < 1.0 == a.history[-1]["beta"]
     assert (a.atlas.means == b.atlas.means).all() and b.atlas.epochs.tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("beta", [4.0, 0.0])
+def test_history_records_the_objective_and_the_bound_apart(beta, tmp_path):
+    """test_loss is what was optimised (recon + beta KL); test_neg_elbo is the bound (recon + KL) whatever beta."""
+    trainer = fit(TINY, tiny_train(epochs=2, beta=beta, beta_warmup=0), tiny_data(), tmp_path / "r", progress="none")
+    for row in load_run(tmp_path / "r").history:
+        assert row["beta"] == beta and row["test_kl"] > 0 and row["train_kl"] > 0
+        for split in ("train", "test"):
+            recon, kl = row[f"{split}_recon"], row[f"{split}_kl"]
+            assert row[f"{split}_loss"] == pytest.approx(recon + beta * kl, rel=1e-5)
+            assert row[f"{split}_neg_elbo"] == pytest.approx(recon + kl, rel=1e-9)
+            assert metrics.neg_elbo(row, split) == row[f"{split}_neg_elbo"]
+        assert abs(row["test_neg_elbo"] - row["test_loss"]) > 0.1 * row["test_kl"]  # the two numbers really differ
+    assert trainer.history[-1]["test_neg_elbo"] == load_run(tmp_path / "r").history[-1]["test_neg_elbo"]
+
+
+def test_history_rows_define_their_metrics(tmp_path):
+    """The new columns beside the old ones: Burda's active units, the set's PSNR; no LPIPS without weights."""
+    fit(TINY, tiny_train(epochs=1), tiny_data(), tmp_path / "r", progress="none")
+    row = load_run(tmp_path / "r").history[-1]
+    old = {"train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl", "mse", "psnr", "ssim", "active_units", "kl_per_dim"}
+    assert old <= set(row) and "lpips" not in row and "lpips_name" not in row
+    assert row["psnr_set"] == pytest.approx(metrics.psnr_from_mse(row["mse"])) and row["psnr_set"] <= row["psnr"]
+    assert 0 <= row["active_units_burda"] <= TINY.latent_dim and isinstance(row["active_units_burda"], int)
+    legacy = {k: v for k, v in row.items() if not k.endswith("_neg_elbo")}  # a row written before the bound was recorded
+    assert metrics.neg_elbo(legacy) == pytest.approx(row["test_neg_elbo"]) and metrics.neg_elbo(legacy, "train") == pytest.approx(row["train_neg_elbo"])
+
+
+def _lpips_weights(path) -> str:
+    """A randomly initialised AlexNet's features with positive LPIPS linear layers, as a weights-only torch file."""
+    import torchvision
+
+    from trainer import lpips
+
+    torch.manual_seed(0)
+    state = {f"features.{k}": v for k, v in torchvision.models.alexnet(weights=None).features.state_dict().items()}
+    state |= {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(lpips.NETS["alex"].channels)}
+    torch.save(state, path)
+    return str(path)
+
+
+def test_lpips_is_recorded_with_weights_and_summed_like_the_other_metrics(tmp_path):
+    from trainer import lpips
+
+    weights = _lpips_weights(tmp_path / "alex.pth")
+    data = tiny_data()
+    trainer = fit(TINY, tiny_train(epochs=1, lpips_weights=weights), data, tmp_path / "r", progress="none")
+    row = load_run(tmp_path / "r").history[-1]
+    assert row["lpips_name"] == "LPIPS (alex)" and row["lpips"] > 0
+    # the mean over the test set of the distance between each image and its mode reconstruction
+    model = trainer.model.eval()
+    x = data.test_x.float() / 255
+    with torch.no_grad():
+        expected = lpips.load_perceptual_distance(weights)(torch.sigmoid(model.decode(model.encode(x).mode())), x).mean()
+    assert row["lpips"] == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_unusable_lpips_weights_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"not a weights file")
+    data_dir = write_idx_digits(tmp_path / "data")
+    code = main([*cli_args(data_dir, tmp_path / "runs", "r"), "--epochs", "1", "--lpips-weights", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("python -m trainer: error: LPIPS weights") and str(bad) in err
 
 
 def test_schedules():

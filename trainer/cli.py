@@ -22,11 +22,12 @@ import torch
 from models import CLASSIC_MLP_HIDDEN_DIM, DEFAULT_HIDDEN_DIM, ModelConfig
 from models.config import FieldSpec, field_spec, field_types
 
-from . import distributed
+from . import distributed, metrics
 from .config import TrainConfig
 from .data import DATASETS, FOLDER_PREFIX, DataError, ImageData, default_channels, default_image_size, load_dataset
 from .distributed import AMP_CHOICES, DistContext
 from .errors import one_line
+from .lpips import LPIPSError
 from .runs import ATLAS_IMAGES_FILE, CONFIG_FILE, MANIFEST_FILE, STATUS_FILE, RunError, RunLock, epoch_file, read_config, read_manifest, validate_run_name
 from .train import ProcessLost, StopFlag, TrainingFailed, fit, pick_device
 
@@ -341,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if speaks:
             print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    except (DataError, RunError) as e:
+    except (DataError, RunError, LPIPSError) as e:
         if speaks:
             print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
@@ -517,7 +518,7 @@ def _train(ctx: DistContext, args: argparse.Namespace, device: torch.device, pla
     if speaks:
         state = "stopped" if trainer.epoch < train_config.epochs else "finished"
         last = trainer.history[-1] if trainer.history else {}
-        loss = f", test loss {last['test_loss']:.2f} nats" if last else ""
+        loss = f", test objective {last['test_loss']:.2f}, negative ELBO {metrics.neg_elbo(last):.2f}" if last else ""
         print(f"{state} at epoch {trainer.epoch}/{train_config.epochs}{loss}: {run_dir}", file=sys.stderr)
     return 0
 

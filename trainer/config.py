@@ -10,6 +10,8 @@ from models.config import JSONConfig, field_spec, setting
 from models.config import is_int as is_int  # the one number check, re-exported for the trainer
 from models.config import is_number as is_number
 
+from .binarize import BINARIZE_MODES
+
 LR_SCHEDULES = ("step", "cosine")
 WEIGHT_DTYPES = ("float32", "float16")
 MAX_EPOCHS = 100_000
@@ -59,6 +61,14 @@ class TrainConfig(JSONConfig):
         0, "stop early when the validation negative ELBO has not improved (by over 0.01 nats) for this many epochs (needs --val-size); 0 = never",
         min=0, max=MAX_EPOCHS,
     )
+    binarize: str = setting(
+        "none", "dynamic: train on Bernoulli draws of the pixels, resampled every step, and test on a set binarised once "
+        "by a fixed seed (binarised MNIST, where the BCE is a true likelihood); none: the grayscale pixels", choices=BINARIZE_MODES,
+    )
+    lpips_weights: str = setting(
+        "", "a local AlexNet/VGG16 (+ LPIPS linear layers) weights file: record the LPIPS of the test reconstructions each epoch; "
+        "read without unpickling; empty = no LPIPS",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
@@ -76,6 +86,8 @@ class TrainConfig(JSONConfig):
         keep = field_spec(TrainConfig, "keep_epochs")
         _check(all(keep.in_range(e, integer=True) for e in self.keep_epochs), f"keep_epochs must be epochs {keep.range_text()}, got {list(self.keep_epochs)!r}")
         self.check_fields("weights_dtype", "val_size", "patience")
+        self.check_fields("binarize")
+        _check(isinstance(self.lpips_weights, str), f"lpips_weights must be a file path (text), got {self.lpips_weights!r}")
         _check(self.patience == 0 or self.val_size > 0, f"patience {self.patience} needs a validation set: give val_size (--val-size) too")
 
     def lr_at(self, epoch: int, progress: float) -> float:

@@ -31,7 +31,7 @@ import torch
 from models import DiagonalGaussian, reconstruction_per_sample, standard_normal_log_density, to_float_images
 from models.distributions import LOG_2PI
 
-from . import metrics, safe_io
+from . import binarize, metrics, safe_io
 from .config import is_int, is_number
 from .data import FOLDER_PREFIX, DataError, load_dataset
 from .errors import first_line
@@ -209,7 +209,8 @@ def evaluation_images(run: Run, limit: int | None = None) -> tuple[torch.Tensor,
     except (DataError, OSError, ValueError) as e:
         reason = f"the dataset could not be loaded ({first_line(e)})"
     if reason is None and len(data.test_x):
-        images, total = data.test_x[:limit], len(data.test_x)
+        test_x = binarize.eval_images(data.test_x, tc.binarize)  # a binarised run's test set: drawn once by the fixed seed
+        images, total = test_x[:limit], len(test_x)
         name, kind, where = data.source.get("name", tc.dataset), data.source.get("kind", "?"), data.source.get("path")
         what = f"{name} ({kind})" if tc.dataset.startswith(FOLDER_PREFIX) or not where else f"{name} ({kind}, {where})"
         return images, "test", f"the first {len(images):,} of the {total:,} test images of {what}"

@@ -33,11 +33,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models import VAE, DiagonalGaussian, LossTerms, ModelConfig, build_model, to_float_images, vae_loss
 
-from . import distributed, metrics
+from . import binarize, distributed, metrics
 from .config import TrainConfig
 from .data import ImageData
 from .distributed import DistContext, all_reduce_sum, shard_bounds
 from .errors import one_line
+from .lpips import PerceptualDistance, load_optional
 from .paths import PROJECT_ROOT
 from .runs import MANIFEST_FILE, RunError, RunLock, RunWriter, discard_after, load_run, write_status
 
@@ -136,10 +137,15 @@ class EvalResult:
     mse: float
     psnr: float
     ssim: float
-    active_units: int
+    active_units: int  # KL > 0.01 nats (an AE: code variance > 0.01), see metrics.active_units
     kl_per_dim: np.ndarray  # (D,) mean KL per latent dimension
     mean: torch.Tensor  # (M, D) posterior means of the whole test set
     logvar: torch.Tensor | None  # (M, D), None for an AE
+    neg_elbo: float = math.nan  # recon + kl, unweighted (beta = 1): the bound; `loss` is the objective
+    psnr_set: float = math.nan  # PSNR of the whole set (of the mean MSE); `psnr` is the mean per-image PSNR
+    active_units_burda: int = 0  # Burda et al.: variance of the posterior mean over the test set > 0.01
+    lpips: float | None = None  # mean LPIPS of the mode's reconstructions, only with --lpips-weights
+    lpips_name: str | None = None  # what `lpips` is (LPIPS (alex), or the uniform-weights distance)
 
 
 class ReparamNet(nn.Module):
@@ -202,11 +208,18 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_config.lr, fused=True)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.net: nn.Module = self._training_net()
-        self.train_x, self.test_x = self._place(data.train_x, data.test_x)  # (N, C, H, W) uint8 stays uint8 in memory
+        self.binarize = binarize.is_dynamic(train_config.binarize)  # training pixels resampled as Bernoulli draws every step
+        test_x = binarize.eval_images(data.test_x, train_config.binarize)  # binarised once by a fixed seed, or as it is
+        self.train_x, self.test_x = self._place(data.train_x, test_x)  # (N, C, H, W) uint8 stays uint8 in memory
+        self.perceptual: PerceptualDistance | None = load_optional(train_config.lpips_weights)  # LPIPSError for a bad file
+        if self.perceptual is not None:
+            self.perceptual.to(self.device)
         self.val_x = self.train_x[:0]  # (V, C, H, W): training images held out for early stopping (--val-size)
         if train_config.val_size:
             keep, held = validation_split(len(self.train_x), train_config.val_size, train_config.seed)
             self.train_x, self.val_x = self.train_x[torch.from_numpy(keep)], self.train_x[torch.from_numpy(held)]
+            if self.binarize:  # scored like the test set: binary images drawn once, by the fixed seed
+                self.val_x = binarize.binarized_test_set(self.val_x).to(self.val_x.device)
         self.steps_per_epoch = math.ceil(len(self.train_x) / train_config.batch_size)
         self.epoch = 0  # completed epochs
         self.history: list[dict[str, Any]] = []
@@ -340,7 +353,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, beta: float) -> EvalResult:
-        """ELBO terms (with a seeded posterior sample) and image metrics of the mode's reconstructions on the test set.
+        """ELBO terms (with a seeded posterior sample), the objective at `beta` and the bound (beta = 1), and
+        image metrics (MSE, PSNR, SSIM, LPIPS with --lpips-weights) of the mode's reconstructions on the test set.
 
         Each process evaluates its slice of every chunk of the test set; sums and posteriors are added
         up over processes, so every process returns the whole test set's result.
@@ -350,7 +364,8 @@ class Trainer:
         n, dim = len(self.test_x), self.model_config.latent_dim
         deterministic = self.model_config.kind == "ae"
         rank, world = self.dist.rank, self.dist.world_size
-        sums = torch.zeros(len(EVAL_SUMS), dtype=torch.float64, device=self.device)  # summed over images, in float64
+        names = EVAL_SUMS + (() if self.perceptual is None else ("lpips",))
+        sums = torch.zeros(len(names), dtype=torch.float64, device=self.device)  # summed over images, in float64
         kl_dim = torch.zeros(dim, device=self.device)
         means = torch.zeros(n, dim, device=self.device)  # (M, D)
         logvars = None if deterministic else torch.zeros(n, dim, device=self.device)
@@ -370,14 +385,17 @@ class Trainer:
             terms = vae_loss(x, x_hat, posterior, recon_loss=self.config.recon_loss, beta=beta, recon_weight=self.config.recon_weight)
             images = torch.sigmoid(mode_logits.float())
             b = hi - lo
-            sums += torch.stack([
+            parts = [
                 terms.loss.double() * b,
                 terms.recon.double() * b,
                 terms.kl.double() * b,
                 metrics.mse_per_image(images, x).sum().double(),
                 metrics.psnr_per_image(images, x).sum().double(),
                 metrics.ssim(images, x).double() * b,
-            ])
+            ]
+            if self.perceptual is not None:
+                parts.append(self.perceptual(images, x.float()).sum().double())
+            sums += torch.stack(parts)
             kl_dim += posterior.kl_per_dim().sum(0)
             means[start + lo : start + hi] = posterior.mean
             if logvars is not None:
@@ -393,8 +411,18 @@ class Trainer:
         mean = means.cpu()
         kl_per_dim = (kl_dim / n).cpu().numpy()
         active = metrics.active_units(torch.from_numpy(kl_per_dim), mean.var(0) if n > 1 else torch.zeros(mean.shape[1]), deterministic)
-        avg = dict(zip(EVAL_SUMS, (sums / n).tolist()))
-        return EvalResult(**avg, active_units=active, kl_per_dim=kl_per_dim, mean=mean, logvar=None if logvars is None else logvars.cpu())
+        avg = dict(zip(names, (sums / n).tolist()))
+        return EvalResult(
+            **avg,
+            active_units=active,
+            kl_per_dim=kl_per_dim,
+            mean=mean,
+            logvar=None if logvars is None else logvars.cpu(),
+            neg_elbo=avg["recon"] + avg["kl"],
+            psnr_set=metrics.psnr_from_mse(avg["mse"]),  # every image has as many pixels: the set's MSE is the mean MSE
+            active_units_burda=metrics.active_units_burda(mean) if n > 1 else 0,
+            lpips_name=None if self.perceptual is None else self.perceptual.name,
+        )
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -435,8 +463,9 @@ class Trainer:
     def train_epoch(self, should_stop: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
         """Train epoch `self.epoch` (0-based); returns the mean train terms, or None if stopped part-way.
 
-        With several processes every one draws the same permutation and noise and trains on its slice
-        of each global batch; a stop asked on any process stops all of them at the same step.
+        With several processes every one draws the same permutation and noise (and, with --binarize
+        dynamic, the uniforms that binarise the pixels) and trains on its slice of each global batch; a
+        stop asked on any process stops all of them at the same step.
         """
         cfg, epoch = self.config, self.epoch
         rank, world = self.dist.rank, self.dist.world_size
@@ -452,8 +481,11 @@ class Trainer:
             lr, beta = self.set_schedule(epoch, step)
             b = len(idx)
             eps = self.noise(b, g)  # (b, D): the global batch's noise, drawn on every process
+            u = torch.rand((b, *self.train_x.shape[1:]), generator=g, device=self.device) if self.binarize else None  # (b, C, H, W)
             lo, hi = shard_bounds(b, rank, world)
             x = self.images(self.train_x, idx[lo:hi])
+            if u is not None:
+                x = binarize.bernoulli_pixels(x, u[lo:hi])  # fresh binary pixels at every step
             local_eps = None if eps is None else eps[lo:hi]
             terms = self.train_step(x, beta, eps=local_eps, global_batch=b, stop=self.dist.enabled and should_stop())
             if terms is None:
@@ -461,7 +493,7 @@ class Trainer:
             totals += torch.stack([t.detach() for t in terms]) * b
             seen += b
         loss, recon, kl = (totals / seen).tolist()
-        return {"train_loss": loss, "train_recon": recon, "train_kl": kl, "lr": lr, "beta": beta}
+        return {"train_loss": loss, "train_recon": recon, "train_kl": kl, "train_neg_elbo": recon + kl, "lr": lr, "beta": beta}
 
     # ------------------------------------------------------------ state
 
@@ -546,22 +578,31 @@ class FitOptions:
 
 
 def history_row(epoch: int, train_terms: dict[str, float], result: EvalResult, seconds: float, train_seconds: float, n_train: int) -> dict[str, Any]:
-    """One epoch's line of history.json: train terms, test metrics, KL per dimension and timings."""
-    return {
+    """One epoch's line of history.jsonl: train terms, test metrics, KL per dimension and timings.
+
+    `*_loss` is the training objective (recon_weight * recon + beta * KL), `*_neg_elbo` the bound
+    (recon + KL, unweighted); `lpips` and `lpips_name` only when the run computes LPIPS."""
+    row = {
         "epoch": epoch,
         **train_terms,
         "test_loss": result.loss,
         "test_recon": result.recon,
         "test_kl": result.kl,
+        "test_neg_elbo": result.neg_elbo,
         "mse": result.mse,
         "psnr": result.psnr,
+        "psnr_set": result.psnr_set,
         "ssim": result.ssim,
         "active_units": result.active_units,
+        "active_units_burda": result.active_units_burda,
         "kl_per_dim": [round(float(v), 5) for v in result.kl_per_dim],
         "seconds": seconds,
         "train_seconds": train_seconds,
         "images_per_s": n_train / train_seconds,
     }
+    if result.lpips is not None:
+        row |= {"lpips": result.lpips, "lpips_name": result.lpips_name}
+    return row
 
 
 class ProgressReporter(AbstractContextManager):
@@ -579,7 +620,7 @@ class ProgressReporter(AbstractContextManager):
         """Report a finished epoch's history row."""
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(test_loss=f"{row['test_loss']:.2f}", psnr=f"{row['psnr']:.2f}")
+            self.bar.set_postfix(objective=f"{row['test_loss']:.2f}", neg_elbo=f"{metrics.neg_elbo(row):.2f}", psnr=f"{row['psnr']:.2f}")
         elif self.mode == "json":
             print(json.dumps({k: v for k, v in row.items() if k != "kl_per_dim"}), flush=True)
 
@@ -730,7 +771,8 @@ def _start_or_resume(trainer: Trainer, checkpoints: Checkpoints, data: ImageData
         checkpoints.on_main(lambda: (discard_after(opts.run_dir, trainer.epoch), checkpoints.writer.write_config(model_config, train_config, info)))
         return
     atlas = torch.from_numpy(trainer.atlas_idx)
-    atlas_x, atlas_y = data.test_x[atlas].cpu().numpy(), data.test_y[atlas].cpu().numpy()
+    # the images the model is evaluated on (binarised ones with --binarize dynamic), so the app shows what it saw
+    atlas_x, atlas_y = trainer.test_x[atlas.to(trainer.test_x.device)].cpu().numpy(), data.test_y[atlas].cpu().numpy()
     checkpoints.on_main(lambda: checkpoints.writer.create(model_config, train_config, info, atlas_x, atlas_y))
     trainer.record_latents(trainer.evaluate(train_config.beta_at(0, 0.0)))
     checkpoints.save_epoch(trainer)
