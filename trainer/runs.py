@@ -80,6 +80,7 @@ MAX_CLASSES = 100_000
 MAX_FLOAT_BYTES = 8  # latents may be stored as float16 to float64
 LABEL_BYTES = 8  # labels are stored as int64
 HISTORY_NUMBERS = ("test_loss", "psnr")  # per-epoch numbers every reader of history.jsonl may format
+HISTORY_TAIL_BYTES = 2**16  # a run saved before manifests named its last numbers: its history's last line is in this tail
 # The files save_epoch writes for every epoch, by manifest key: versioned(key, epoch, suffix).
 VERSIONED_FILES = {"weights": ".safetensors", "optim": ".safetensors", "history": ".jsonl", "latents": ".npz"}
 KEPT_WEIGHTS = "kept-weights"  # the stem of weights kept for good (--keep-epochs)
@@ -434,6 +435,7 @@ class RunWriter:
             "sha256": {name: sha256(data) for name, data in blobs.values()},
             "kept": kept,
             "saved_at": time.time(),
+            "last": last_numbers(history[-1] if history else {}),  # what a run picker shows, without reading the history
         }
         safe_io.atomic_write_json(self.run_dir / MANIFEST_FILE, manifest)
         self._collect_garbage(manifest, previous)
@@ -536,13 +538,42 @@ class RunSummary:
     status: dict[str, Any] | None
     error: str | None  # why the run cannot be opened, if the small files already show it
     mtime: float  # of the manifest (or the folder): a cache key that changes with every save
+    last: dict[str, float] | None = None  # HISTORY_NUMBERS of the latest epoch (test loss, PSNR), if known
+
+
+def last_numbers(row: Any) -> dict[str, float] | None:
+    """The HISTORY_NUMBERS of one history row (or a manifest's "last"), or None unless all are finite numbers."""
+    if not isinstance(row, dict) or not all(is_number(row.get(k)) for k in HISTORY_NUMBERS):
+        return None
+    try:
+        return {k: float(row[k]) for k in HISTORY_NUMBERS}
+    except OverflowError:  # an integer beyond float range
+        return None
+
+
+def _last_numbers_of(run_dir: Path, manifest: dict[str, Any]) -> dict[str, float] | None:
+    """The manifest's "last" numbers; for runs saved before it had them, those of the history's last line
+    (a bounded read of the file's tail, never the whole history)."""
+    if "last" in manifest:
+        return last_numbers(manifest["last"])
+    name = manifest["files"].get("history")
+    if not isinstance(name, str) or not FILE_NAME_RE.fullmatch(name) or ".." in name:
+        return None
+    try:
+        tail = safe_io.read_tail(run_dir / name, HISTORY_TAIL_BYTES).decode(errors="replace")
+        lines = [line for line in tail.splitlines() if line.strip()]
+        return last_numbers(json.loads(lines[-1])) if lines else None
+    except (RunError, ValueError, RecursionError):
+        return None
 
 
 def summarize_run(run_dir: Path) -> RunSummary:
-    config, epoch, error = None, None, None
+    config, epoch, error, last = None, None, None, None
     try:
         _, _, config = read_config(run_dir)
-        epoch = read_manifest(run_dir)["epoch"]
+        saved = read_manifest(run_dir)
+        epoch = saved["epoch"]
+        last = _last_numbers_of(run_dir, saved)
     except RunError as e:
         error = str(e)
     manifest = run_dir / MANIFEST_FILE
@@ -550,7 +581,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
         mtime = manifest.stat().st_mtime_ns / 1e9 if manifest.exists() else run_dir.stat().st_mtime
     except OSError:
         mtime = 0.0
-    return RunSummary(run_dir.name, run_dir, config, epoch, read_status(run_dir), error, mtime)
+    return RunSummary(run_dir.name, run_dir, config, epoch, read_status(run_dir), error, mtime, last)
 
 
 def list_runs(checkpoints_dir: str | os.PathLike) -> list[RunSummary]:
