@@ -11,7 +11,7 @@ from trainer.evaluate import evaluation_images
 from trainer.runs import load_run
 from trainer.train import Trainer, fit
 
-from .helpers import TINY_WIDTHS, tiny_data, write_idx_digits
+from .helpers import REPRO_REL_TOL, TINY_WIDTHS, assert_same_weights, cli_args, finish, run_module, tiny_data, write_idx_digits
 
 TINY = ModelConfig(latent_dim=2, widths=TINY_WIDTHS)
 
@@ -122,6 +122,25 @@ def test_evaluate_scores_a_binarised_run_on_the_binarised_test_set(tmp_path):
     images, image_set, _ = evaluation_images(run)
     assert image_set == "test" and torch.equal(images, binarize.binarized_test_set(data.test_x))
     assert metrics.recon_label(run.train_config.recon_loss, binarize.is_dynamic(run.train_config.binarize)) == "Bernoulli NLL (nats)"
+
+
+@pytest.mark.slow  # a two-process torchrun job
+def test_two_processes_draw_the_same_binary_pixels_as_one(tmp_path, monkeypatch):
+    """Every process draws the whole global batch's uniforms and binarises its slice: N processes follow one."""
+    from bench.bench_browser import free_port
+
+    data_dir = write_idx_digits(tmp_path / "data")
+    args = cli_args(data_dir, tmp_path, "two", "--epochs", "2", "--binarize", "dynamic")
+    launch = ["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "trainer", *args]
+    code, err = finish(run_module("torch.distributed.run", launch, env={"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}, start_new_session=True))
+    assert code == 0, err
+    import trainer.cli as cli
+
+    monkeypatch.setattr(cli.StopFlag, "install", lambda self: None)  # no SIGTERM handler left in the test process
+    assert cli.main(cli_args(data_dir, tmp_path, "one", "--epochs", "2", "--binarize", "dynamic")) == 0
+    assert_same_weights(tmp_path / "two", tmp_path / "one")
+    two, one = load_run(tmp_path / "two"), load_run(tmp_path / "one")
+    assert [r["train_loss"] for r in two.history] == pytest.approx([r["train_loss"] for r in one.history], rel=REPRO_REL_TOL)
 
 
 def test_unknown_binarize_mode_is_refused():

@@ -95,7 +95,8 @@ def test_lpips_is_recorded_with_weights_and_summed_like_the_other_metrics(tmp_pa
     assert row["lpips"] == pytest.approx(float(expected), rel=1e-4)
 
 
-def test_unusable_lpips_weights_are_one_line(tmp_path, capsys):
+def test_unusable_lpips_weights_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("trainer.cli.StopFlag.install", lambda self: None)  # no SIGTERM handler left in the test process
     bad = tmp_path / "weights.pth"
     bad.write_bytes(b"not a weights file")
     data_dir = write_idx_digits(tmp_path / "data")
