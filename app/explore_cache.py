@@ -9,6 +9,7 @@ import numpy as np
 import streamlit as st
 
 from app import images, latent
+from app.common import EmbeddingsBusy, embedding_slot
 from trainer.images import class_rgb, decode_uint8
 from trainer.projections import cached_embedding
 from trainer.runs import Run
@@ -32,13 +33,25 @@ def dim_stats(key: str, _run: Run) -> latent.DimStats:
 
 
 @st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)
-def projection(key: str, _run: Run, method: str, dims: tuple[int, int]) -> latent.Projection:
-    """The scatter's projection of the latest snapshot; UMAP / t-SNE maps are also kept on disk in the run folder."""
+def _projection(key: str, _run: Run, method: str, dims: tuple[int, int]) -> latent.Projection:
     means = _run.atlas.means[-1]
     embedding = None
     if method in latent.CACHED_PROJECTIONS and means.shape[1] > 2:
-        embedding = cached_embedding(_run.path, _run.epoch, means, method, seed=_run.train_config.seed)
+        with embedding_slot():  # EmbeddingsBusy (not cached) when a public app's slots are all taken
+            embedding = cached_embedding(_run.path, _run.epoch, means, method, seed=_run.train_config.seed)
     return latent.make_projection(means, method, dims, embedding)
+
+
+def projection(key: str, run: Run, method: str, dims: tuple[int, int]) -> latent.Projection:
+    """The scatter's projection of the latest snapshot; UMAP / t-SNE maps are also kept on disk in the run folder.
+
+    At most MAX_CONCURRENT_EMBEDDINGS maps are computed at once; a public app that finds them all taken
+    shows the PCA map with a note instead of queueing."""
+    try:
+        return _projection(key, run, method, dims)
+    except EmbeddingsBusy as e:
+        st.warning(f"Busy: {e}. Showing the PCA map instead; try again in a moment.")
+        return _projection(key, run, "pca", dims)
 
 
 @st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)

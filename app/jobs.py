@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from app.deploy import is_public
 from trainer import cli
 from trainer.cli import PROG, OptionSpec, UserError, build_parser, configs_from_args, flag
 from trainer.data import dataset_problem
@@ -49,6 +50,12 @@ class JobError(Exception):
     def __init__(self, errors: list[str] | str):
         self.errors = [errors] if isinstance(errors, str) else list(errors)
         super().__init__("; ".join(self.errors))
+
+
+def refuse_if_public() -> None:
+    """A public app starts and stops no process (app/deploy.py); its pages offer no such control either."""
+    if is_public():
+        raise JobError("training jobs cannot be started or stopped on a public deployment")
 
 
 # ---------------------------------------------------------------- options -> argv
@@ -220,6 +227,7 @@ def start_job(options: Mapping[str, Any], checkpoints_dir: str | os.PathLike) ->
     """Validate, then start the trainer detached (own session, stdin closed, output to <run>/train.log).
 
     Returns at once; raises JobError with one line per problem. The job outlives the app and the browser."""
+    refuse_if_public()
     errors = validate_options(options, checkpoints_dir)
     if errors:
         raise JobError(errors)
@@ -375,6 +383,7 @@ def stop_job(run_dir: str | os.PathLike) -> str:
 
     The trainer finishes its current step, keeps the last completed epoch and writes status "stopped".
     Returns a one-line confirmation; raises JobError with one line otherwise."""
+    refuse_if_public()
     run_dir = Path(run_dir)
     job = job_state(run_dir)
     if job is None:

@@ -1,4 +1,8 @@
-"""Streamlit entry point: `streamlit run app/main.py -- --checkpoints-dir DIR`. A thin router plus the shared sidebar."""
+"""Streamlit entry point: `streamlit run app/main.py -- --checkpoints-dir DIR`. A thin router plus the shared sidebar.
+
+`-- --public` (or VAE_PUBLIC=1) serves the public mode (app/deploy.py): the folder is fixed, the Train page
+and everything that writes run folders or starts processes are absent, uploads are capped.
+"""
 from __future__ import annotations
 
 import sys
@@ -12,18 +16,24 @@ if str(PROJECT_ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app.common import configure_torch  # noqa: E402
+from app.common import cap_upload_size, configure_torch, is_public  # noqa: E402
+from app.images import MAX_UPLOAD_BYTES  # noqa: E402
 from app.sidebar import render_sidebar  # noqa: E402
 
 
 def main() -> None:
     st.set_page_config(page_title="VAE Latent Explorer", layout="wide")
     configure_torch()
-    page = st.navigation([
+    public = is_public()
+    if public:  # the upload endpoint refuses what no page would accept
+        cap_upload_size(MAX_UPLOAD_BYTES // 2**20)
+    pages = [
         st.Page("views/explore.py", title="Explore", icon=":material/explore:", default=True),
         st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
-        st.Page("views/train.py", title="Train", icon=":material/model_training:"),
-    ])
+    ]
+    if not public:  # training starts processes and writes run folders
+        pages.append(st.Page("views/train.py", title="Train", icon=":material/model_training:"))
+    page = st.navigation(pages)
     render_sidebar()
     page.run()
 

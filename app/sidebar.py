@@ -1,15 +1,18 @@
 """The sidebar every page shares: the checkpoints folder and the run picker.
 
 `render_sidebar()` is called by app/main.py on every run; pages read the choice with `current_selection()`.
+The picker is labelled from the runs' summaries (config, manifest and status: small files); only the
+selected run is loaded, so a folder of hundreds of runs reruns as fast as one of a few.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import streamlit as st
 
-from app.common import cached_run_list, checkpoints_dir, describe_run, open_run
+from app.common import cached_run_list, checkpoints_dir, describe_run, is_public, known_error, open_run
 from trainer.runs import Run, RunSummary
 
 CHECKPOINTS_KEY = "checkpoints_dir"  # the text input; app.common.checkpoints_dir() reads the same key
@@ -29,71 +32,79 @@ class Selection:
     error: str | None
 
 
-def default_run_path(summaries: list[RunSummary], runs: dict[str, Run | None]) -> str | None:
-    """A loadable 2-D VAE if there is one, else the first loadable run, else the first run."""
-    loadable = [s for s in summaries if runs.get(str(s.path)) is not None]
-    for s in loadable:
+def default_run_path(summaries: list[RunSummary], opens: Callable[[RunSummary], bool]) -> str | None:
+    """A 2-D VAE that opens if there is one, else the first run that opens, else the first run.
+
+    Candidates are tried in that order with `opens` (which loads the run) until one opens: in a healthy folder
+    that is the first one; runs whose small files already show an error are never tried."""
+    candidates = [s for s in summaries if known_error(s) is None]
+
+    def preferred(s: RunSummary) -> bool:
         model = (s.config or {}).get("model", {})
-        if model.get("latent_dim") == DEFAULT_LATENT_DIM and model.get("kind") == "vae":
+        return model.get("latent_dim") == DEFAULT_LATENT_DIM and model.get("kind") == "vae"
+
+    for s in [s for s in candidates if preferred(s)] + [s for s in candidates if not preferred(s)]:
+        if opens(s):
             return str(s.path)
-    if loadable:
-        return str(loadable[0].path)
     return str(summaries[0].path) if summaries else None
 
 
-def run_label(summary: RunSummary, run: Run | None, error: str | None) -> str:
-    """What the picker shows for one run."""
-    if run is None:
+def run_label(summary: RunSummary, error: str | None = None) -> str:
+    """What the picker shows for one run, from its summary (nothing is loaded); `error` if it is known not to open."""
+    if error:
         return f"{summary.name} — cannot be opened"
     state = (summary.status or {}).get("state")
     live = " · training" if state == "running" else ""
-    return f"{summary.name} — {describe_run(summary, run)}{live}"
+    return f"{summary.name} — {describe_run(summary)}{live}"
 
 
 def render_sidebar() -> Selection:
     """Draw the shared sidebar and remember the selection for the pages."""
     root = checkpoints_dir()
     with st.sidebar:
-        st.text_input("Checkpoints folder", key=CHECKPOINTS_KEY, help="The folder whose sub-folders are run folders written by `python -m trainer`.")
-        typed = str(st.session_state.get(CHECKPOINTS_KEY) or "").strip()
-        if not typed:
-            st.error("Enter the folder that holds the run folders.")
-            selection = Selection(root, None, None, None)
+        if is_public():  # a fixed folder: shown, not editable (and by name only: visitors need not see server paths)
+            st.caption(f"Runs of **{root.name}**")
+            selection = _pick_run(root)
         else:
-            selection = _pick_run(Path(typed).expanduser())
+            st.text_input("Checkpoints folder", key=CHECKPOINTS_KEY, help="The folder whose sub-folders are run folders written by `python -m trainer`.")
+            typed = str(st.session_state.get(CHECKPOINTS_KEY) or "").strip()
+            if not typed:
+                st.error("Enter the folder that holds the run folders.")
+                selection = Selection(root, None, None, None)
+            else:
+                selection = _pick_run(Path(typed).expanduser())
     st.session_state[SELECTION_KEY] = selection
     return selection
 
 
 def _pick_run(root: Path) -> Selection:
+    public = is_public()
     if not root.is_dir():
-        st.error(f"{root}: no such folder")
+        st.error("The runs folder is not available." if public else f"{root}: no such folder")
         return Selection(root, None, None, f"{root}: no such folder")
     summaries = cached_run_list(str(root))
     if not summaries:
-        st.info(f"No runs in {root} yet. Train one with `{TRAIN_HINT.format(root=root)}`.")
+        st.info("No runs to show yet." if public else f"No runs in {root} yet. Train one with `{TRAIN_HINT.format(root=root)}`.")
         return Selection(root, None, None, None)
-    opened = {str(s.path): open_run(s) for s in summaries}
     by_path = {str(s.path): s for s in summaries}
-    runs = {path: run for path, (run, _) in opened.items()}
     if st.session_state.get(RUN_KEY) not in by_path:
-        st.session_state[RUN_KEY] = default_run_path(summaries, runs)
-    st.selectbox(
-        "Run", options=list(by_path), key=RUN_KEY,
-        format_func=lambda path: run_label(by_path[path], *opened[path]),
-        help="Dataset, model, kind, latent size, epochs done / planned, test loss and PSNR of the latest epoch.",
-    )
+        st.session_state[RUN_KEY] = default_run_path(summaries, lambda s: open_run(s)[0] is not None)
     path = st.session_state[RUN_KEY]
     summary = by_path[path]
-    run, error = opened[path]
+    run, error = open_run(summary)  # the one run this session loads (cached by path and save time)
+    st.selectbox(
+        "Run", options=list(by_path), key=RUN_KEY,
+        format_func=lambda p: run_label(by_path[p], error if p == path else known_error(by_path[p])),
+        help="Dataset, model, kind, latent size, epochs done / planned, test loss and PSNR of the latest epoch.",
+    )
     if run is None:
-        st.error(error or "this run cannot be opened")
+        st.error(f"{summary.name}: {error or 'this run cannot be opened'}")
     else:
         st.caption(describe_run(summary, run))
         note = (run.info.get("data") or {}).get("note")
         if note and (run.info.get("data") or {}).get("kind") == "subset":
             st.caption(f"Data: {note}")
-    broken = [(s, opened[str(s.path)][1]) for s in summaries if opened[str(s.path)][0] is None and str(s.path) != path]
+    broken = [(s, err) for s in summaries if str(s.path) != path and (err := known_error(s))]
     if broken:
         with st.expander(f"{len(broken)} run(s) cannot be opened"):
             for s, err in broken:

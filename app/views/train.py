@@ -13,7 +13,7 @@ from typing import Any
 import streamlit as st
 
 from app import jobs
-from app.common import checkpoints_dir, open_run
+from app.common import checkpoints_dir, is_public, open_run
 from app.latent import make_projection
 from app.plots import latent_scatter, loss_figure
 from trainer.cli import OptionSpec
@@ -222,6 +222,9 @@ def jobs_section(root: Path) -> None:
 
 def render() -> None:
     st.title("Train")
+    if is_public():  # not in the navigation of a public app; refused here too, before any job is listed or started
+        st.error("Training is not available on this public deployment.")
+        return
     root = checkpoints_dir()
     st.caption(f"New runs are written to {root} by `python -m trainer` running in the background.")
     options = training_form()
