@@ -1,45 +1,82 @@
-"""The latent-size study: train a sweep of latent sizes x models and write a report folder.
+"""The latent-size study: train models x latent sizes x seeds to convergence and write a report folder.
 
     python -m trainer.study                                   # defaults below, report in reports/latent-size-study/
-    python -m trainer.study --latent-sizes 2 16 --models conv:vae conv:ae --epochs 3 --out /tmp/s
+    python -m trainer.study --latent-sizes 2 16 --models conv:vae conv:ae --seeds 0 1 --max-epochs 3 --out /tmp/s
 
-Each run is an ordinary run folder (open it in the explorer). A half-done sweep resumes: finished runs
-are skipped, interrupted ones continue from their last epoch. The report holds results.csv,
-results.md (latent size x model: test loss, recon, KL, MSE, PSNR, SSIM, active units, parameters,
-seconds), and per run a reconstruction strip and a 2-D latent scatter (PNG).
+Every run holds out `--val-size` training images as a validation set and stops early when their negative
+ELBO has not improved for `--patience` epochs (`--max-epochs` is the cap), at a constant learning rate
+(Adam, `--lr`; no schedule). Each run is an ordinary run folder (open it in the explorer). A half-done sweep
+resumes: finished runs are skipped, interrupted ones continue from their last epoch. The report holds
+results.csv (one row per run), results.md (per model and latent size, mean and sd over the seeds of the
+negative ELBO, objective, recon, KL, MSE, PSNR, set PSNR, SSIM, active units by both definitions, epochs
+and seconds) and, for the first seed of each cell, a reconstruction strip and a 2-D latent scatter (PNG).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+import os
+import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from models import DEFAULT_HIDDEN_DIM, DEFAULT_WIDTHS, ModelConfig
 
+from . import metrics
 from .config import TrainConfig
 from .data import DataError, load_dataset
 from .images import class_colors, png_bytes, reconstruct_uint8, tile
 from .projections import plane_2d
 from .runs import MANIFEST_FILE, Run, RunError, load_run, read_status
-from .train import TrainingFailed, fit
+from .train import TrainingFailed, best_validation, early_stop_message, fit
 
-DEFAULT_LATENT_SIZES = (2, 4, 10, 16, 64, 128, 256)
-DEFAULT_MODELS = ("conv:vae", "conv-upsample:vae", "conv:ae")
-DEFAULT_EPOCHS = 8
-STRIP_IMAGES = 12
-SCATTER_SIDE = 360
-SCATTER_POINTS = 2000
-COLUMNS = ["model", "kind", "latent_dim", "epochs", "test_loss", "test_recon", "test_kl", "mse", "psnr", "ssim", "active_units", "parameters", "seconds"]
+DEFAULT_LATENT_SIZES = (2, 4, 10, 16, 64, 256)
+DEFAULT_MODELS = ("conv:vae", "conv:ae")
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_VAL_SIZE = 1000
+DEFAULT_PATIENCE = 5
+DEFAULT_MAX_EPOCHS = 40
+DEFAULT_LR = 1e-3  # constant (no schedule): a cosine schedule annealed to 0 makes every run look converged at its last epoch
+DEFAULT_BATCH_SIZE = 64  # more steps per epoch than the trainer's 128: fewer epochs (and evaluation passes) to converge
+DATA_SEED = 0  # the data set is the same for every seed; seeds vary the initialisation, the validation split and the noise
+STRIP_IMAGES = 10
+SCATTER_SIDE = 240
+SCATTER_POINTS = 1000
+# results.csv, one row per run; the test-set figures are those of the last trained epoch (the saved weights)
+COLUMNS = [
+    "model", "kind", "latent_dim", "seed", "epochs", "best_epoch", "stopped_early", "val_neg_elbo", "neg_elbo", "objective",
+    "recon", "kl", "mse", "psnr", "psnr_set", "ssim", "active_units_kl", "active_units_burda", "parameters", "seconds",
+]
+# results.md: (column key, header, decimals) aggregated as mean ± sd over seeds
+AGGREGATED = [
+    ("neg_elbo", "neg. ELBO", 2), ("objective", "objective", 2), ("recon", "recon", 2), ("kl", "KL", 2), ("mse", "MSE", 4),
+    ("psnr", "PSNR (dB)", 2), ("psnr_set", "set PSNR (dB)", 2), ("ssim", "SSIM", 3), ("active_units_kl", "AU (KL > 0.01)", 1),
+    ("active_units_burda", "AU (Burda)", 1), ("epochs", "epochs", 1), ("seconds", "seconds", 0),
+]
+NOT_APPLICABLE = "—"
 
 
-def run_name(arch: str, kind: str, latent_dim: int) -> str:
-    return f"study-{arch}-{kind}-z{latent_dim:03d}"
+@dataclass(frozen=True)
+class StudyRun:
+    """One cell of the sweep: a model at a latent size, trained with one seed."""
+
+    model_config: ModelConfig
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return run_name(self.model_config.arch, self.model_config.kind, self.model_config.latent_dim, self.seed)
+
+
+def run_name(arch: str, kind: str, latent_dim: int, seed: int) -> str:
+    return f"study-{arch}-{kind}-z{latent_dim:03d}-s{seed}"
 
 
 def parse_model(text: str) -> tuple[str, str]:
@@ -49,13 +86,63 @@ def parse_model(text: str) -> tuple[str, str]:
 
 
 def result_row(run: Run) -> dict[str, Any]:
-    last = run.history[-1]
+    """One run's line of results.csv: the test figures of its last epoch, its early-stopping record and its cost.
+    An AE has no KL: its negative ELBO (not a bound) and KL-threshold active units are left empty."""
+    last, vae = run.history[-1], run.model_config.kind == "vae"
+    best = best_validation(run.history)
+    burda = last.get("active_units_burda")
+    if burda is None:  # a run trained before the trainer recorded it: the atlas is the test set's first images
+        burda = metrics.active_units_burda(torch.from_numpy(run.atlas.means[-1].astype(np.float64)))
     return {
-        "model": run.model_config.arch, "kind": run.model_config.kind, "latent_dim": run.model_config.latent_dim, "epochs": run.epoch,
-        "test_loss": round(last["test_loss"], 2), "test_recon": round(last["test_recon"], 2), "test_kl": round(last["test_kl"], 2),
-        "mse": round(last["mse"], 5), "psnr": round(last["psnr"], 2), "ssim": round(last["ssim"], 4), "active_units": last["active_units"],
+        "model": run.model_config.arch, "kind": run.model_config.kind, "latent_dim": run.model_config.latent_dim,
+        "seed": run.train_config.seed, "epochs": run.epoch, "best_epoch": "" if best is None else best[0],
+        "stopped_early": early_stop_message(run.history, run.train_config.patience) is not None,
+        "val_neg_elbo": "" if best is None else round(best[1], 3),
+        "neg_elbo": round(metrics.neg_elbo(last), 3) if vae else "",
+        "objective": round(last["test_loss"], 3), "recon": round(last["test_recon"], 3), "kl": round(last["test_kl"], 3),
+        "mse": round(last["mse"], 6), "psnr": round(last["psnr"], 3),
+        "psnr_set": round(last.get("psnr_set", metrics.psnr_from_mse(last["mse"])), 3), "ssim": round(last["ssim"], 4),
+        "active_units_kl": last["active_units"] if vae else "", "active_units_burda": int(burda),
         "parameters": run.model.num_parameters(), "seconds": round(sum(r["seconds"] for r in run.history), 1),
     }
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (model, kind, latent size): the seeds and, for each AGGREGATED key, (mean, sd) or None where not applicable."""
+    cells: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["latent_dim"], r["model"], r["kind"]), []).append(r)
+    out = []
+    for (latent, model, kind), group in sorted(cells.items()):
+        cell: dict[str, Any] = {"latent_dim": latent, "model": model, "kind": kind, "seeds": sorted(r["seed"] for r in group),
+                                "parameters": group[0]["parameters"], "stopped_early": sum(bool(r["stopped_early"]) for r in group)}
+        for key, _, _ in AGGREGATED:
+            values = [float(r[key]) for r in group if r[key] != ""]
+            cell[key] = mean_sd(values) if values else None
+        out.append(cell)
+    return out
+
+
+def _pm(value: tuple[float, float] | None, decimals: int) -> str:
+    if value is None:
+        return NOT_APPLICABLE
+    return f"{value[0]:.{decimals}f} ± {value[1]:.{decimals}f}"
+
+
+def markdown_table(cells: list[dict[str, Any]]) -> str:
+    """results.md's table: one line per model and latent size, mean ± sd over its seeds."""
+    head = "| latent | model | seeds | " + " | ".join(h for _, h, _ in AGGREGATED) + " | early-stopped | parameters |"
+    lines = [head, "|" + " --- |" * (len(AGGREGATED) + 5)]
+    for c in cells:
+        values = " | ".join(_pm(c[key], d) for key, _, d in AGGREGATED)
+        lines.append(f"| {c['latent_dim']} | {c['model']} {c['kind'].upper()} | {len(c['seeds'])} | {values} | "
+                     f"{c['stopped_early']} of {len(c['seeds'])} | {c['parameters']:,} |")
+    return "\n".join(lines) + "\n"
 
 
 def reconstruction_strip(run: Run, n: int = STRIP_IMAGES) -> bytes:
@@ -83,7 +170,7 @@ def scatter_png(xy: np.ndarray, labels: np.ndarray, side: int = SCATTER_SIDE) ->
         draw.rectangle([4, 4 + 11 * k, 12, 12 + 11 * k], fill=color)
         draw.text((15, 2 + 11 * k), str(k), fill="black")
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
@@ -93,89 +180,129 @@ def latent_scatter(run: Run) -> bytes:
     return scatter_png(np.asarray(plane_2d(means), np.float64), run.atlas.labels[: len(means)])
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = "| latent | model | test loss | recon | KL | MSE | PSNR (dB) | SSIM | active units | parameters | seconds |"
-    lines = [head, "|" + " --- |" * 11]
-    for r in sorted(rows, key=lambda r: (r["latent_dim"], r["model"], r["kind"])):
-        lines.append(
-            f"| {r['latent_dim']} | {r['model']} {r['kind'].upper()} | {r['test_loss']:.2f} | {r['test_recon']:.2f} | {r['test_kl']:.2f} | "
-            f"{r['mse']:.4f} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['active_units']} | {r['parameters']:,} | {r['seconds']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def write_report(out: Path, runs: list[Run], command: str, data_note: str) -> list[dict[str, Any]]:
+def write_report(out: Path, runs: list[Run], command: str, notes: list[str]) -> list[dict[str, Any]]:
+    """results.csv, results.md and the figures (first seed of each cell) into `out`; returns the aggregated cells."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
-    rows = [result_row(r) for r in runs]
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    for old in figures.glob("study-*.png"):  # figures of an earlier sweep would outlive its runs
+        old.unlink()
+    rows = sorted((result_row(r) for r in runs), key=lambda r: (r["latent_dim"], r["model"], r["kind"], r["seed"]))
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda r: (r["latent_dim"], r["model"], r["kind"])))
-    for run in runs:
-        (out / "figures" / f"{run.name}-reconstructions.png").write_bytes(reconstruction_strip(run))
-        (out / "figures" / f"{run.name}-scatter.png").write_bytes(latent_scatter(run))
+        writer.writerows(rows)
+    first: dict[tuple[str, str, int], Run] = {}
+    for run in sorted(runs, key=lambda r: r.train_config.seed):
+        first.setdefault((run.model_config.arch, run.model_config.kind, run.model_config.latent_dim), run)
+    for run in first.values():
+        (figures / f"{run.name}-reconstructions.png").write_bytes(reconstruction_strip(run))
+        (figures / f"{run.name}-scatter.png").write_bytes(latent_scatter(run))
+    cells = aggregate(rows)
     text = [
-        "# Latent-size study", "", f"Made by `{command}`.", "", f"Data: {data_note}.", "",
-        "Test-set figures after the last epoch: loss, recon and KL in nats per image; MSE, PSNR (data range 1) and SSIM of",
-        "reconstructions through the posterior mean; active units = latent dimensions with mean KL above 0.01 nats (for the AE,",
-        "code variance above 0.01); seconds = training plus test passes.", "", markdown_table(rows),
-        "Figures: `figures/<run>-reconstructions.png` (top: test images, bottom: reconstructions) and `figures/<run>-scatter.png`",
-        "(the atlas posterior means; PCA to 2-D above 2 dimensions; colours are classes 0-9).", "",
+        "# Latent-size study", "", f"Made by `{command}`.", "", *notes, "",
+        "Test-set figures of each run's last trained epoch (its saved weights), mean ± sample sd over the seeds.",
+        "neg. ELBO = recon + KL at beta 1 (the bound, per image; for BCE on grayscale MNIST a bound on randomly binarised",
+        "images, not a density); objective = what was minimised (here also recon + KL: beta 1, recon weight 1; recon alone",
+        f"for the AE, whose neg. ELBO is {NOT_APPLICABLE}); MSE, PSNR (mean of per-image PSNRs), set PSNR (of the set's MSE), data",
+        "range 1, and SSIM (Gaussian window 11, sigma 1.5) of reconstructions through the posterior mean; AU = active units:",
+        "mean KL per dimension above 0.01 nats, and Burda et al.'s variance of the posterior mean above 0.01; epochs =",
+        "epochs trained (early stopping or the cap); seconds = training, test and validation passes. See the README's Metrics.",
+        "", markdown_table(cells),
+        "Figures (first seed of each cell): `figures/<run>-reconstructions.png` (top: test images, bottom: reconstructions)",
+        "and `figures/<run>-scatter.png` (the atlas posterior means; PCA to 2-D above 2 dimensions; colours are classes 0-9).", "",
     ]
     (out / "results.md").write_text("\n".join(text))
-    return rows
+    return cells
 
 
-def main(argv: list[str] | None = None) -> int:
+def sweep_runs(args: argparse.Namespace) -> list[StudyRun]:
+    """The sweep's runs in training order: latent size, then model, then seed."""
+    models = [parse_model(m) for m in args.models]
+    return [
+        StudyRun(ModelConfig(arch=a, kind=k, latent_dim=z, widths=tuple(args.widths), hidden_dim=args.hidden_dim), seed)
+        for z in args.latent_sizes for a, k in models for seed in args.seeds
+    ]
+
+
+def train_config_for(args: argparse.Namespace, seed: int) -> TrainConfig:
+    """A run's training config: constant LR (step schedule, no milestones), early stopping on the validation split."""
+    return TrainConfig(
+        dataset=args.dataset, data_dir=args.data_dir, epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr,
+        lr_schedule="step", seed=seed, val_size=args.val_size, patience=args.patience,
+    )
+
+
+def load_text() -> str:
+    """The 1-, 5- and 15-minute load averages, or '' where the system has none."""
+    try:
+        return "load %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return ""
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.study", description=__doc__.splitlines()[0])
     parser.add_argument("--latent-sizes", type=int, nargs="+", default=list(DEFAULT_LATENT_SIZES))
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="arch:kind pairs, e.g. conv:vae conv-upsample:vae conv:ae mlp:vae")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="one run per seed in every cell")
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--val-size", type=int, default=DEFAULT_VAL_SIZE, help="training images held out for early stopping")
+    parser.add_argument("--patience", type=int, default=DEFAULT_PATIENCE, help="epochs without a better validation negative ELBO before stopping")
+    parser.add_argument("--max-epochs", type=int, default=DEFAULT_MAX_EPOCHS, help="the cap on epochs per run")
     parser.add_argument("--widths", type=int, nargs=3, default=list(DEFAULT_WIDTHS), help="conv channels of the three stages")
     parser.add_argument("--hidden-dim", type=int, default=DEFAULT_HIDDEN_DIM)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate, constant")
     parser.add_argument("--checkpoints-dir", default="checkpoints/study", help="where the sweep's run folders go")
     parser.add_argument("--out", default="reports/latent-size-study", help="report folder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        models = [parse_model(m) for m in args.models]
-        train_config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                   lr_schedule="cosine", seed=args.seed)
-        configs = [ModelConfig(arch=a, kind=k, latent_dim=z, widths=tuple(args.widths), hidden_dim=args.hidden_dim)
-                   for z in args.latent_sizes for a, k in models]
-        data = load_dataset(args.dataset, args.data_dir, seed=args.seed)
+        plan = sweep_runs(args)
+        configs = {seed: train_config_for(args, seed) for seed in args.seeds}
+        data = load_dataset(args.dataset, args.data_dir, seed=DATA_SEED)
     except (ValueError, DataError) as e:
         print(f"python -m trainer.study: error: {e}", file=sys.stderr)
         return 2
     root = Path(args.checkpoints_dir)
     runs: list[Run] = []
-    t_start = time.time()
-    for i, model_config in enumerate(configs, 1):
-        run_dir = root / run_name(model_config.arch, model_config.kind, model_config.latent_dim)
+    t_start, load_start = time.time(), load_text()
+    for i, item in enumerate(plan, 1):
+        run_dir = root / item.name
         status = read_status(run_dir) or {}
         done = status.get("state") == "finished" and (run_dir / MANIFEST_FILE).exists()
-        label = f"[{i}/{len(configs)}] {run_dir.name}"
+        label = f"[{i}/{len(plan)}] {run_dir.name}"
         if not done:
             resume = (run_dir / MANIFEST_FILE).exists()
-            print(f"{label}: {'resuming' if resume else 'training'} ({time.time() - t_start:.0f} s elapsed)", file=sys.stderr, flush=True)
+            print(f"{label}: {'resuming' if resume else 'training'} ({time.time() - t_start:.0f} s elapsed, {load_text()})", file=sys.stderr, flush=True)
             try:
-                fit(model_config, train_config, data, run_dir, resume=resume, progress="bar" if sys.stderr.isatty() else "none")
+                fit(item.model_config, configs[item.seed], data, run_dir, resume=resume, progress="bar" if sys.stderr.isatty() else "none")
             except (TrainingFailed, RunError) as e:
                 print(f"{label}: failed: {e}", file=sys.stderr)
                 continue
         run = load_run(run_dir)
         runs.append(run)
-        print(f"{label}: test loss {run.history[-1]['test_loss']:.2f}, PSNR {run.history[-1]['psnr']:.2f} dB", file=sys.stderr, flush=True)
+        last = run.history[-1]
+        print(f"{label}: {run.epoch} epochs, neg. ELBO {metrics.neg_elbo(last):.2f}, PSNR {last['psnr']:.2f} dB", file=sys.stderr, flush=True)
     command = "python -m trainer.study " + " ".join(argv if argv is not None else sys.argv[1:])
-    rows = write_report(Path(args.out), runs, command.strip(), data.source.get("note", args.dataset))
-    print(markdown_table(rows))
-    print(f"report: {args.out}/results.md ({time.time() - t_start:.0f} s)", file=sys.stderr)
-    return 0 if len(runs) == len(configs) else 1
+    wall = time.time() - t_start
+    notes = [
+        f"Data: {data.source.get('note', args.dataset)}.", "",
+        f"Training: Adam, constant learning rate {args.lr:g}, batch {args.batch_size}; {args.val_size} training images held out per run "
+        f"(a choice seeded by the run's seed) as a validation set; early stopping when its negative ELBO has not improved by over "
+        f"0.01 nats for {args.patience} epochs, at most {args.max_epochs} epochs; seeds {', '.join(map(str, args.seeds))}.", "",
+        f"This invocation: {wall:.0f} s wall time on {os.cpu_count()} CPU cores (torch {torch.__version__}, {torch.get_num_threads()} threads); "
+        f"{load_start or 'load unknown'} at the start, {load_text() or 'load unknown'} at the end.",
+    ]
+    cells = write_report(Path(args.out), runs, command.strip(), notes)
+    print(markdown_table(cells))
+    print(f"report: {args.out}/results.md ({wall:.0f} s)", file=sys.stderr)
+    return 0 if len(runs) == len(plan) else 1
 
 
 if __name__ == "__main__":
