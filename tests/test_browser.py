@@ -92,3 +92,57 @@ def test_explore_compare_train_in_chromium(server: str) -> None:
             page.screenshot(path=str(ARTIFACTS / "browser-train.png"))
         finally:
             browser.close()
+
+
+THUMBNAILS_FRAME = "iframe[title*='sprite_scatter']"  # the thumbnail scatter component's iframe
+BACKGROUND_TOLERANCE = 30  # summed RGB difference from the plot's background that counts as drawn
+
+
+def thumbnail_position(canvas) -> tuple[float, float]:
+    """Page coordinates of a pixel well inside a drawn thumbnail, the one nearest the canvas centre (from a screenshot)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    box = canvas.bounding_box()
+    pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)  # (H, W, 3)
+    drawn = np.abs(pixels - pixels[1, 1]).sum(-1) > BACKGROUND_TOLERANCE  # a corner pixel is background (the fit leaves a margin)
+    inside = drawn[2:-2, 2:-2] & drawn[:-4, 2:-2] & drawn[4:, 2:-2] & drawn[2:-2, :-4] & drawn[2:-2, 4:]  # 2 px from any background
+    ys, xs = np.nonzero(inside)
+    assert len(xs), "no thumbnail drawn on the canvas"
+    h, w = drawn.shape
+    k = int(np.argmin((xs + 2 - w / 2) ** 2 + (ys + 2 - h / 2) ** 2))
+    return box["x"] + (xs[k] + 2) * box["width"] / w, box["y"] + (ys[k] + 2) * box["height"] / h
+
+
+def test_thumbnail_scatter_in_chromium(server: str) -> None:
+    """The Explore page's thumbnail mode: the atlas drawn as images, hover shows one large, a click selects it like a Plotly click."""
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(STEP_MS)
+            page.goto(server)
+            page.get_by_text("Draw the atlas as").wait_for()
+            page.get_by_text("thumbnails", exact=True).click()
+            frame = page.frame_locator(THUMBNAILS_FRAME)
+            canvas = frame.locator("#gl[data-ready='1']")
+            canvas.wait_for()
+            x, y = thumbnail_position(canvas)
+            page.mouse.move(x, y)
+            caption = frame.locator("#caption")
+            caption.wait_for(state="visible")
+            idx = int(re.search(r"image #(\d+)$", caption.inner_text())[1])
+            page.screenshot(path=str(ARTIFACTS / "browser-explore-thumbnails.png"))
+            page.mouse.click(x, y)
+            page.get_by_text(f"Clicked: image #{idx},").wait_for()  # the same session state as a click on a Plotly point
+            page.mouse.move(x, y + 1)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "browser-explore-thumbnails-clicked.png"))
+        finally:
+            browser.close()

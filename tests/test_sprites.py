@@ -302,3 +302,19 @@ def test_component_in_chromium(tmp_path: Path) -> None:
             assert caption.inner_text().endswith("image #4")
         finally:
             browser.close()
+
+
+# ---------------------------------------------------------------- on the Explore page
+
+
+@pytest.mark.slow
+def test_explore_page_draws_thumbnails(monkeypatch, runs_root: Path) -> None:
+    from app.views.explore import SCATTER_MODE_KEY, SCATTER_MODES
+
+    from .helpers import ok, start_app
+
+    at = ok(start_app(monkeypatch, runs_root))
+    assert not [c for c in at.caption if "atlas images at their points" in c.value], "points are the default"
+    at.session_state[SCATTER_MODE_KEY] = SCATTER_MODES[1]
+    ok(at.run())
+    assert [c for c in at.caption if "40 atlas images at their points" in c.value]

@@ -14,11 +14,16 @@ import streamlit as st
 
 from app import explore_cache as cache
 from app import images, latent, plots, state
+from app.components.sprite_scatter import clicked_index, sprite_scatter
 from app.plots import Overlay
 from app.sidebar import current_selection
+from app.sprites import SpriteGrid, sprite_sheet
 from trainer.runs import Run
 
 CLICK_MODES = ("slider origin", "interpolation end A", "interpolation end B")
+SCATTER_MODES = ("points", "thumbnails")  # Plotly's WebGL markers, or every atlas image drawn at its point
+SCATTER_MODE_KEY = "scatter_mode"  # page-wide: which of SCATTER_MODES the scatter draws
+THUMBNAILS_KEY = "scatter_thumbnails"  # the thumbnail scatter component's value (one browser frame kept across runs)
 PROJECTION_LABELS = {"pca": "PCA", "umap": "UMAP", "tsne": "t-SNE", "raw": "two raw dimensions"}
 GRID_PLANES = {"pca": "PCA plane of the codes", "raw": "two raw dimensions"}
 REPLAY_MAPS = {"pca": "PCA (fitted on the last epoch)", "raw": "the scatter's two raw dims"}
@@ -145,10 +150,21 @@ def _start_selected(view: View) -> None:
 
 
 def _on_scatter_select(view: View, chart_key: str) -> None:
-    """A click on the scatter: remember the image, then use it as the slider origin or an interpolation end."""
+    """A click on the Plotly scatter."""
     idx = plots.selected_atlas_index(st.session_state.get(chart_key))
-    if idx is None or not 0 <= idx < len(view.means):
-        return
+    if idx is not None and 0 <= idx < len(view.means):
+        select_atlas_image(view, idx)
+
+
+def _on_thumbnail_click(view: View) -> None:
+    """A click on the thumbnail scatter."""
+    idx = clicked_index(st.session_state.get(THUMBNAILS_KEY), len(view.means))
+    if idx is not None:
+        select_atlas_image(view, idx)
+
+
+def select_atlas_image(view: View, idx: int) -> None:
+    """A click on either scatter: remember the image, then use it as the slider origin or an interpolation end."""
     st.session_state[state.key(state.SELECTED, view.rid)] = idx
     mode = st.session_state.get(state.CLICK_KEY, CLICK_MODES[0])
     if mode == CLICK_MODES[0]:
@@ -231,10 +247,23 @@ def _slider_column(view: View, dims: list[int]) -> None:
                        format_func=lambda d: f"z{d} ({view.stats.scores[d]:.3f})", key=state.key(state.EXTRA_DIMS, view.rid))
 
 
-def _scatter_column(view: View, z: np.ndarray, overlays: list[Overlay]) -> None:
-    """The scatter with the tabs' overlays, the clicked image and the slider point; clicking it picks an image."""
-    _projection_controls(view)
-    projection = scatter_projection(view)
+@st.cache_data(max_entries=cache.CACHE_ENTRIES, show_spinner=False)
+def atlas_sprites(key: str, _run: Run) -> tuple[bytes, SpriteGrid]:
+    """The run's atlas images as one sprite sheet PNG and its grid (app.sprites), for the thumbnail scatter."""
+    return sprite_sheet(_run.atlas.images)
+
+
+def _thumbnail_scatter(view: View, projection: latent.Projection) -> None:
+    """Every atlas image drawn at its point (WebGL, in the browser); hover shows it large, a click picks it."""
+    png, grid = atlas_sprites(view.cache_key, view.run)
+    sprite_scatter(projection.xy, view.labels, png, grid, view.class_names, key=THUMBNAILS_KEY, selected=selected_index(view),
+                   height=plots.SCATTER_HEIGHT, on_click=functools.partial(_on_thumbnail_click, view))
+    st.caption(f"{len(view.means):,} atlas images at their points ({', '.join(projection.axis_titles)}). "
+               "The tabs' overlays and the slider point are drawn on the points scatter.")
+
+
+def _points_scatter(view: View, projection: latent.Projection, z: np.ndarray, overlays: list[Overlay]) -> None:
+    """The Plotly scatter with the tabs' overlays, the clicked image and the slider point."""
     fig = plots.latent_scatter(projection.xy, view.labels, view.class_names, axis_titles=projection.axis_titles)
     plots.add_overlays(fig, overlays, projection.transform)
     idx = selected_index(view)
@@ -244,6 +273,18 @@ def _scatter_column(view: View, z: np.ndarray, overlays: list[Overlay]) -> None:
     chart_key = state.key(state.SCATTER, view.rid)
     st.plotly_chart(fig, key=chart_key, on_select=functools.partial(_on_scatter_select, view, chart_key), selection_mode="points",
                     config={"scrollZoom": True, "displaylogo": False})
+
+
+def _scatter_column(view: View, z: np.ndarray, overlays: list[Overlay]) -> None:
+    """The scatter as points (with the tabs' overlays and the slider point) or as thumbnails; clicking it picks an image."""
+    _projection_controls(view)
+    projection = scatter_projection(view)
+    mode = st.radio("Draw the atlas as", SCATTER_MODES, key=SCATTER_MODE_KEY, horizontal=True,
+                    help="points: one marker per atlas image, with the tabs' overlays; thumbnails: the images themselves (zoom in to read them)")
+    if mode == SCATTER_MODES[1]:
+        _thumbnail_scatter(view, projection)
+    else:
+        _points_scatter(view, projection, z, overlays)
     st.radio("A click on the scatter sets the", CLICK_MODES, key=state.CLICK_KEY, horizontal=True)
 
 

@@ -561,7 +561,7 @@
       buildPickGrid();
       if (state.width) fitView();
     }
-    renderLegend("drag: pan · wheel: zoom about the cursor · double-click: fit · click: select");
+    renderLegend("drag: pan · wheel: zoom · double-click: fit · click: select");
     resize();
     if (args.sheet_key !== state.sheetKey) loadSheet(args.sheet_key, args.sheet);
     requestDraw();
