@@ -31,9 +31,13 @@ CLICK_KEY = "click_mode"  # what a click on the scatter does
 PROJECTION_KEY = "projection"  # the scatter's map: pca, umap, tsne or raw
 FULL_RERUN_KEY = "explore_full_rerun"  # set by a callback inside a fragment that changes more than the fragment
 PLAY_KEY = "replay_playing"  # the training replay is playing
+LIVE_SLIDERS_KEY = "live_sliders"  # the browser-decoding slider component (one frame kept across runs)
+LIVE_OK_KEY = "live_decoding_ok"  # the browser has loaded a decoder in this session: draw the live sliders
+LIVE_FAILED_KEY = "live_decoding_failed"  # {run key: reason}: runs whose decoder the browser could not load
 
 # ---------------------------------------------------------------- per-run names (pass them through key())
 ORIGIN = "origin"  # (D,) values of the dims without a slider, and the sliders' starting point
+LIVE_TOKEN = "live_token"  # counts the page's moves of the slider point (the live sliders jump only when it changes)
 SELECTED = "selected"  # atlas index of the last clicked scatter point
 START_SEED = "start_seed"
 EXTRA_DIMS = "extra_dims"  # dims given a slider beyond the MAX_SLIDERS highest-scoring

@@ -186,3 +186,93 @@ def test_the_frontend_is_self_contained():
     for name in ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"):
         assert (vendor / name).stat().st_size > 0
     assert (vendor / "ort-wasm-simd-threaded.wasm").read_bytes()[:4] == b"\0asm"
+
+
+# ---------------------------------------------------------------- the Explore page (AppTest: no browser, so no reports)
+
+def live_component(at):
+    """The Explore page's latent-slider component and its JSON args, or None."""
+    found = [e for e in at.get("component_instance") if e.proto.component_name.endswith(".latent_sliders")]
+    return (found[0], json.loads(found[0].proto.json_args)) if found else None
+
+
+def z_slider_keys(at) -> list[str]:
+    return [s.key for s in at.slider if re.match(r"z\d+:", s.key or "")]
+
+
+@pytest.fixture
+def explore(monkeypatch, runs_root, tmp_path):
+    """The Explore page on a copy of the tiny 2-D VAE (the page writes the decoder graph into the run folder)."""
+    import shutil
+
+    import streamlit as st
+
+    from .helpers import ok, start_app
+
+    root = tmp_path / "checkpoints"
+    shutil.copytree(runs_root / "vae2", root / "vae2")
+    st.cache_resource.clear()
+    return ok(start_app(monkeypatch, root)), root
+
+
+def test_explore_loads_the_decoder_unseen_beside_the_server_sliders(explore):
+    """Until the browser says it can decode, the Streamlit sliders stay; the component is a hidden probe with the graph."""
+    at, root = explore
+    element, args = live_component(at)
+    assert args["hidden"] is True and args["height"] == 0
+    ((key, graph),) = [(a.key, a.bytes) for a in element.proto.special_args]
+    assert key == "model" and graph == (root / "vae2" / "decoder-000002.onnx").read_bytes()
+    assert [s["dim"] for s in args["sliders"]] == [int(k[1:].split(":")[0]) for k in z_slider_keys(at)]  # the same dims, same order
+    assert len(z_slider_keys(at)) == 2
+    assert any(c.startswith("Decoded z") for im in at.image for c in im.captions)
+
+
+def test_explore_switches_to_the_live_sliders_once_the_browser_can_decode(explore):
+    from app.state import LIVE_OK_KEY
+
+    from .helpers import ok
+
+    at, _ = explore
+    at.session_state[LIVE_OK_KEY] = True  # what the probe's {ready} report does through its callback
+    ok(at.run())
+    _, args = live_component(at)
+    assert args["hidden"] is False and "in your browser" in args["caption"] and "2 dimensions" in args["heading"]
+    assert z_slider_keys(at) == []  # the server sliders and digit are gone...
+    assert not any(c.startswith("Decoded z") for im in at.image for c in im.captions)
+    token = args["z_token"]
+    next(b for b in at.button if (b.key or "").startswith("start_random")).click()
+    ok(at.run())
+    _, moved = live_component(at)
+    assert moved["z_token"] != token and moved["z"] != args["z"]  # ...and the start buttons move the live sliders
+
+
+def test_explore_falls_back_to_the_server_when_the_browser_fails(explore):
+    from app.state import LIVE_FAILED_KEY, LIVE_OK_KEY
+
+    from .helpers import ok
+
+    at, _ = explore
+    _, args = live_component(at)
+    at.session_state[LIVE_OK_KEY] = True
+    at.session_state[LIVE_FAILED_KEY] = {args["run_key"]: "no WebAssembly"}
+    ok(at.run())
+    assert live_component(at) is None and len(z_slider_keys(at)) == 2
+
+
+def test_explore_keeps_the_server_path_for_a_decoder_that_does_not_export(monkeypatch, runs_root, tmp_path):
+    import shutil
+
+    import streamlit as st
+
+    from app.state import LIVE_OK_KEY
+
+    from .helpers import ok, start_app
+
+    monkeypatch.setattr("trainer.onnx_export.decoder_onnx", lambda run: None)
+    shutil.copytree(runs_root / "vae2", tmp_path / "vae2")
+    st.cache_resource.clear()
+    at = ok(start_app(monkeypatch, tmp_path))
+    at.session_state[LIVE_OK_KEY] = True
+    ok(at.run())
+    assert live_component(at) is None and len(z_slider_keys(at)) == 2
+    assert any(c.startswith("Decoded z") for im in at.image for c in im.captions)

@@ -7,6 +7,7 @@ this file as the page script.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,10 +15,12 @@ import streamlit as st
 
 from app import explore_cache as cache
 from app import images, latent, plots, state
+from app.components.latent_sliders import SliderSpec, latent_sliders, reported_error, reported_ready, reported_z
 from app.components.sprite_scatter import clicked_index, sprite_scatter
 from app.plots import Overlay
 from app.sidebar import current_selection
 from app.sprites import SpriteGrid, sprite_sheet
+from trainer.onnx_export import decoder_onnx
 from trainer.runs import Run
 
 CLICK_MODES = ("slider origin", "interpolation end A", "interpolation end B")
@@ -42,6 +45,9 @@ SAMPLES_SIDE = 420
 TRAVERSAL_IMAGE_SIDE = 56
 UPLOAD_SIDE = 168
 SLIDER_BOX_HEIGHT = 560
+SLIDER_STEP = 0.01
+LIVE_RUN_KEY_CHARS = 16
+GRAPH_CACHE_ENTRIES = 8  # decoder graphs kept in memory (about 1 MB each for the bundled runs)
 RECON_PER_CLASS = 2
 MAX_RECON_COLUMNS = 20
 DEFAULT_GRID_N = 15
@@ -124,13 +130,20 @@ def current_z(view: View) -> np.ndarray:
     return np.clip(z, lo, hi).astype(np.float32)
 
 
-def set_point(view: View, z: np.ndarray) -> None:
-    """Move every slider to z (D,) (call from a callback or before the sliders are drawn)."""
+def store_point(view: View, z: np.ndarray) -> None:
+    """Record z (D,) as the slider point: the origin and every slider's value (the live sliders keep their position)."""
     lo, hi = slider_bounds(view)
     z = np.round(np.clip(np.asarray(z, np.float32), lo, hi), 2)
     st.session_state[state.key(state.ORIGIN, view.rid)] = z.astype(np.float32)
     for d in range(view.latent_dim):
         st.session_state[state.slider_key(d, view.rid)] = float(z[d])
+
+
+def set_point(view: View, z: np.ndarray) -> None:
+    """Move every slider to z (D,) (call from a callback or before the sliders are drawn)."""
+    store_point(view, z)
+    k = state.key(state.LIVE_TOKEN, view.rid)
+    st.session_state[k] = int(st.session_state.get(k, 0)) + 1  # the live sliders jump to the new point
 
 
 def selected_index(view: View) -> int | None:
@@ -209,12 +222,21 @@ def _projection_controls(view: View) -> None:
             col.selectbox(name[-1], dims, format_func=lambda d: f"z{d}", key=k)
 
 
-def _digit_column(view: View, z: np.ndarray) -> None:
-    """The decoded slider point, the start buttons and the clicked image."""
-    x_hat = images.decode_uint8(view.run.model, z[None])[0]  # (C, H, W)
+def density_caption(view: View, z: np.ndarray) -> str:
     density = latent.log_density(z, view.stats, view.deterministic)[0]
     where = "fitted Gaussian" if view.deterministic else "N(0, I)"
-    show_image(images.thumbnail(x_hat, DIGIT_SIDE), caption=f"Decoded z · log density under {where}: {density:.1f} nats", width="stretch")
+    return f"log density under {where}: {density:.1f} nats"
+
+
+def _digit_column(view: View, z: np.ndarray) -> None:
+    """The decoded slider point (on the server), the start buttons and the clicked image."""
+    x_hat = images.decode_uint8(view.run.model, z[None])[0]  # (C, H, W)
+    show_image(images.thumbnail(x_hat, DIGIT_SIDE), caption=f"Decoded z · {density_caption(view, z)}", width="stretch")
+    _start_controls(view)
+
+
+def _start_controls(view: View) -> None:
+    """The start buttons, the seed of the random start and the clicked image."""
     st.caption("Move the sliders from")
     rid = view.rid
     st.button("zero", key=state.key("start_zero", rid), on_click=set_point, args=(view, np.zeros(view.latent_dim)), width="stretch")
@@ -230,17 +252,28 @@ def _digit_column(view: View, z: np.ndarray) -> None:
         st.caption("Click a point on the scatter to see its image here.")
 
 
+def slider_label(view: View, d: int) -> str:
+    unit = "nats" if view.stats.score_name == "KL" else "var"
+    return f"z{d} · {float(view.stats.scores[d]):.2f} {unit}" + (" · inactive" if view.stats.inactive[d] else "")
+
+
+def slider_help(view: View) -> str:
+    what = "Mean KL of this dimension over the atlas images" if view.stats.score_name == "KL" else "Variance of this code over the atlas images"
+    return what + f"; below {latent.INACTIVE_THRESHOLD} it is inactive (the decoder ignores it). Range: mean ± {latent.SLIDER_STDS:g} std of the codes."
+
+
 def _slider_column(view: View, dims: list[int]) -> None:
     """One slider per dim in `dims`, labelled with its KL (or code variance), and the picker of more dims."""
     lo, hi = slider_bounds(view)
-    unit = "nats" if view.stats.score_name == "KL" else "var"
-    what = "Mean KL of this dimension over the atlas images" if unit == "nats" else "Variance of this code over the atlas images"
-    hint = f"; below {latent.INACTIVE_THRESHOLD} it is inactive (the decoder ignores it). Range: mean ± {latent.SLIDER_STDS:g} std of the codes."
     with st.container(height=SLIDER_BOX_HEIGHT, border=False):
         for d in dims:
-            inactive = " · inactive" if view.stats.inactive[d] else ""
-            st.slider(f"z{d} · {float(view.stats.scores[d]):.2f} {unit}{inactive}", float(lo[d]), float(hi[d]), step=0.01, format="%.2f",
-                      key=state.slider_key(d, view.rid), help=what + hint)
+            st.slider(slider_label(view, d), float(lo[d]), float(hi[d]), step=SLIDER_STEP, format="%.2f",
+                      key=state.slider_key(d, view.rid), help=slider_help(view))
+    _more_sliders(view)
+
+
+def _more_sliders(view: View) -> None:
+    """The picker of sliders beyond the MAX_SLIDERS dims with the highest score."""
     if view.latent_dim > latent.MAX_SLIDERS:
         others = [int(d) for d in view.stats.order[latent.MAX_SLIDERS:]]
         st.multiselect(f"More sliders (showing the {latent.MAX_SLIDERS} dims with the highest {view.stats.score_name})", others,
@@ -288,11 +321,66 @@ def _scatter_column(view: View, z: np.ndarray, overlays: list[Overlay]) -> None:
     st.radio("A click on the scatter sets the", CLICK_MODES, key=state.CLICK_KEY, horizontal=True)
 
 
+# ---------------------------------------------------------------- the live sliders: decoded in the browser
+
+@st.cache_resource(max_entries=GRAPH_CACHE_ENTRIES, show_spinner=False)
+def decoder_graph(key: str, _run: Run) -> bytes | None:
+    """The run's decoder as checked ONNX bytes (trainer.onnx_export, kept in the run folder), or None: decode on the server."""
+    return decoder_onnx(_run)
+
+
+def live_run_key(view: View) -> str:
+    """The browser's name for this epoch of the run (its decoder session): a hash of the cache key, no server paths."""
+    return hashlib.sha256(view.cache_key.encode()).hexdigest()[:LIVE_RUN_KEY_CHARS]
+
+
+def live_graph(view: View) -> bytes | None:
+    """The decoder graph for the browser, or None when this run decodes on the server (not exportable, or the browser failed)."""
+    if live_run_key(view) in (st.session_state.get(state.LIVE_FAILED_KEY) or {}):
+        return None
+    return decoder_graph(view.cache_key, view.run)
+
+
+def _on_live_report(view: View, run_key: str) -> None:
+    """A report from the browser: a released z becomes the slider point, {ready} turns the live sliders on, an error falls back."""
+    value = st.session_state.get(state.LIVE_SLIDERS_KEY)
+    error = reported_error(value, run_key)
+    if error is not None:
+        st.session_state[state.LIVE_FAILED_KEY] = {**(st.session_state.get(state.LIVE_FAILED_KEY) or {}), run_key: error}
+        return
+    if reported_ready(value, run_key):
+        st.session_state[state.LIVE_OK_KEY] = True
+    z = reported_z(value, run_key, view.latent_dim)
+    if z is not None:
+        store_point(view, z)
+
+
+def _live_sliders(view: View, dims: list[int], z: np.ndarray, graph: bytes, probe: bool) -> None:
+    """The component: sliders for `dims` and the image, decoded in the browser; as a probe, unseen, it only loads the decoder."""
+    lo, hi = slider_bounds(view)
+    run_key = live_run_key(view)
+    help_text = slider_help(view)
+    specs = [SliderSpec(d, slider_label(view, d), float(lo[d]), float(hi[d]), SLIDER_STEP, bool(view.stats.inactive[d]), help_text) for d in dims]
+    token = "probe" if probe else str(st.session_state.get(state.key(state.LIVE_TOKEN, view.rid), 0))
+    shown = f"all {view.latent_dim}" if len(dims) == view.latent_dim else f"{len(dims)} of the {view.latent_dim}"
+    latent_sliders(
+        graph, run_key, specs, z, z_token=token, image_shape=view.run.model_config.image_shape, key=state.LIVE_SLIDERS_KEY,
+        on_change=functools.partial(_on_live_report, view, run_key), hidden=probe, side=DIGIT_SIDE, max_height=SLIDER_BOX_HEIGHT,
+        caption="" if probe else f"Decoded z, in your browser while you drag · at release, {density_caption(view, z)}",
+        heading="" if probe else f"Sliders for {shown} dimensions, highest {view.stats.score_name} first",
+    )
+
+
 @st.fragment
 def explorer(view: View, overlays: list[Overlay]) -> None:
-    """Scatter, decoded digit and sliders: a fragment, so moving a slider reruns only this block."""
+    """Scatter, decoded digit and sliders: a fragment, so moving a slider reruns only this block.
+
+    Once the browser has shown it can decode (a run's decoder exported to ONNX and loaded there), the digit and the
+    sliders are the live component, decoding while a thumb is dragged; until then, and for runs it cannot decode,
+    they are Streamlit sliders decoded on the server, with the component loading the decoder unseen above them.
+    """
     state.rerun_if_requested()
-    c_chart, c_digit, c_sliders = st.columns([5, 2, 3], gap="medium")
+    c_chart, c_right = st.columns([5, 5], gap="medium")
     dims = latent.slider_dims(view.stats, st.session_state.get(state.key(state.EXTRA_DIMS, view.rid)) or [])
     lo, hi = slider_bounds(view)
     start = origin(view)
@@ -300,10 +388,22 @@ def explorer(view: View, overlays: list[Overlay]) -> None:
         k = state.slider_key(d, view.rid)
         st.session_state[k] = float(np.clip(st.session_state.get(k, float(start[d])), lo[d], hi[d]))
     z = current_z(view)
-    with c_digit:
-        _digit_column(view, z)
-    with c_sliders:
-        _slider_column(view, dims)
+    graph = live_graph(view)
+    live = graph is not None and bool(st.session_state.get(state.LIVE_OK_KEY))
+    with c_right:
+        if graph is not None:
+            _live_sliders(view, dims, z, graph, probe=not live)
+        c_digit, c_sliders = st.columns([2, 3], gap="medium")
+        if live:
+            with c_digit:
+                _start_controls(view)
+            with c_sliders:
+                _more_sliders(view)
+        else:
+            with c_digit:
+                _digit_column(view, z)
+            with c_sliders:
+                _slider_column(view, dims)
     with c_chart:
         _scatter_column(view, z, overlays)
 

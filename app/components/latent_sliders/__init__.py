@@ -67,6 +67,7 @@ def component_args(
     caption: str = "",
     heading: str = "",
     status: str = "",
+    hidden: bool = False,
 ) -> dict[str, Any]:
     """The keyword arguments the frontend receives (JSON except `model`, which travels as bytes)."""
     z_values = _z_list(z)
@@ -87,10 +88,11 @@ def component_args(
     rows_px = min(rows_px, max_height) if max_height else rows_px
     image_px = round(side * shape[1] / shape[2]) + FRAME_PAD_PX
     height = image_px + rows_px if layout == "column" else max(image_px, rows_px)  # a first guess: the frame then measures itself
+    height = 0 if hidden else height
     return {
         "model": model, "run_key": str(run_key), "z": z_values, "z_token": str(z_token), "sliders": specs, "image_shape": shape,
         "side": int(side), "strip": int(strip), "layout": layout, "max_height": int(max_height) if max_height else None,
-        "caption": caption, "heading": heading, "status": status, "input_name": "z", "output_name": "image",
+        "caption": caption, "heading": heading, "status": status, "hidden": bool(hidden), "input_name": "z", "output_name": "image",
         "height": int(height),
     }
 
@@ -104,6 +106,11 @@ def reported_z(value: Any, run_key: str, latent_dim: int) -> np.ndarray | None:
         return None
     arr = np.asarray(z, np.float32)
     return arr if np.isfinite(arr).all() else None
+
+
+def reported_ready(value: Any, run_key: str) -> bool:
+    """Whether a hidden (probe) component reported that the browser loaded this run's decoder."""
+    return isinstance(value, Mapping) and value.get("run_key") == run_key and value.get("ready") == run_key
 
 
 def reported_error(value: Any, run_key: str) -> str | None:
@@ -160,10 +167,11 @@ def latent_sliders(
     """Draw the sliders and the browser-decoded image; the z (D,) last reported on release for this run, or None.
 
     `model`: ONNX bytes of z (B, D) -> image (B, C, H, W) in [0, 1]; `z` (D,) the starting point, applied by the
-    browser whenever `z_token` changes; `options`: side, strip, layout, max_height, caption, heading, status
-    (component_args). `on_change` runs (as a Streamlit callback) when the browser reports a new z; the report is
-    `st.session_state[key]`: {z, loaded, run_key, seq} on release, {need, ...} when the browser asks for the bytes,
-    {error, ...} when it cannot load the decoder (reported_error; decode on the server then).
+    browser whenever `z_token` changes; `options`: side, strip, layout, max_height, caption, heading, status, hidden
+    (component_args; a hidden component is a probe that loads the decoder, shows nothing and reports that it could).
+    `on_change` runs (as a Streamlit callback) on every report, which is `st.session_state[key]`: {z, loaded, run_key,
+    seq} on release, {ready, ...} when a hidden one has loaded the decoder, {need, ...} when the browser asks for the
+    bytes, {error, ...} when it cannot load the decoder (reported_error: decode on the server then).
     """
     state = _session_state()
     z_sent = stable_z(state, key, run_key, z_token, z)

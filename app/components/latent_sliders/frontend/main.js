@@ -10,6 +10,8 @@
  * (`loaded`), and Python stops sending a run's bytes once they are listed (when they are missing, as after the
  * frame was re-created, the component asks with {need: run_key}). z from Python is applied only when its
  * token changes (a new origin), never merely because Python echoes the reported z.
+ * With `hidden` the component is a probe: it loads the decoder, shows nothing and reports {ready: run_key}, so the
+ * page can keep its server-side sliders until the browser has shown it can decode.
  * For tests and benchmarks the canvas counts drawn frames in data-frames, and window.latentSliders keeps
  * each frame's time and its lag behind the thumb event it shows.
  */
@@ -34,6 +36,8 @@ const MAX_SESSIONS = 4; // runs whose sessions are kept (switching back is insta
 const MAX_TIMES = 2000; // frame records kept for benchmarks
 const STRIP_SIDE_MIN = 12; // px of one traversal-strip image at least
 const REPORT_DIGITS = 1e6;
+const DIGIT_SHARE = 0.42; // of a narrow frame's width, for the image beside the sliders
+const DIGIT_MIN_PX = 96;
 
 const sessions = new Map(); // run key -> Promise<InferenceSession>, least recently used first
 
@@ -57,7 +61,9 @@ function sessionFor(runKey, model) {
   }
   const bytes = toBytes(model);
   if (!bytes || !bytes.length) return null;
+  const t0 = performance.now();
   const p = ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+  p.then(() => { stats.sessionMs[runKey] = performance.now() - t0; }, () => {});
   sessions.set(runKey, p);
   p.catch(() => sessions.delete(runKey));
   while (sessions.size > MAX_SESSIONS) {
@@ -71,6 +77,7 @@ function sessionFor(runKey, model) {
 // ------------------------------------------------------------------ state
 const el = {
   root: document.getElementById("root"),
+  figure: document.querySelector("figure.digit"),
   canvas: document.getElementById("digit"),
   strip: document.getElementById("strip"),
   caption: document.getElementById("caption"),
@@ -96,7 +103,7 @@ const S = {
   seq: 0,
   disabled: false,
 };
-const stats = { frames: 0, times: [], lags: [], decodeMs: [], errors: 0 };
+const stats = { frames: 0, times: [], lags: [], decodeMs: [], errors: 0, sessionMs: {} };
 window.latentSliders = stats;
 
 function showStatus(text, isError = false) {
@@ -220,7 +227,7 @@ function buildStrip(n) {
   const [, h, w] = S.shape;
   if (el.strip.childElementCount !== n) {
     el.strip.replaceChildren();
-    const side = Math.max(STRIP_SIDE_MIN, Math.floor((Number(S.args.side) - 2 * (n - 1)) / n));
+    const side = Math.max(STRIP_SIDE_MIN, Math.floor(((parseFloat(el.figure.style.width) || Number(S.args.side)) - 2 * (n - 1)) / n));
     for (let i = 0; i < n; i++) {
       const c = document.createElement("canvas");
       c.width = w;
@@ -312,9 +319,22 @@ function applyTheme(theme) {
   if (theme.font) root.setProperty("--font", theme.font);
 }
 
+// The image is args.side px wide at most, and leaves the sliders most of a narrow frame.
+function sizeDigit() {
+  if (!S.args) return;
+  const [, h, w] = S.shape;
+  const room = el.root.clientWidth || S.args.side;
+  const side = S.args.layout === "column" ? Math.min(S.args.side, room) : Math.min(S.args.side, Math.max(DIGIT_MIN_PX, Math.floor(room * DIGIT_SHARE)));
+  if (el.figure.style.width !== `${side}px`) {
+    el.figure.style.width = `${side}px`; // the caption wraps under the image
+    el.canvas.style.width = `${side}px`;
+    el.canvas.style.height = `${Math.round((side * h) / w)}px`;
+  }
+}
+
 let lastHeight = -1;
 function fitFrame() {
-  const h = Math.ceil(el.root.getBoundingClientRect().height) + 4;
+  const h = S.args && S.args.hidden ? 0 : Math.ceil(el.root.getBoundingClientRect().height) + 4;
   if (h !== lastHeight) { lastHeight = h; setFrameHeight(h); }
 }
 
@@ -342,6 +362,7 @@ function loadSession(args) {
     S.loading = null;
     S.session = session;
     showStatus(S.args.status || "");
+    if (S.args.hidden) setComponentValue({ ready: runKey, loaded: loadedKeys(), run_key: runKey, seq: ++S.seq });
     requestDecode();
   }).catch((e) => {
     if (S.loading !== p) return;
@@ -354,25 +375,27 @@ function loadSession(args) {
 
 // ------------------------------------------------------------------ render: args from Python
 function onRender(args, disabled, theme) {
+  if (stats.firstRenderMs === undefined) stats.firstRenderMs = performance.now();
   applyTheme(theme);
   S.args = args;
   const shape = args.image_shape;
   S.inputName = args.input_name || "z";
   S.outputName = args.output_name || "image";
   el.root.classList.toggle("column", args.layout === "column");
+  el.root.hidden = !!args.hidden; // a probe: load the decoder and say so ({ready}), show nothing
   el.sliders.style.maxHeight = args.max_height ? `${args.max_height}px` : "";
   el.caption.textContent = args.caption || "";
+
 
   const runChanged = args.run_key !== S.runKey;
   if (runChanged || String(shape) !== String(S.shape)) {
     S.shape = shape;
     el.canvas.width = shape[2];
     el.canvas.height = shape[1];
-    el.canvas.style.width = `${args.side}px`;
-    el.canvas.style.height = `${Math.round((args.side * shape[1]) / shape[2])}px`;
     el.strip.replaceChildren();
     el.strip.hidden = true;
   }
+  sizeDigit();
   const specsJson = JSON.stringify(args.sliders);
   if (runChanged || specsJson !== S.specsJson) {
     S.specsJson = specsJson;
@@ -407,5 +430,5 @@ window.addEventListener("message", (event) => {
   if (event.source !== window.parent || !msg || msg.type !== "streamlit:render") return;
   onRender(msg.args || {}, msg.disabled, msg.theme);
 });
-new ResizeObserver(fitFrame).observe(el.root);
+new ResizeObserver(() => { sizeDigit(); fitFrame(); }).observe(el.root);
 sendToStreamlit("streamlit:componentReady", { apiVersion: API_VERSION });
