@@ -300,6 +300,12 @@ def test_component_in_chromium(tmp_path: Path) -> None:
             page.mouse.move(cx + 60, cy + 2)
             page.wait_for_timeout(300)
             assert caption.inner_text().endswith("image #4")
+
+            # unmounted (Streamlit removes the iframe): its WebGL context is handed back at once
+            lost = page.evaluate("""() => { const frame = document.getElementById('component');
+                const gl = frame.contentDocument.getElementById('gl').getContext('webgl2') || frame.contentDocument.getElementById('gl').getContext('webgl');
+                const before = gl.isContextLost(); frame.remove(); return [before, gl.isContextLost()]; }""")
+            assert lost == [False, True]
         finally:
             browser.close()
 
