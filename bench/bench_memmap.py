@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -165,14 +166,16 @@ def child(mode: str, folder: Path, batch_size: int, latent_dim: int, widths: tup
     model = ModelConfig(arch="conv", latent_dim=latent_dim, in_channels=CHANNELS, image_size=IMAGE_SIZE, widths=widths, hidden_dim=hidden_dim)
     trainer = Trainer(model, TrainConfig(batch_size=batch_size, epochs=1, atlas_size=min(256, len(data.test_x))), data)
     with PeakAnon() as train_peak:
-        t0, c0 = time.perf_counter(), time.process_time()
+        r0, t0, c0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter(), time.process_time()
         terms = trainer.train_epoch()
-        train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        train_s, train_cpu_s, r1 = time.perf_counter() - t0, time.process_time() - c0, resource.getrusage(resource.RUSAGE_SELF)
     status = proc_status()
     return out | {
         "train_images": len(data.train_x), "train_s": train_s, "images_per_s": len(data.train_x) / train_s,
         "train_cpu_s": train_cpu_s, "images_per_cpu_s": len(data.train_x) / train_cpu_s,
         "gather_images_per_s": len(data.train_x) / gather_s,
+        "major_faults": r1.ru_majflt - r0.ru_majflt, "minor_faults": r1.ru_minflt - r0.ru_minflt,  # major: read from disk
+        "involuntary_switches": r1.ru_nivcsw - r0.ru_nivcsw,  # preempted by other processes: a busy machine
         "train_loss": None if terms is None else terms["train_loss"], "parameters": trainer.model.num_parameters(),
         "peak_rss_anon_mb": train_peak.peak / MB, "vm_hwm_mb": status["VmHWM"] / MB, "rss_file_mb": status["RssFile"] / MB,
     }
@@ -213,7 +216,8 @@ def report(build: dict[str, Any], rows: list[dict[str, Any]], skipped: str | Non
           f"batch {first['batch']}, {first['torch_threads']} torch thread(s):")
     for r in rows:
         print(f"  {r['mode']:<7} {r['images_per_s']:8,.0f} images/s ({r['train_s']:.1f} s), {r['images_per_cpu_s']:6,.0f} per CPU-s, batches alone {r['gather_images_per_s']:9,.0f} images/s   peak RssAnon {r['peak_rss_anon_mb']:7,.0f} MB   "
-              f"VmHWM {r['vm_hwm_mb']:7,.0f} MB   RssFile {r['rss_file_mb']:7,.0f} MB   load {r['load_s']:.2f} s")
+              f"VmHWM {r['vm_hwm_mb']:7,.0f} MB   RssFile {r['rss_file_mb']:7,.0f} MB   load {r['load_s']:.2f} s   "
+              f"faults {r['major_faults']} major / {r['minor_faults']:,} minor, preempted {r['involuntary_switches']:,} times")
     by_mode = {m: [r for r in rows if r["mode"] == m] for m in ("memmap", "memory")}
     if by_mode["memory"]:
         median = {m: statistics.median(r["images_per_s"] for r in rs) for m, rs in by_mode.items()}
@@ -263,8 +267,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         elif mem_available() < MEMORY_FIT_FACTOR * cache_bytes:
             skipped = f"MemAvailable {mem_available() / MB:,.0f} MB < {MEMORY_FIT_FACTOR:g} x the cache"
         rows = []
-        for _ in range(args.repeats):  # alternated, so a busy machine's slow spell does not fall on one case only
-            for mode in ("memmap",) if skipped else ("memmap", "memory"):
+        for k in range(args.repeats):  # alternated, so a busy machine's slow spell does not fall on one case only
+            for mode in ("memmap",) if skipped else ("memmap", "memory")[:: 1 if k % 2 == 0 else -1]:
                 print(f"{mode}: page cache warmed in {warm_page_cache(Path(build['cache_file'])):.1f} s", flush=True)
                 rows.append(run_child(mode, args, folder))
         for r in rows:
