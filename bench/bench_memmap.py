@@ -197,7 +197,8 @@ def gather_epoch(images, batch_size: int) -> float:
 def run_child(mode: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     """Run `child(mode)` in a fresh interpreter (its memory figures are its own) and return its result."""
     cmd = [sys.executable, "-m", "bench.bench_memmap", "--child", mode, "--folder", str(folder),
-           "--batch-size", str(args.batch_size), "--latent-dim", str(args.latent_dim), "--widths", ",".join(map(str, args.widths)), "--hidden-dim", str(args.hidden_dim)]
+           "--batch-size", str(args.batch_size), "--latent-dim", str(args.latent_dim), "--widths", ",".join(map(str, args.widths)),
+           "--hidden-dim", str(args.hidden_dim)]
     proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
     if proc.returncode != 0 or not lines:
@@ -215,7 +216,8 @@ def report(build: dict[str, Any], rows: list[dict[str, Any]], skipped: str | Non
     print(f"one epoch, conv VAE ({first['parameters']:,} parameters), {first['train_images']:,} training images, "
           f"batch {first['batch']}, {first['torch_threads']} torch thread(s):")
     for r in rows:
-        print(f"  {r['mode']:<7} {r['images_per_s']:8,.0f} images/s ({r['train_s']:.1f} s), {r['images_per_cpu_s']:6,.0f} per CPU-s, batches alone {r['gather_images_per_s']:9,.0f} images/s   peak RssAnon {r['peak_rss_anon_mb']:7,.0f} MB   "
+        print(f"  {r['mode']:<7} {r['images_per_s']:8,.0f} images/s ({r['train_s']:.1f} s), {r['images_per_cpu_s']:6,.0f} per CPU-s, "
+              f"batches alone {r['gather_images_per_s']:9,.0f} images/s   peak RssAnon {r['peak_rss_anon_mb']:7,.0f} MB   "
               f"VmHWM {r['vm_hwm_mb']:7,.0f} MB   RssFile {r['rss_file_mb']:7,.0f} MB   load {r['load_s']:.2f} s   "
               f"faults {r['major_faults']} major / {r['minor_faults']:,} minor, preempted {r['involuntary_switches']:,} times")
     by_mode = {m: [r for r in rows if r["mode"] == m] for m in ("memmap", "memory")}

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import IMAGE_EXTENSIONS, decode_image  # the one image decoder and its allow-list: folder images and the explorer's uploads
 from . import safe_io
 from .config import is_int
+from .images import IMAGE_EXTENSIONS, decode_image  # the one image decoder and its allow-list: folder images and the explorer's uploads
 from .paths import BUNDLED_DATA_DIR
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,9 @@ def _map_rows(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
         return np.memmap(f, dtype=np.uint8, mode="c", shape=shape)  # the mapping outlives the file object
 
 
-def _read_cache(data_path: Path, header_path: Path, key: str, row_shape: tuple[int, int, int], n_files: int, n_classes: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+def _read_cache(
+    data_path: Path, header_path: Path, key: str, row_shape: tuple[int, int, int], n_files: int, n_classes: int
+) -> tuple[np.ndarray, np.ndarray, int] | None:
     """(memory-mapped images (N, C, S, S), labels (N,), files skipped) of a sound, current cache, else None.
 
     Nothing in it is trusted: the header must name this file list's checksum and a shape and labels that fit
@@ -333,7 +335,9 @@ def _remove_stale(cache_dir: Path, image_size: int, channels: int, keep: tuple[P
         pass  # another process cleaning up, or a read-only folder: harmless
 
 
-def _build_cache(root: Path, files: list[Path], labels: list[int], class_names: list[str], image_size: int, channels: int, key: str) -> tuple[np.ndarray, np.ndarray, int, Path | None]:
+def _build_cache(
+    root: Path, files: list[Path], labels: list[int], class_names: list[str], image_size: int, channels: int, key: str
+) -> tuple[np.ndarray, np.ndarray, int, Path | None]:
     """Decode every file once into the folder's cache, streaming (one image in memory at a time); memory-map it:
     (images (N, C, S, S), labels (N,), files skipped, the data file or None for an unnamed temporary file).
 
