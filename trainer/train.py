@@ -247,6 +247,8 @@ class Trainer:
         free, _ = torch.cuda.mem_get_info(self.device)
         if train_x.nbytes + test_x.nbytes <= DEVICE_DATA_SHARE * free:
             return train_x.to(self.device), test_x.to(self.device)
+        if self.data.cache_file is not None:  # memory-mapped: pinning would copy the whole set; images() pins per batch
+            return train_x, test_x
         return train_x.pin_memory(), test_x.pin_memory()
 
     def setup_info(self) -> dict[str, Any]:
