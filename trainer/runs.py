@@ -47,7 +47,7 @@ from safetensors.torch import save as st_save
 
 from models import VAE, DiagonalGaussian, ModelConfig, build_model
 
-from . import safe_io
+from . import metrics, safe_io
 from .config import TrainConfig, is_int, is_number
 from .errors import first_line
 from .safe_io import (
@@ -80,6 +80,7 @@ MAX_CLASSES = 100_000
 MAX_FLOAT_BYTES = 8  # latents may be stored as float16 to float64
 LABEL_BYTES = 8  # labels are stored as int64
 HISTORY_NUMBERS = ("test_loss", "psnr")  # per-epoch numbers every reader of history.jsonl may format
+LAST_BOUND = "test_neg_elbo"  # also in a manifest's "last": the latest test negative ELBO (recon + KL, beta 1)
 HISTORY_TAIL_BYTES = 2**16  # a run saved before manifests named its last numbers: its history's last line is in this tail
 # The files save_epoch writes for every epoch, by manifest key: versioned(key, epoch, suffix).
 VERSIONED_FILES = {"weights": ".safetensors", "optim": ".safetensors", "history": ".jsonl", "latents": ".npz"}
@@ -435,7 +436,7 @@ class RunWriter:
             "sha256": {name: sha256(data) for name, data in blobs.values()},
             "kept": kept,
             "saved_at": time.time(),
-            "last": last_numbers(history[-1] if history else {}),  # what a run picker shows, without reading the history
+            "last": last_summary(history[-1] if history else {}),  # what a run picker shows, without reading the history
         }
         safe_io.atomic_write_json(self.run_dir / MANIFEST_FILE, manifest)
         self._collect_garbage(manifest, previous)
@@ -538,7 +539,8 @@ class RunSummary:
     status: dict[str, Any] | None
     error: str | None  # why the run cannot be opened, if the small files already show it
     mtime: float  # of the manifest (or the folder): a cache key that changes with every save
-    last: dict[str, float] | None = None  # HISTORY_NUMBERS of the latest epoch (test loss, PSNR), if known
+    last: dict[str, float] | None = None  # HISTORY_NUMBERS of the latest epoch (test objective, PSNR), if known
+    neg_elbo: float | None = None  # the latest epoch's test negative ELBO (recon + KL, beta 1), if known
 
 
 def last_numbers(row: Any) -> dict[str, float] | None:
@@ -551,29 +553,52 @@ def last_numbers(row: Any) -> dict[str, float] | None:
         return None
 
 
-def _last_numbers_of(run_dir: Path, manifest: dict[str, Any]) -> dict[str, float] | None:
-    """The manifest's "last" numbers; for runs saved before it had them, those of the history's last line
-    (a bounded read of the file's tail, never the whole history)."""
+def last_bound(row: Any) -> float | None:
+    """The test negative ELBO of one history row (or a manifest's "last"): its LAST_BOUND, or for rows written
+    before it was recorded test_recon + test_kl (metrics.neg_elbo); None unless a finite number."""
+    if not isinstance(row, dict):
+        return None
+    keys = (LAST_BOUND,) if LAST_BOUND in row else ("test_recon", "test_kl")
+    if not all(is_number(row.get(k)) for k in keys):
+        return None
+    try:
+        value = metrics.neg_elbo({k: row[k] for k in keys})
+    except OverflowError:  # an integer beyond float range
+        return None
+    return value if math.isfinite(value) else None
+
+
+def last_summary(row: Any) -> dict[str, float] | None:
+    """What a manifest's "last" holds: the HISTORY_NUMBERS of a history row and, when known, its LAST_BOUND."""
+    numbers = last_numbers(row)
+    bound = last_bound(row)
+    return numbers if numbers is None or bound is None else numbers | {LAST_BOUND: bound}
+
+
+def _last_row_of(run_dir: Path, manifest: dict[str, Any]) -> Any:
+    """The manifest's "last"; for runs saved before it had one, the history's last line (a bounded read of the
+    file's tail, never the whole history). Unchecked: read it with last_numbers and last_bound."""
     if "last" in manifest:
-        return last_numbers(manifest["last"])
+        return manifest["last"]
     name = manifest["files"].get("history")
     if not isinstance(name, str) or not FILE_NAME_RE.fullmatch(name) or ".." in name:
         return None
     try:
         tail = safe_io.read_tail(run_dir / name, HISTORY_TAIL_BYTES).decode(errors="replace")
         lines = [line for line in tail.splitlines() if line.strip()]
-        return last_numbers(json.loads(lines[-1])) if lines else None
+        return json.loads(lines[-1]) if lines else None
     except (RunError, ValueError, RecursionError):
         return None
 
 
 def summarize_run(run_dir: Path) -> RunSummary:
-    config, epoch, error, last = None, None, None, None
+    config, epoch, error, last, bound = None, None, None, None, None
     try:
         _, _, config = read_config(run_dir)
         saved = read_manifest(run_dir)
         epoch = saved["epoch"]
-        last = _last_numbers_of(run_dir, saved)
+        row = _last_row_of(run_dir, saved)
+        last, bound = last_numbers(row), last_bound(row)
     except RunError as e:
         error = str(e)
     manifest = run_dir / MANIFEST_FILE
@@ -581,7 +606,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
         mtime = manifest.stat().st_mtime_ns / 1e9 if manifest.exists() else run_dir.stat().st_mtime
     except OSError:
         mtime = 0.0
-    return RunSummary(run_dir.name, run_dir, config, epoch, read_status(run_dir), error, mtime, last)
+    return RunSummary(run_dir.name, run_dir, config, epoch, read_status(run_dir), error, mtime, last, bound)
 
 
 def list_runs(checkpoints_dir: str | os.PathLike) -> list[RunSummary]:
