@@ -1,15 +1,20 @@
-"""Browser latency: from releasing a latent slider to the new decoded digit on screen, in real Chromium.
+"""Browser latency of the live latent sliders, in real Chromium: frames decoded while a thumb is dragged, and
+the lag from releasing it to the scatter marker.
 
-    .venv/bin/python -m bench.bench_browser                       # the bundled runs in checkpoints/
-    .venv/bin/python -m bench.bench_browser --checkpoints-dir DIR --moves 30
+    .venv/bin/python -m bench.bench_browser                       # every run in checkpoints/ (the bundled runs)
+    .venv/bin/python -m bench.bench_browser --checkpoints-dir DIR --runs NAME NAME --seconds 2 --releases 10
 
 Starts `streamlit run app/main.py` on a free loopback port, opens the Explore page in Debian's Chromium
-(Playwright, never its own browser download), and for each move drags the first latent slider's thumb, lets go, and waits, inside the page, for the decoded image's src to change. Prints median and p95.
+(Playwright, never its own browser download), waits for the latent-slider component to decode in the browser,
+and for each run (picked in the sidebar): drags the first slider's thumb back and forth for --seconds
+(frames per second drawn during the drag; each frame's lag behind the thumb event it shows), then
+--releases short drags, each timed from letting go to the scatter's "slider point" marker moving. Medians.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -18,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -26,11 +32,24 @@ from trainer.paths import DEFAULT_CHECKPOINTS_DIR, PROJECT_ROOT
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SERVER_START_S = 45.0
-DECODED_IMAGE = "[data-testid='stImage']"
-DECODED_CAPTION = "Decoded z"
-DEFAULT_MOVES = 25
-WAIT_MS = 30_000
-DRAG_PX = 25  # each move drags the thumb this far, alternately right and left
+LIVE_FRAME = "iframe[title$='latent_sliders']"  # the latent-slider component (app/components/latent_sliders)
+SLIDER_INPUT = ".sliders input[type=range]"  # its sliders, highest KL first
+MARKER_NAME = "slider point"  # the scatter trace that marks the slider point
+RUN_PICKER = "[data-testid='stSidebar'] [data-testid='stSelectbox']"
+DEFAULT_SECONDS = 2.0
+DEFAULT_RELEASES = 10
+WAIT_MS = 60_000  # the first page load compiles onnxruntime's WASM; the machine may be busy
+DRAG_PX = 90  # amplitude of the back-and-forth drag
+DRAG_PERIOD_MOVES = 16  # mouse moves per swing (about 2 rad per 8 moves)
+MOVE_PAUSE_MS = 5  # between mouse moves: a steady stream of input events
+RELEASE_PX = 30  # each timed release drags the thumb this far, alternately right and left
+MARKER_JS = f"""() => {{
+  for (const el of document.querySelectorAll('.js-plotly-plot')) {{
+    const t = (el._fullData || []).find((t) => t.name === {MARKER_NAME!r});
+    if (t && t.x && t.x.length) return [Number(t.x[0]), Number(t.y[0])];
+  }}
+  return null;
+}}"""
 
 
 def free_port() -> int:
@@ -82,67 +101,150 @@ def launch_chromium(pw):
     return pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
-def decoded_image(page):
-    return page.locator(DECODED_IMAGE).filter(has_text=DECODED_CAPTION).locator("img").first
+@dataclass
+class Drag:
+    """One held drag of a slider thumb: decoded frames drawn during it and each one's lag behind its thumb event."""
+
+    frames: int
+    seconds: float
+    moves: int
+    lags_ms: list[float]
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def thumb_position(slider) -> tuple[float, float]:
-    """Page coordinates of the centre of the slider's visible thumb (the hidden range input's grandparent)."""
-    box = slider.locator("xpath=../..").bounding_box()
-    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+def live_sliders(page, timeout_ms: int = WAIT_MS):
+    """The live slider component's frame, once it is shown (not the unseen probe) and has drawn a decoded image."""
+    page.wait_for_function(f"() => {{ const f = document.querySelector({LIVE_FRAME!r}); return f && f.getBoundingClientRect().height > 0; }}",
+                           timeout=timeout_ms)
+    frame = page.locator(LIVE_FRAME).element_handle().content_frame()
+    frame.wait_for_function("() => Number(document.querySelector('canvas#digit').dataset.frames) > 0", timeout=timeout_ms)
+    return frame
 
 
-def measure(url: str, moves: int) -> list[float]:
-    """Milliseconds from releasing a drag of slider z0's thumb to a new decoded image src in the DOM."""
+def frames_drawn(frame) -> int:
+    return int(frame.evaluate("() => window.latentSliders.frames"))
+
+
+def marker_xy(page) -> tuple[float, float] | None:
+    """The scatter's slider-point marker, as plotted."""
+    xy = page.evaluate(MARKER_JS)
+    return None if xy is None else (xy[0], xy[1])
+
+
+def thumb_xy(frame, index: int = 0) -> tuple[float, float]:
+    """Page coordinates of slider `index`'s thumb (range inputs put it at value's share of the track)."""
+    slider = frame.locator(SLIDER_INPUT).nth(index)
+    box = slider.bounding_box()
+    lo, hi, value = (float(slider.get_attribute("min")), float(slider.get_attribute("max")), float(slider.input_value()))
+    share = (value - lo) / (hi - lo) if hi > lo else 0.5
+    thumb = box["height"]  # Chromium's thumb is about as wide as the input is tall
+    return box["x"] + thumb / 2 + share * (box["width"] - thumb), box["y"] + box["height"] / 2
+
+
+def drag(page, frame, *, seconds: float | None = None, moves: int | None = None, index: int = 0) -> Drag:
+    """Press slider `index`'s thumb, swing it for `seconds` (or `moves` mouse moves) and stop half a swing to the right;
+    the button stays down."""
+    x0, y = thumb_xy(frame, index)
+    page.mouse.move(x0, y)
+    page.mouse.down()
+    before = frames_drawn(frame)
+    t0 = time.perf_counter()
+    n = 0
+    while (seconds is not None and time.perf_counter() - t0 < seconds) or (moves is not None and n < moves):
+        n += 1
+        page.mouse.move(x0 + DRAG_PX * math.sin(2 * math.pi * n / DRAG_PERIOD_MOVES), y)
+        page.wait_for_timeout(MOVE_PAUSE_MS)
+    page.mouse.move(x0 + DRAG_PX / 2, y)  # end away from the start, so letting go changes z
+    page.wait_for_timeout(MOVE_PAUSE_MS)
+    elapsed = time.perf_counter() - t0
+    frames = frames_drawn(frame) - before
+    lags = frame.evaluate("(k) => k > 0 ? window.latentSliders.lags.slice(-k) : []", frames)
+    return Drag(frames, elapsed, n, [float(v) for v in lags])
+
+
+def release_to_marker_ms(page, frame, step: int, index: int = 0) -> float:
+    """Drag slider `index` a little, let go, and time (ms) until the scatter marker has moved."""
+    before = marker_xy(page)
+    x0, y = thumb_xy(frame, index)
+    page.mouse.move(x0, y)
+    page.mouse.down()
+    page.mouse.move(x0 + (RELEASE_PX if step % 2 == 0 else -RELEASE_PX), y, steps=4)
+    t0 = time.perf_counter()
+    page.mouse.up()
+    page.wait_for_function(f"(prev) => {{ const m = ({MARKER_JS})(); return m && (m[0] !== prev[0] || m[1] !== prev[1]); }}",
+                           arg=list(before or (None, None)), polling="raf")
+    return (time.perf_counter() - t0) * 1e3
+
+
+def shown_run(page) -> str | None:
+    """The name of the run the Explore page shows (its heading starts with it)."""
+    return page.evaluate("() => { const h = [...document.querySelectorAll('h3')].find((h) => h.innerText.includes(' · '));"
+                         " return h ? h.innerText.split(' · ')[0] : null; }")
+
+
+def choose_run(page, frame, name: str) -> None:
+    """Pick run `name` in the sidebar and wait until the live sliders have drawn one of its images."""
+    if shown_run(page) == name:
+        return
+    previous = frame.locator("canvas#digit").get_attribute("data-run-key")
+    page.locator(RUN_PICKER).filter(has_text="Run").click()
+    page.keyboard.type(name)
+    page.keyboard.press("Enter")
+    page.wait_for_function("(name) => [...document.querySelectorAll('h3')].some((h) => h.innerText.startsWith(name + ' · '))", arg=name)
+    frame.wait_for_function("(prev) => { const c = document.querySelector('canvas#digit'); return c.dataset.runKey && c.dataset.runKey !== prev; }",
+                            arg=previous)
+
+
+def measure(url: str, runs: list[str], seconds: float, releases: int) -> dict[str, dict[str, float]]:
+    """Per run: fps during a `seconds` drag, the frames' median and p95 lag, and the median release-to-marker ms."""
     from playwright.sync_api import sync_playwright
 
+    results: dict[str, dict[str, float]] = {}
     with sync_playwright() as pw:
         browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(WAIT_MS)
             page.goto(url)
-            slider = page.get_by_role("slider", name="z0")
-            slider.wait_for()
-            image = decoded_image(page)
-            image.wait_for()
-            page.wait_for_timeout(2000)  # let the first render settle
-            times = []
-            for i in range(moves):
-                before = image.get_attribute("src")
-                x, y = thumb_position(slider)
-                page.mouse.move(x, y)
-                page.mouse.down()
-                page.mouse.move(x + (DRAG_PX if i % 2 == 0 else -DRAG_PX), y, steps=3)
-                t0 = time.perf_counter()  # the user lets go of the slider
+            frame = live_sliders(page)
+            for name in runs:
+                choose_run(page, frame, name)
+                page.wait_for_timeout(500)  # let the switch settle
+                held = drag(page, frame, seconds=seconds)
                 page.mouse.up()
-                page.wait_for_function(
-                    "([sel, cap, prev]) => { const el = [...document.querySelectorAll(sel)].find(e => e.innerText.includes(cap));"
-                    " const img = el && el.querySelector('img'); return img && img.complete && img.src !== prev; }",
-                    arg=[DECODED_IMAGE, DECODED_CAPTION, before], polling="raf",
-                )
-                times.append((time.perf_counter() - t0) * 1e3)
-                page.wait_for_timeout(200)
-            return times
+                page.wait_for_timeout(500)
+                lags = sorted(held.lags_ms) or [float("nan")]
+                times = [release_to_marker_ms(page, frame, i) for i in range(releases)]
+                results[name] = {"fps": held.fps, "frames": held.frames, "moves": held.moves, "lag_median_ms": statistics.median(lags),
+                                 "lag_p95_ms": lags[max(0, int(round(0.95 * len(lags))) - 1)], "release_median_ms": statistics.median(times)}
         finally:
             browser.close()
+    return results
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints-dir", type=Path, default=DEFAULT_CHECKPOINTS_DIR)
-    parser.add_argument("--moves", type=int, default=DEFAULT_MOVES)
+    parser.add_argument("--runs", nargs="+", help="run folder names (default: every loadable run in the folder)")
+    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="length of the held drag")
+    parser.add_argument("--releases", type=int, default=DEFAULT_RELEASES, help="timed releases per run")
     args = parser.parse_args(argv)
     if not CHROMIUM.exists():
         print(f"\nBrowser latency: skipped, {CHROMIUM} is not installed (apt-get install chromium)")
         return {}
+    from trainer.runs import list_runs
+
+    runs = args.runs or [s.name for s in list_runs(args.checkpoints_dir) if s.error is None]
     with streamlit_server(args.checkpoints_dir) as url:
-        times = measure(url, args.moves)
-    ordered = sorted(times)
-    result = {"median_ms": statistics.median(times), "p95_ms": ordered[max(0, int(round(0.95 * len(ordered))) - 1)], "moves": len(times)}
-    print(f"\nBrowser slider-to-image latency, Chromium + Playwright, {len(times)} moves: "
-          f"median {result['median_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms")
-    return result
+        results = measure(url, runs, args.seconds, args.releases)
+    print(f"\nLive latent sliders in Chromium + Playwright ({args.seconds:g} s drag; {args.releases} releases per run; medians):")
+    print(f"  {'run':<28} {'frames/s':>9} {'frame lag':>10} {'p95':>7} {'release->marker':>16}")
+    for name, r in results.items():
+        print(f"  {name:<28} {r['fps']:>9.1f} {r['lag_median_ms']:>8.1f}ms {r['lag_p95_ms']:>5.1f}ms {r['release_median_ms']:>14.0f}ms")
+    return results
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@
  * token changes (a new origin), never merely because Python echoes the reported z.
  * With `hidden` the component is a probe: it loads the decoder, shows nothing and reports {ready: run_key}, so the
  * page can keep its server-side sliders until the browser has shown it can decode.
- * For tests and benchmarks the canvas counts drawn frames in data-frames, and window.latentSliders keeps
- * each frame's time and its lag behind the thumb event it shows.
+ * For tests and benchmarks the canvas counts drawn frames in data-frames (and names the run of the last one in
+ * data-run-key), and window.latentSliders keeps each frame's time and its lag behind the thumb event it shows.
  */
 "use strict";
 
@@ -177,6 +177,7 @@ async function pump() {
         const now = performance.now();
         stats.frames += 1;
         el.canvas.dataset.frames = String(stats.frames);
+        el.canvas.dataset.runKey = job.runKey;
         el.canvas.dataset.lastLagMs = (now - job.t).toFixed(1);
         stats.times.push(now);
         stats.lags.push(now - job.t);
