@@ -11,6 +11,7 @@ from typing import Iterator
 
 import streamlit as st
 
+from app import bounds
 from app.deploy import CHECKPOINTS_ENV, is_public, public_checkpoints_dir, resolve_checkpoints_dir  # noqa: F401  (re-exported)
 from trainer.runs import Run, RunError, RunSummary, list_runs, load_run
 
@@ -88,18 +89,24 @@ def cached_run_list(root: str) -> list[RunSummary]:
 
 
 def describe_run(summary: RunSummary, run: Run | None = None) -> str:
-    """One line: dataset (and whether it is the offline subset), model, kind, latent size, epochs, test loss, PSNR."""
+    """One line: dataset (and whether it is the offline subset), model, kind, latent size, epochs, and the latest
+    test numbers: negative ELBO and objective apart (app.bounds words them), PSNR."""
     cfg = summary.config or {}
     model, train, data = cfg.get("model", {}), cfg.get("train", {}), cfg.get("data", {})
+    setting = bounds.Setting.of_config(cfg)
     parts = [str(train.get("dataset", "?"))]
     if data.get("kind") == "subset":
         parts[0] += " (offline subset)"
-    parts.append(f"{model.get('arch', '?')} {str(model.get('kind', '?')).upper()}, latent {model.get('latent_dim', '?')}")
+    parts.append(f"{model.get('arch', '?')} {setting.kind_label if model.get('kind') else '?'}, latent {model.get('latent_dim', '?')}")
     parts.append(f"epoch {summary.epoch if summary.epoch is not None else '-'} / {train.get('epochs', '?')}")
-    last = run.history[-1] if run is not None and run.history else summary.last
-    if last:
-        parts.append(f"test loss {last['test_loss']:.1f} nats, PSNR {last['psnr']:.1f} dB")
-    return " · ".join(parts)
+    if run is not None and run.history:
+        row = run.history[-1]
+        numbers = bounds.numbers_text(setting, row["test_loss"], bounds.row_bound(row), row["psnr"], bounds.row_beta(row, setting))
+    elif summary.last:
+        numbers = bounds.numbers_text(setting, summary.last["test_loss"], summary.neg_elbo, summary.last["psnr"])
+    else:
+        numbers = ""
+    return " · ".join(parts + [numbers] if numbers else parts)
 
 
 @contextlib.contextmanager
