@@ -4,8 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from .helpers import make_run, write_idx_digits
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test starts with the session's torch thread count: the CLI (main) and the app set their own in-process,
+    and extra spinning threads on a loaded machine slow every later test several-fold."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
