@@ -47,11 +47,36 @@ def test_autoencoder_run_has_no_logvars(runs_root):
     assert run.atlas.logvars is None and run.atlas.posterior().deterministic
 
 
-def test_only_one_epoch_set_per_manifest_and_old_sets_collected(runs_root):
+def epoch_sets(run_dir: Path) -> dict[str, list[int]]:
+    """The epochs of each kind of epoch file in the folder."""
+    found: dict[str, list[int]] = {}
+    for p in sorted(run_dir.iterdir()):
+        parts = runs_mod.epoch_file(p.name)
+        if parts is not None:
+            found.setdefault(parts.stem, []).append(parts.epoch)
+    return found
+
+
+def test_a_finished_run_keeps_one_epoch_set_and_no_temporaries(runs_root):
     names = {p.name for p in (runs_root / "vae5").iterdir()}
-    weights = sorted(n for n in names if n.startswith("weights-"))
-    assert weights == ["weights-000002.safetensors", "weights-000003.safetensors"]  # newest and the one before
+    assert epoch_sets(runs_root / "vae5") == {k: [3] for k in runs_mod.VERSIONED_FILES}  # the last epoch's set alone
     assert not [n for n in names if n.endswith(".tmp")]
+
+
+def test_while_training_the_previous_set_is_kept_until_the_last_save(run_copy):
+    run = load_run(run_copy)
+    writer = runs_mod.RunWriter(run_copy)
+    opt = torch.optim.Adam(run.model.parameters())
+    atlas = run.atlas
+    history = list(run.history)
+    for epoch, final in ((4, False), (5, False), (6, True)):
+        history.append(history[-1] | {"epoch": epoch})
+        latents = {"epochs": np.append(atlas.epochs, epoch), "means": np.concatenate([atlas.means, atlas.means[-1:]]).astype(np.float16),
+                   "logvars": np.concatenate([atlas.logvars, atlas.logvars[-1:]]).astype(np.float16)}
+        writer.save_epoch(epoch, run.model, opt, history, latents, final=final)
+        expected = [epoch] if final else [epoch - 1, epoch]  # a reader may still follow the previous manifest
+        assert epoch_sets(run_copy) == {k: expected for k in runs_mod.VERSIONED_FILES}
+        assert load_run(run_copy).epoch == epoch
 
 
 def test_interrupted_write_leaves_previous_checkpoint_loadable(run_copy, monkeypatch):

@@ -6,14 +6,25 @@ Layout of `checkpoints/<run>/`:
     weights-EEEEEE.safetensors     model weights after epoch E
     optim-EEEEEE.safetensors       optimiser state after epoch E (for --resume)
     history-EEEEEE.jsonl           one JSON line per completed epoch up to E
-    latents-EEEEEE.npz             posterior mean/log-variance of the atlas images at every epoch up to E
+    latents-EEEEEE.npz             posterior mean/log-variance (float16) of the atlas images at the snapshot
+                                   epochs up to E (latent_snapshots: every epoch below LATENTS_EVERY_EPOCH,
+                                   then log-spaced ones and E, at most MAX_LATENT_SNAPSHOTS in all)
     manifest.json                  names the consistent set above (and their sha256); replaced last
     status.json                    live progress for the app (not part of the set)
     lock                           flock-ed by the training process
 
 Every file is written to a temporary name, fsynced and renamed into place (trainer.safe_io). The manifest is
 replaced only after the files it names exist, and the previous epoch's set is kept until the
-next one lands, so a reader that follows one manifest always sees one epoch's files.
+next one lands, so a reader that follows one manifest always sees one epoch's files. The last save
+of a run (its final epoch, or an early stop) removes the previous set: a finished run keeps one.
+
+Growth is bounded: a run folder holds one or two epoch sets (plus --keep-epochs weights); the latents
+file holds at most MAX_LATENT_SNAPSHOTS snapshots, however long the run; the history grows by one line per
+epoch (about 1 KB plus ~9 bytes per latent dimension, for KL per dimension), so a reader's limit for it
+scales with the run: history_limit(epochs, latent_dim) allows HISTORY_ROW_BYTES plus HISTORY_NUMBER_BYTES per
+latent dimension for each of the run's epochs (the larger of its configured and saved epochs, at most
+MAX_EPOCHS), and never less than MAX_JSON_BYTES. A hostile history file is still bounded (2 GB for a
+latent-512 run of MAX_EPOCHS epochs, a few MB for a short one).
 Nothing here unpickles: safetensors for tensors, JSON, and npz with allow_pickle=False.
 
 Run folders may come from strangers, so reading trusts nothing: files are read through trainer.safe_io
@@ -48,7 +59,7 @@ from safetensors.torch import save as st_save
 from models import VAE, DiagonalGaussian, ModelConfig, build_model
 
 from . import metrics, safe_io
-from .config import TrainConfig, is_int, is_number
+from .config import MAX_EPOCHS, TrainConfig, is_int, is_number
 from .errors import first_line
 from .safe_io import (
     MAX_JSON_BYTES,
@@ -81,6 +92,12 @@ MAX_FLOAT_BYTES = 8  # latents may be stored as float16 to float64
 LABEL_BYTES = 8  # labels are stored as int64
 HISTORY_NUMBERS = ("test_loss", "psnr")  # per-epoch numbers every reader of history.jsonl may format
 LAST_BOUND = "test_neg_elbo"  # also in a manifest's "last": the latest test negative ELBO (recon + KL, beta 1)
+# A history line: at most HISTORY_ROW_BYTES besides its KL per dimension, and HISTORY_NUMBER_BYTES per latent dimension.
+HISTORY_ROW_BYTES = 4096  # ~1 KB in practice: ~25 named numbers
+HISTORY_NUMBER_BYTES = 32  # ~9 in practice: KL per dimension is rounded to 5 decimals
+# Atlas latents: every epoch below LATENTS_EVERY_EPOCH, then log-spaced epochs and the latest, at most MAX_LATENT_SNAPSHOTS.
+LATENTS_EVERY_EPOCH = 50
+MAX_LATENT_SNAPSHOTS = 200
 HISTORY_TAIL_BYTES = 2**16  # a run saved before manifests named its last numbers: its history's last line is in this tail
 # The files save_epoch writes for every epoch, by manifest key: versioned(key, epoch, suffix).
 VERSIONED_FILES = {"weights": ".safetensors", "optim": ".safetensors", "history": ".jsonl", "latents": ".npz"}
@@ -158,6 +175,31 @@ class Atlas:
         mean = torch.from_numpy(self.means[snapshot])
         logvar = None if self.logvars is None else torch.from_numpy(self.logvars[snapshot])
         return DiagonalGaussian(mean, logvar)
+
+
+@functools.lru_cache(maxsize=16)
+def _log_grid(first: int, cap: int, max_epoch: int) -> frozenset[int]:
+    """The fixed log-spaced epochs from `first` to `max_epoch` kept after the first ones: cap - first - 2 of them
+    (the first ones, the first snapshot and the latest make up the rest of the cap)."""
+    count = cap - first - 2
+    if first < 1 or count < 2 or max_epoch <= first:
+        raise ValueError(f"latent snapshots: need 1 <= first < max_epoch and cap >= first + 4, got first={first}, cap={cap}, max_epoch={max_epoch}")
+    return frozenset(int(e) for e in np.rint(np.geomspace(first, max_epoch, count)))
+
+
+def latent_snapshots(
+    epochs: list[int], current: int, *, first: int = LATENTS_EVERY_EPOCH, cap: int = MAX_LATENT_SNAPSHOTS, max_epoch: int = MAX_EPOCHS
+) -> list[int]:
+    """The epochs among `epochs` whose atlas latents a run keeps once epoch `current` is the latest.
+
+    Kept: every epoch below `first`, the first snapshot, `current`, and the epochs on one fixed log-spaced grid
+    from `first` to `max_epoch`; at most `cap` in all. The grid does not depend on the run, so the kept set at
+    epoch n is a subset of the one at n - 1 plus n: thinning as a run goes and thinning every epoch at once
+    give the same list, and a resumed run keeps what a straight one does.
+    """
+    grid = _log_grid(first, cap, max_epoch)
+    start = epochs[0] if epochs else current
+    return [e for e in epochs if e < first or e == start or e == current or e in grid]
 
 
 # ---------------------------------------------------------------- loading
@@ -290,9 +332,18 @@ def _load_atlas(run_dir: Path, manifest: dict[str, Any], model_config: ModelConf
     return Atlas(images, labels.astype(np.int64), epochs, found["means"], found.get("logvars"))
 
 
-def _load_history(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per completed epoch; rows are objects with an integer 'epoch' and the numbers readers format."""
-    path, data = _read_checked(run_dir, manifest, "history", MAX_JSON_BYTES)
+def history_limit(epochs: int, latent_dim: int) -> int:
+    """The most bytes a history of `epochs` rows of a latent-`latent_dim` run may take (never below MAX_JSON_BYTES)."""
+    rows = min(max(int(epochs), 0), MAX_EPOCHS) + 1
+    return max(MAX_JSON_BYTES, rows * (HISTORY_ROW_BYTES + latent_dim * HISTORY_NUMBER_BYTES))
+
+
+def _load_history(run_dir: Path, manifest: dict[str, Any], model_config: ModelConfig, train_config: TrainConfig) -> list[dict[str, Any]]:
+    """One row per completed epoch; rows are objects with an integer 'epoch' and the numbers readers format.
+
+    The file may take history_limit bytes for the larger of the run's configured and saved epochs."""
+    limit = history_limit(max(train_config.epochs, manifest["epoch"]), model_config.latent_dim)
+    path, data = _read_checked(run_dir, manifest, "history", limit)
     history = []
     for i, line in enumerate(data.decode(errors="replace").splitlines(), 1):
         if not line.strip():
@@ -347,7 +398,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
                 raise RunError(f"{weights_path}: weights do not fit the model in config.json ({len(data)} bytes cannot hold its {min_weight_bytes // 2:,} parameters)")
             model = build_model(model_config)
             load_weights(model, weights_path, data)
-            history = _load_history(run_dir, manifest)
+            history = _load_history(run_dir, manifest, model_config, train_config)
             atlas = _load_atlas(run_dir, manifest, model_config, train_config, n_classes)
             break
         except RunError as e:
@@ -379,7 +430,7 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> bytes:
 class RunWriter:
     """Writes one run folder; `save_epoch` lands one consistent set of files per call."""
 
-    KEEP_SETS = 2  # the newest set and the one before it, for readers that still follow the old manifest
+    KEEP_SETS = 2  # while training: the newest set and the one before it, for readers that still follow the old manifest
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
@@ -409,9 +460,12 @@ class RunWriter:
         latents: dict[str, np.ndarray],
         weights_dtype: str = "float32",
         keep: bool = False,
+        final: bool = False,
     ) -> None:
         """Write epoch `epoch`'s weights, optimiser, history and latents, then point the manifest at them.
 
+        keep: also keep this epoch's weights for good (--keep-epochs). final: the run's last save (its last
+        epoch, or an early stop): the previous set is removed too, so a finished run holds one set.
         Every file goes through safe_io.atomic_write_bytes, looked up at call time (fault-injection tests wrap it).
         """
         contents = {
@@ -439,7 +493,7 @@ class RunWriter:
             "last": last_summary(history[-1] if history else {}),  # what a run picker shows, without reading the history
         }
         safe_io.atomic_write_json(self.run_dir / MANIFEST_FILE, manifest)
-        self._collect_garbage(manifest, previous)
+        self._collect_garbage(manifest, None if final else previous)
 
     def _manifest_or_none(self) -> dict[str, Any] | None:
         try:
@@ -448,6 +502,7 @@ class RunWriter:
             return None
 
     def _collect_garbage(self, manifest: dict[str, Any], previous: dict[str, Any] | None) -> None:
+        """Remove epoch files that neither `manifest` nor `previous` (the set readers may still follow) names, and stray temporaries."""
         live = set(manifest["files"].values()) | set(manifest["kept"])
         if previous:
             live |= set(previous["files"].values())

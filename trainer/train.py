@@ -40,7 +40,7 @@ from .distributed import DistContext, all_reduce_sum, shard_bounds
 from .errors import one_line
 from .lpips import PerceptualDistance, load_optional
 from .paths import PROJECT_ROOT
-from .runs import MANIFEST_FILE, RunError, RunLock, RunWriter, discard_after, load_run, write_status
+from .runs import MANIFEST_FILE, RunError, RunLock, RunWriter, discard_after, latent_snapshots, load_run, write_status
 
 log = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 1000
@@ -451,10 +451,23 @@ class Trainer:
         return float(total) / n
 
     def record_latents(self, result: EvalResult) -> None:
+        """Add the atlas posteriors of the current epoch, then keep only the snapshots latent_snapshots keeps."""
         self.latent_epochs.append(self.epoch)
         self.latent_means.append(result.mean[self.atlas_idx].numpy().astype(np.float16))
         if result.logvar is not None:
             self.latent_logvars.append(result.logvar[self.atlas_idx].numpy().astype(np.float16))
+        self._thin_latents()
+
+    def _thin_latents(self) -> None:
+        """Drop the snapshots that latent_snapshots(epochs, current epoch) does not keep (a pure function: resume is exact)."""
+        keep = set(latent_snapshots(self.latent_epochs, self.epoch))
+        rows = [i for i, e in enumerate(self.latent_epochs) if e in keep]
+        if len(rows) == len(self.latent_epochs):
+            return
+        self.latent_epochs = [self.latent_epochs[i] for i in rows]
+        self.latent_means = [self.latent_means[i] for i in rows]
+        if self.latent_logvars:
+            self.latent_logvars = [self.latent_logvars[i] for i in rows]
 
     def latents(self) -> dict[str, np.ndarray]:
         out = {"epochs": np.asarray(self.latent_epochs, dtype=np.int64), "means": np.stack(self.latent_means)}
@@ -509,6 +522,7 @@ class Trainer:
         self.latent_epochs = atlas.epochs.tolist()
         self.latent_means = [m.astype(np.float16) for m in atlas.means]
         self.latent_logvars = [] if atlas.logvars is None else [lv.astype(np.float16) for lv in atlas.logvars]
+        self._thin_latents()  # a run saved before latents were thinned holds every epoch
 
     def _load_optimizer_state(self, state: dict[str, Any]) -> None:
         """Load optimiser state, laying each tensor out like its parameter (channels_last included)."""
@@ -676,9 +690,10 @@ class Checkpoints:
         on_main(self.dist, action)
 
     def save_epoch(self, trainer: Trainer, keep: bool = False) -> None:
-        """Save the trainer's current epoch (weights, optimiser, history, latents)."""
+        """Save the trainer's current epoch (weights, optimiser, history, latents); the run's last save keeps one set."""
         epoch, cfg = trainer.epoch, trainer.config
-        self.on_main(lambda: self.writer.save_epoch(epoch, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), cfg.weights_dtype, keep))
+        final = epoch >= cfg.epochs or early_stop_message(trainer.history, cfg.patience) is not None
+        self.on_main(lambda: self.writer.save_epoch(epoch, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), cfg.weights_dtype, keep, final))
         self.saved = epoch
 
 
