@@ -27,12 +27,14 @@ def main() -> None:
     public = is_public()
     if public:  # the upload endpoint refuses what no page would accept
         cap_upload_size(MAX_UPLOAD_BYTES // 2**20)
+    # No page icons: a Material icon on a page makes the browser fetch the tab's favicon from a font host
+    # (fonts.gstatic.com), which fails offline; emoji would need an emoji font the desktop may lack.
     pages = [
-        st.Page("views/explore.py", title="Explore", icon=":material/explore:", default=True),
-        st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+        st.Page("views/explore.py", title="Explore", default=True),
+        st.Page("views/compare.py", title="Compare"),
     ]
     if not public:  # training starts processes and writes run folders
-        pages.append(st.Page("views/train.py", title="Train", icon=":material/model_training:"))
+        pages.append(st.Page("views/train.py", title="Train"))
     page = st.navigation(pages)
     render_sidebar()
     page.run()

@@ -100,3 +100,17 @@ def test_start_from_the_form_then_follow_it(train_page: AppTest, tmp_path: Path)
     finally:
         if job is not None and jobs.is_trainer_process(job.pid):
             os.kill(job.pid, signal.SIGKILL)
+
+
+def test_pages_have_no_icon_fetched_from_a_font_host(monkeypatch, tmp_path: Path) -> None:
+    """A Material page icon makes the browser load the tab's favicon from fonts.gstatic.com (fails offline): none is used."""
+    icons: list = []
+    real_page = st.Page
+
+    def recording_page(*args, **kwargs):
+        icons.append(kwargs.get("icon"))
+        return real_page(*args, **kwargs)
+
+    monkeypatch.setattr(st, "Page", recording_page)
+    ok(start_app(monkeypatch, tmp_path))
+    assert len(icons) == 3 and not any(isinstance(i, str) and i.startswith(":material/") for i in icons), icons
