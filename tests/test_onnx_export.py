@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper
@@ -45,7 +44,7 @@ def run_copy(variant_root, tmp_path):
 
 
 def ort_decode(data: bytes, z: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    session = onnx_export.import_onnxruntime().InferenceSession(data, providers=["CPUExecutionProvider"])
     return session.run(None, {"z": z.astype(np.float32)})[0]
 
 
@@ -152,6 +151,22 @@ def test_a_graph_that_decodes_differently_is_refused(run_copy, monkeypatch, capl
     with caplog.at_level(logging.WARNING, logger="trainer.onnx_export"):
         assert decoder_onnx(run) is None
     assert "differs from torch" in caplog.text
+
+
+def test_onnxruntime_is_loaded_without_telemetry(tmp_path):
+    """In a fresh process with an empty HOME: the export's check loads onnxruntime, and nothing appears in HOME."""
+    import os
+    import subprocess
+    import sys
+
+    from trainer.paths import PROJECT_ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != onnx_export.ORT_TELEMETRY_ENV} | {"HOME": str(tmp_path), "PYTHONPATH": str(PROJECT_ROOT)}
+    code = "from trainer.onnx_export import import_onnxruntime; import os; ort = import_onnxruntime(); print(os.environ['ORT_DISABLE_TELEMETRY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+    assert list(tmp_path.rglob("*")) == []  # no ~/.cache/Microsoft/DeveloperTools device id
 
 
 def _tiny_graph(op: str, *, external: bool = False) -> bytes:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,6 +48,8 @@ BATCH_AXIS = "batch"
 CHECK_BATCH = 8  # random latents decoded by both torch and onnxruntime (a batch other than the export's 1)
 CHECK_SCALE = 3.0  # their spread: N(0, CHECK_SCALE^2), beyond the prior's bulk
 CHECK_SEED = 0
+ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"  # read when onnxruntime loads: its Linux wheels otherwise keep a device id
+# under ~/.cache/Microsoft and may post usage events; this app writes only run folders and calls no host
 MAX_DECODER_BYTES = 64 * 2**20  # larger decoders stay on the server: too much to send to a browser
 # The only operators a graph sent to the browser may use (what the conv, conv-upsample and MLP decoders export to).
 ALLOWED_OPS = frozenset({
@@ -145,10 +149,18 @@ def check_graph(data: bytes, latent_dim: int, image_shape: tuple[int, ...]) -> N
         raise DecoderExportError(f"the graph's input is not (batch, {latent_dim})")
 
 
+def import_onnxruntime() -> ModuleType:
+    """onnxruntime, loaded with its telemetry off (ORT_TELEMETRY_ENV set first, unless the user set it)."""
+    os.environ.setdefault(ORT_TELEMETRY_ENV, "1")
+    import onnxruntime
+
+    onnxruntime.disable_telemetry_events()
+    return onnxruntime
+
+
 def max_abs_error(data: bytes, model: VAE) -> float:
     """Largest |onnxruntime(graph)(z) - sigmoid(decode(z))| over seeded random latents (batches CHECK_BATCH and 1)."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
