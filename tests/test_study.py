@@ -1,38 +1,238 @@
-"""The latent-size study, the demo-run tooling and run export, on tiny sweeps."""
+"""Early stopping on a validation split, the latent-size study, the demo-run tooling and run export, on tiny sweeps."""
 from __future__ import annotations
 
 import csv
+import hashlib
 
+import numpy as np
 import pytest
+import torch
 
+from models import ModelConfig, vae_loss
 from trainer import demo, study
+from trainer.config import TrainConfig
 from trainer.export import export_run
 from trainer.paths import PROJECT_ROOT
-from trainer.runs import RunError, load_run
+from trainer.runs import RunError, load_run, read_status
+from trainer.train import VAL_SEED_OFFSET, Trainer, TrainingFailed, best_validation, early_stop_message, epoch_generator, fit, validation_split
 
-TINY = ["--widths", "4", "8", "8", "--hidden-dim", "0", "--epochs", "1", "--batch-size", "256"]
+from .helpers import TINY_WIDTHS, tiny_data
+
+TINY_MODEL = ModelConfig(latent_dim=2, widths=TINY_WIDTHS, hidden_dim=0)
+PLATEAU_LR = 1e-7  # so small that the validation bound moves by far less than train.VAL_MIN_IMPROVEMENT per epoch
 
 
-@pytest.mark.slow  # four runs on the full 8,000-image subset
-def test_study_writes_report_and_resumes(tmp_path, capsys):
-    args = ["--latent-sizes", "2", "3", "--models", "conv:vae", "conv:ae", *TINY, "--checkpoints-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "report")]
+def stopping_config(**kw) -> TrainConfig:
+    return TrainConfig(**({"epochs": 12, "batch_size": 32, "atlas_size": 20, "val_size": 24, "patience": 2} | kw))
+
+
+def rows(*values: float) -> list[dict]:
+    return [{"epoch": e, "val_neg_elbo": v} for e, v in enumerate(values, 1)]
+
+
+# ---------------------------------------------------------------- the validation split
+
+
+def test_validation_split_is_disjoint_complete_and_seeded():
+    keep, held = validation_split(100, 10, seed=3)
+    assert len(held) == 10 and len(keep) == 90
+    assert not set(keep) & set(held) and sorted([*keep, *held]) == list(range(100))
+    again_keep, again_held = validation_split(100, 10, seed=3)
+    assert (again_held == held).all() and (again_keep == keep).all()
+    assert not (validation_split(100, 10, seed=4)[1] == held).all()
+    assert held.tolist() != list(range(90, 100)) and held.tolist() != list(range(10))  # a random choice, not a slice
+
+
+def test_validation_split_must_leave_training_images():
+    with pytest.raises(TrainingFailed, match="--val-size 96 leaves no training images: the training set has 96"):
+        validation_split(96, 96, seed=0)
+
+
+def test_trainer_holds_out_the_recorded_validation_rows(tmp_path):
+    data = tiny_data()
+    trainer = Trainer(TINY_MODEL, stopping_config(), data)
+    keep, held = validation_split(len(data.train_x), 24, seed=0)
+    assert torch.equal(trainer.val_x, data.train_x[torch.from_numpy(held)])
+    assert torch.equal(trainer.train_x, data.train_x[torch.from_numpy(keep)])
+    assert trainer.steps_per_epoch == 3  # 72 training images in batches of 32
+    info = trainer.setup_info()["validation"]
+    assert info["images"] == 24 and info["rows_sha256"] == hashlib.sha256(held.astype("<i8").tobytes()).hexdigest()
+    assert "validation" not in Trainer(TINY_MODEL, stopping_config(val_size=0, patience=0), data).setup_info()
+
+
+def test_patience_needs_a_validation_set():
+    with pytest.raises(ValueError, match="patience 3 needs a validation set"):
+        TrainConfig(patience=3)
+    with pytest.raises(ValueError, match="val_size must be"):
+        TrainConfig(val_size=-1)
+
+
+# ---------------------------------------------------------------- the stopping rule
+
+
+def test_best_validation_counts_only_real_improvements():
+    assert best_validation([{"epoch": 1, "test_loss": 3.0}]) is None
+    assert best_validation(rows(10.0, 9.0, 9.5)) == (2, 9.0)
+    assert best_validation(rows(10.0, 9.995, 9.99)) == (1, 10.0)  # less than 0.01 nats better: no improvement
+    assert best_validation(rows(10.0, 9.0, 9.0)) == (2, 9.0)  # a tie keeps the earlier epoch
+
+
+def test_early_stop_message_after_patience_epochs():
+    assert early_stop_message(rows(10.0, 11.0, 12.0), patience=0) is None  # 0: never
+    assert early_stop_message(rows(10.0, 11.0), patience=2) is None
+    message = early_stop_message(rows(10.0, 11.0, 12.0), patience=2)
+    assert message is not None and "stopped early after epoch 3" in message and "the best, 10.00, was at epoch 1" in message
+    assert early_stop_message(rows(10.0, 11.0, 9.0), patience=2) is None  # improved at the last epoch
+
+
+# ---------------------------------------------------------------- fit with early stopping
+
+
+def test_run_stops_early_on_a_plateau(tmp_path):
+    trainer = fit(TINY_MODEL, stopping_config(lr=PLATEAU_LR), tiny_data(), tmp_path / "r", progress="none")
+    run = load_run(tmp_path / "r")
+    assert trainer.epoch == run.epoch == 3  # best at epoch 1, then 2 epochs without improvement; the cap is 12
+    values = [row["val_neg_elbo"] for row in run.history]
+    assert len(values) == 3 and all(np.isfinite(values)) and max(values) - min(values) < 0.01
+    status = read_status(tmp_path / "r")
+    assert status["state"] == "finished" and status["epoch"] == 3
+    assert "stopped early after epoch 3" in status["message"] and "was at epoch 1" in status["message"]
+
+
+def test_validation_score_is_the_bound_not_the_objective(tmp_path):
+    """Trained with beta 0.1, the validation score is still recon + KL at beta 1, with the fixed validation noise."""
+    trainer = fit(TINY_MODEL, stopping_config(epochs=3, lr=3e-3, beta=0.1), tiny_data(), tmp_path / "r", progress="none")
+    values = [row["val_neg_elbo"] for row in trainer.history]
+    assert values[-1] < values[0]
+    x = trainer.images(trainer.val_x, slice(None))  # (24, 1, 28, 28), one chunk
+    eps = trainer.noise(len(x), epoch_generator(trainer.config.seed + VAL_SEED_OFFSET, 0))
+    with torch.no_grad():
+        posterior = trainer.model.encode(x)
+        x_hat = trainer.model.decode(posterior.sample(eps=eps))
+        bound, objective = (vae_loss(x, x_hat, posterior, beta=beta).loss.item() for beta in (1.0, 0.1))
+        kl = posterior.kl().mean().item()
+    assert trainer.validate() == pytest.approx(bound, rel=1e-6) == values[-1]
+    assert kl > 0.01 and bound - objective == pytest.approx(0.9 * kl, rel=1e-3)  # the bound, not the objective
+
+
+def test_run_without_patience_trains_to_the_cap(tmp_path):
+    trainer = fit(TINY_MODEL, stopping_config(epochs=4, lr=PLATEAU_LR, patience=0), tiny_data(), tmp_path / "r", progress="none")
+    assert trainer.epoch == 4 and all("val_neg_elbo" in row for row in trainer.history)
+    assert "message" not in read_status(tmp_path / "r")
+
+
+def assert_same_run(a, b) -> None:
+    ra, rb = load_run(a), load_run(b)
+    assert ra.epoch == rb.epoch
+    for (name, wa), wb in zip(ra.model.state_dict().items(), rb.model.state_dict().values()):
+        assert torch.equal(wa, wb), name
+    drop = ("seconds", "train_seconds", "images_per_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ra.history] == [{k: v for k, v in r.items() if k not in drop} for r in rb.history]
+
+
+@pytest.mark.parametrize("first_epochs", [2, 3])
+def test_resume_stops_where_the_uninterrupted_run_did(first_epochs, tmp_path):
+    """Cut at epoch 2 (not yet eligible) or 3 (eligible: the run would stop there), then resumed with the
+    same cap: the same epochs, history and weights as the run that never stopped."""
+    data = tiny_data()
+    fit(TINY_MODEL, stopping_config(lr=PLATEAU_LR), data, tmp_path / "straight", progress="none")
+    fit(TINY_MODEL, stopping_config(lr=PLATEAU_LR, epochs=first_epochs), data, tmp_path / "split", progress="none")
+    assert read_status(tmp_path / "split")["state"] == "finished"  # the cap reached (2) or stopped early (3)
+    resumed = fit(TINY_MODEL, stopping_config(lr=PLATEAU_LR), data, tmp_path / "split", resume=True, progress="none")
+    assert resumed.epoch == 3
+    assert_same_run(tmp_path / "straight", tmp_path / "split")
+    assert "stopped early after epoch 3" in read_status(tmp_path / "split")["message"]
+
+
+def test_resume_with_a_real_improvement_is_exact(tmp_path):
+    """A learning run (no plateau) cut after epoch 2 and resumed: every val_neg_elbo and weight as uninterrupted."""
+    data = tiny_data()
+    config = stopping_config(epochs=4, lr=3e-3)
+    fit(TINY_MODEL, config, data, tmp_path / "straight", progress="none")
+    fit(TINY_MODEL, stopping_config(epochs=2, lr=3e-3), data, tmp_path / "split", progress="none")
+    fit(TINY_MODEL, config, data, tmp_path / "split", resume=True, progress="none")
+    assert_same_run(tmp_path / "straight", tmp_path / "split")
+    assert len({row["val_neg_elbo"] for row in load_run(tmp_path / "split").history}) == 4
+
+
+# ---------------------------------------------------------------- the study
+
+
+TINY_SWEEP = ["--widths", "4", "8", "8", "--hidden-dim", "0", "--max-epochs", "2", "--batch-size", "32", "--val-size", "16", "--patience", "1"]
+
+
+@pytest.fixture
+def tiny_study(tmp_path, monkeypatch):
+    """study.main on the tiny data set, with run folders and report in tmp_path; returns (argv, report folder)."""
+    monkeypatch.setattr(study, "load_dataset", lambda *a, **kw: tiny_data())
+    report = tmp_path / "report"
+    args = ["--latent-sizes", "2", "3", "--models", "conv:vae", "conv:ae", "--seeds", "0", "1", *TINY_SWEEP,
+            "--checkpoints-dir", str(tmp_path / "ck"), "--out", str(report)]
+    return args, report
+
+
+def test_study_writes_per_run_rows_and_seed_statistics(tiny_study, capsys):
+    args, report = tiny_study
     assert study.main(args) == 0
-    first = capsys.readouterr().err
-    assert first.count("training") == 4
-    rows = list(csv.DictReader(open(tmp_path / "report" / "results.csv")))
-    assert [(r["latent_dim"], r["model"], r["kind"]) for r in rows] == [("2", "conv", "ae"), ("2", "conv", "vae"), ("3", "conv", "ae"), ("3", "conv", "vae")]
-    assert all(float(r["test_loss"]) > 0 and int(r["parameters"]) > 0 for r in rows)
-    assert all(r["test_kl"] == "0.0" for r in rows if r["kind"] == "ae")
-    table = (tmp_path / "report" / "results.md").read_text()
-    assert "| 3 | conv VAE |" in table and "python -m trainer.study" in table
-    figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
-    assert len(figures) == 8 and all(f.endswith(".png") for f in figures)
-    assert (tmp_path / "report" / "figures" / "study-conv-vae-z003-scatter.png").read_bytes()[:4] == b"\x89PNG"
-    # a second call finds every run finished and trains nothing
+    assert capsys.readouterr().err.count(": training") == 8
+    rows = list(csv.DictReader(open(report / "results.csv")))
+    assert [(r["latent_dim"], r["model"], r["kind"], r["seed"]) for r in rows] == [
+        (z, "conv", kind, seed) for z in ("2", "3") for kind in ("ae", "vae") for seed in ("0", "1")
+    ]
+    for r in rows:
+        assert 1 <= int(r["epochs"]) <= 2 and int(r["best_epoch"]) <= int(r["epochs"]) and float(r["val_neg_elbo"]) > 0
+        assert int(r["parameters"]) > 0 and float(r["psnr"]) >= float(r["psnr_set"]) and 0 <= int(r["active_units_burda"]) <= int(r["latent_dim"])
+        if r["kind"] == "ae":  # no KL: no bound, no KL-threshold count
+            assert r["neg_elbo"] == "" and r["active_units_kl"] == "" and float(r["kl"]) == 0.0
+        else:
+            assert float(r["neg_elbo"]) == pytest.approx(float(r["recon"]) + float(r["kl"]), abs=2e-3)
+            assert float(r["neg_elbo"]) == pytest.approx(float(r["objective"]), abs=2e-3)  # beta 1, recon weight 1
+    assert rows[0]["psnr"] != rows[1]["psnr"]  # two seeds, two different runs
+    table = (report / "results.md").read_text()
+    vae3 = [r for r in rows if r["latent_dim"] == "3" and r["kind"] == "vae"]
+    psnr = [float(r["psnr"]) for r in vae3]
+    line = next(line for line in table.splitlines() if line.startswith("| 3 | conv VAE | 2 |"))
+    assert f"{np.mean(psnr):.2f} ± {np.std(psnr, ddof=1):.2f}" in line  # mean ± sample sd over the seeds
+    ae_line = next(line for line in table.splitlines() if line.startswith("| 3 | conv AE | 2 |"))
+    assert ae_line.split(" | ")[3] == study.NOT_APPLICABLE
+    assert "python -m trainer.study" in table and "at most 2 epochs" in table and "seeds 0, 1" in table
+    figures = sorted(p.name for p in (report / "figures").iterdir())
+    assert len(figures) == 8 and all("-s0-" in f for f in figures)  # the first seed of each of the 4 cells
+    assert (report / "figures" / "study-conv-vae-z003-s0-scatter.png").read_bytes()[:4] == b"\x89PNG"
+    assert load_run(report.parent / "ck" / "study-conv-vae-z002-s1").train_config.seed == 1  # ordinary run folders
+
+
+def test_study_skips_finished_runs_and_resumes_the_rest(tiny_study, capsys, tmp_path):
+    args, report = tiny_study
+    config = study.train_config_for(study.build_parser().parse_args(args), 0)  # the sweep's z2 VAE, seed 0, cut at epoch 1
+    fit(TINY_MODEL, TrainConfig.from_dict(config.to_dict() | {"epochs": 1}), tiny_data(), tmp_path / "ck" / "study-conv-vae-z002-s0", progress="none")
     assert study.main(args) == 0
-    assert "training" not in capsys.readouterr().err
-    # runs are ordinary run folders
-    assert load_run(tmp_path / "ck" / "study-conv-vae-z002").epoch == 1
+    err = capsys.readouterr().err
+    assert err.count(": training") == 7 and err.count(": resuming") == 1 and "study-conv-vae-z002-s0: resuming" in err
+    first = (report / "results.csv").read_text()
+    assert study.main(args) == 0  # every run finished: nothing trains, the same report
+    err = capsys.readouterr().err
+    assert "training" not in err and "resuming" not in err
+    assert (report / "results.csv").read_text() == first
+
+
+def test_study_refuses_a_run_folder_with_other_settings(tiny_study, capsys, tmp_path):
+    args, report = tiny_study
+    config = study.train_config_for(study.build_parser().parse_args(args), 0)
+    fit(TINY_MODEL, TrainConfig.from_dict(config.to_dict() | {"lr": 0.01}), tiny_data(), tmp_path / "ck" / "study-conv-vae-z002-s0", progress="none")
+    assert study.main(args) == 1
+    err = capsys.readouterr().err
+    assert "study-conv-vae-z002-s0 holds a run with other settings: lr 0.01 (planned 0.001)" in err
+    assert len(list(csv.DictReader(open(report / "results.csv")))) == 7  # the other runs are reported
+
+
+@pytest.mark.slow  # two runs on the full 8,000-image subset, the defaults' data path
+def test_study_on_the_bundled_subset(tmp_path, capsys):
+    args = ["--latent-sizes", "2", "--models", "mlp:vae", "--seeds", "0", "1", "--max-epochs", "1", "--hidden-dim", "16",
+            "--checkpoints-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "report")]
+    assert study.main(args) == 0
+    assert "8,000 train" in (tmp_path / "report" / "results.md").read_text()
+    assert load_run(tmp_path / "ck" / "study-mlp-vae-z002-s1").train_config.val_size == study.DEFAULT_VAL_SIZE
 
 
 def test_study_bad_model_is_one_line(tmp_path, capsys):
@@ -49,7 +249,8 @@ def test_export_keeps_one_set_and_refuses_resume(runs_root, tmp_path):
     assert export_run(run_dir, drop_optimizer=True) > 0
     after = load_run(run_dir)
     assert after.epoch == before.epoch and len(after.history) == len(before.history)
-    assert sorted(p.name.split("-")[0] for p in run_dir.iterdir() if p.suffix in (".safetensors", ".jsonl") or p.name.startswith("latents")) == ["history", "latents", "weights"]
+    kept = sorted(p.name.split("-")[0] for p in run_dir.iterdir() if p.suffix in (".safetensors", ".jsonl") or p.name.startswith("latents"))
+    assert kept == ["history", "latents", "weights"]
     with pytest.raises(RunError, match="without optimiser state"):
         after.optimizer_state()
 
