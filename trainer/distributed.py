@@ -23,6 +23,7 @@ MAIN_RANK = 0
 # How long a collective may wait: the others wait while rank 0 decodes a large image folder or saves.
 # A process that dies is noticed sooner (gloo: its sockets close; torchrun: it tears the job down).
 COLLECTIVE_TIMEOUT = timedelta(minutes=60)
+ATTEMPT_STORE_PREFIX = "vae-trainer/attempt-"  # + torchrun's restart count: each attempt's keys apart (see _attempt_store)
 RESTART_COUNT_VAR = "TORCHELASTIC_RESTART_COUNT"  # set by torchrun: 0, then 1, 2, ... after each --max-restarts restart
 ERROR_CLASS_KEY = 0  # position of the class name in a shared error; the message follows it
 
@@ -109,8 +110,21 @@ def init(ctx: DistContext, device: torch.device) -> DistContext:
         raise ValueError(f"several processes need a cpu or cuda device, not {device.type}")
     if device.type == "cuda":
         torch.cuda.set_device(device)  # object collectives and nccl use the current device
-    dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT, device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        backend, store=_attempt_store(), rank=ctx.rank, world_size=ctx.world_size, timeout=COLLECTIVE_TIMEOUT,
+        device_id=device if device.type == "cuda" else None,
+    )
     return DistContext(ctx.rank, ctx.world_size, ctx.local_rank, ctx.local_world_size, backend)
+
+
+def _attempt_store() -> dist.Store:
+    """torchrun's store (MASTER_ADDR:MASTER_PORT, as init_method env:// finds it) under a prefix naming this attempt.
+
+    After `torchrun --max-restarts` restarts the processes they meet on the same store as the dead attempt, whose
+    keys (its processes' addresses) are still there: without the prefix a new process may read a dead peer's
+    address and fail to connect ("Connection refused"), using up the restarts."""
+    store, _, _ = next(dist.rendezvous("env://", timeout=COLLECTIVE_TIMEOUT))
+    return dist.PrefixStore(f"{ATTEMPT_STORE_PREFIX}{restart_count()}/", store)
 
 
 def shutdown(ctx: DistContext) -> None:
