@@ -56,6 +56,10 @@ BAD_VALUES: dict[str, list[tuple[str, str | None]]] = {
     "atlas_size": [("0", None), ("100001", None), ("abc", "invalid int")],
     "keep_epochs": [("-1", None), ("a", "comma-separated integers")],
     "weights_dtype": [("int8", "invalid choice"), ("bfloat16", "invalid choice")],
+    "val_size": [("-1", None), ("10000001", None), ("abc", "invalid int"), ("1.5", "invalid int")],
+    "patience": [("-1", None), ("100001", None), ("abc", "invalid int"), ("3", "val.size")],  # 3: without --val-size
+    "binarize": [("static", "invalid choice"), ("", "invalid choice")],
+    "lpips_weights": [],  # any path: the file is read (and a bad one refused with one line) when training starts
     "run_name": [("../evil", "invalid run name"), ("", "invalid run name")],  # more in BAD_RUN_NAMES
     "checkpoints_dir": [(CHECKPOINTS_IS_A_FILE, "cannot create run folder")],
     "resume": [("yes", "invalid choice"), ("", "invalid choice")],
@@ -146,7 +150,7 @@ def test_options_come_from_the_config_fields():
     for option in options.values():
         assert re.sub(r"\s+", "", option.help) in help_text, option
         default = option.default
-        if default not in (None, False, ()):
+        if default not in (None, False, (), ""):  # no default worth showing
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else format(default, "g") if isinstance(default, float) else str(default)
             assert f"(default {shown})" in option.help or f"; default {shown})" in option.help, option
 
@@ -156,7 +160,7 @@ def test_cli_bounds_are_the_validation_bounds(dest, tmp_path):
     """The documented min/max are accepted and the next integer past them refused, by the configs themselves."""
     option = trainer_options()[dest]
     spec = option.spec
-    extra = ["--recon-weight=1"] if dest == "beta" else []
+    extra = {"beta": ["--recon-weight=1"], "patience": ["--val-size=1"]}.get(dest, [])  # what the bound needs beside it
     for value in (spec.max, spec.min if not spec.min_open else None):
         if value is not None:
             cli.configs_from_args(build_parser().parse_args([f"{option.flag}={value}", *extra]))
