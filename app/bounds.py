@@ -170,7 +170,8 @@ def run_summary_lines(run: Run, evaluation: Mapping[str, Any] | None) -> list[st
         bound, objective = row_bound(row), row.get("test_loss")
         head = f"Test set, epoch {row.get('epoch', run.epoch)}: "
         if setting.has_bound and bound is not None:
-            terms = f" = reconstruction {row['test_recon']:.2f} + KL {row['test_kl']:.2f}" if is_number(row.get("test_recon")) and is_number(row.get("test_kl")) else ""
+            has_terms = is_number(row.get("test_recon")) and is_number(row.get("test_kl"))
+            terms = f" = reconstruction {row['test_recon']:.2f} + KL {row['test_kl']:.2f}" if has_terms else ""
             text = f"neg. ELBO {setting.bound_text(bound, 2)}{terms}"
             if is_number(objective):
                 text += f" · {setting.objective_label(row_beta(row, setting))} {objective:.2f}"
@@ -184,3 +185,13 @@ def run_summary_lines(run: Run, evaluation: Mapping[str, Any] | None) -> list[st
     if setting.beta_zero:
         lines.append(BETA_ZERO_NOTE + ".")
     return lines
+
+
+def loss_curves(setting: Setting) -> tuple[list[tuple[str, Any]], str]:
+    """The Train page's curves of one run, (name, history key or row function) each, and their axis title: the
+    objective on train and test and, for a VAE, the test negative ELBO apart from it."""
+    curves: list[tuple[str, Any]] = [("train objective", "train_loss"), ("test objective", "test_loss")]
+    if not setting.has_bound:
+        return curves, f"objective ({setting.recon_short}; no bound: an AE)"
+    curves.append(("test neg. ELBO", lambda row: row_bound(row, "test")))
+    return curves, f"{setting.objective_label()} and neg. ELBO, {setting.unit}"

@@ -5,35 +5,42 @@ or rows, so the page (app/views/compare.py) only lays them out side by side. Its
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from app import bounds
 from app.latent import INTERPOLATIONS, make_projection
 from app.latent import interpolate as latent_path
 from app.latent import prior_samples as prior_latents
+from app.plots import RowValue
 from trainer.images import decode_uint8, reconstruct_uint8
-from trainer.runs import Run
+from trainer.runs import Run, RunSummary
 
 MIN_RUNS, MAX_RUNS = 2, 4
-# Training-curve choices: label -> history key.
-CURVE_METRICS = {
-    "test loss (nats)": "test_loss",
-    "train loss (nats)": "train_loss",
-    "test reconstruction (nats)": "test_recon",
+# Curves whose numbers are in the runs' reconstruction units (nats only on binary images): their axis says which.
+BOUND_CURVES = ("test neg. ELBO (bound)", "train neg. ELBO (bound)", "test objective", "train objective", "test reconstruction term")
+# Training-curve choices: label -> history key, or a number derived from a row (the bound of rows written before it was recorded).
+CURVE_METRICS: dict[str, str | RowValue] = {
+    "test neg. ELBO (bound)": functools.partial(bounds.row_bound, split="test"),
+    "train neg. ELBO (bound)": functools.partial(bounds.row_bound, split="train"),
+    "test objective": "test_loss",
+    "train objective": "train_loss",
+    "test reconstruction term": "test_recon",
     "test KL (nats)": "test_kl",
     "MSE": "mse",
     "PSNR (dB)": "psnr",
     "SSIM": "ssim",
-    "active units": "active_units",
+    "active units (KL > 0.01)": "active_units",
     "learning rate": "lr",
     "beta": "beta",
     "seconds per epoch": "seconds",
 }
-# Metrics-table columns taken from the last history row: column -> history key.
+# Metrics-table columns taken as they are from the last history row: column -> history key.
 TABLE_METRICS = {
-    "test loss": "test_loss",
+    "objective": "test_loss",
     "recon": "test_recon",
     "KL": "test_kl",
     "MSE": "mse",
@@ -41,6 +48,9 @@ TABLE_METRICS = {
     "SSIM": "ssim",
     "active units": "active_units",
 }
+# The two tables of the page: the ranking by the bound, then reconstruction quality, codes and cost.
+RANKING_COLUMNS = ("rank", "run", "dataset", "β", "recon loss", "neg. ELBO", "IWAE NLL", "objective", "recon", "KL")
+QUALITY_COLUMNS = ("run", "model", "latent", "MSE", "PSNR (dB)", "SSIM", "active units", "params", "epochs", "time (s)")
 EPS = 1e-12
 
 
@@ -118,6 +128,52 @@ def prior_samples(run: Run, count: int, seed: int) -> np.ndarray:
     return decode_uint8(run.model, prior_latents(count, run.model_config.latent_dim, 1.0, seed))
 
 
+# ---------------------------------------------------------------- which runs, which images
+
+def dataset_of(config: Mapping[str, Any] | None) -> str:
+    """A run's dataset as the tables name it, from its config.json document: 'mnist (subset)' for the offline
+    subset (its test set is not full MNIST's), else the --dataset value."""
+    config = config or {}
+    name = str((config.get("train") or {}).get("dataset", "?"))
+    return name + (" (subset)" if (config.get("data") or {}).get("kind") == "subset" else "")
+
+
+def comparable_key(config: Mapping[str, Any] | None) -> tuple[str, Any, Any]:
+    """Runs with equal keys saw the same kind of images: dataset, channels and size."""
+    model = (config or {}).get("model") or {}
+    return dataset_of(config), model.get("in_channels"), model.get("image_size")
+
+
+def default_runs(summaries: Sequence[RunSummary], preferred: str | None = None) -> list[str]:
+    """The names Compare opens on: `preferred` (the sidebar's run) or else the first run that opens, and a second run
+    of the same dataset and image shape (one of the same latent size first), so the two are comparable; a run of
+    another dataset only when no run shares the first one's."""
+    openable = [s for s in summaries if not s.error]
+    if not openable:
+        return []
+    first = next((s for s in openable if s.name == preferred), openable[0])
+    others = [s for s in openable if s is not first]
+    key, latent = comparable_key(first.config), ((first.config or {}).get("model") or {}).get("latent_dim")
+    same = [s for s in others if comparable_key(s.config) == key]
+    same.sort(key=lambda s: ((s.config or {}).get("model") or {}).get("latent_dim") != latent)  # stable: listing order within
+    partner = (same or others)[: MIN_RUNS - 1]
+    return [first.name] + [s.name for s in partner]
+
+
+def datasets_differ(runs: Sequence[Run]) -> bool:
+    """Whether the chosen runs were trained on different datasets (or image shapes)."""
+    return len({comparable_key(r.info) for r in runs}) > 1
+
+
+def default_pair(labels: np.ndarray) -> tuple[int, int]:
+    """Two atlas indices of different classes for the default interpolation: image 0 and the first image of another class."""
+    labels = np.asarray(labels)
+    if len(labels) < 2:
+        return 0, 0
+    other = np.nonzero(labels != labels[0])[0]
+    return 0, int(other[0]) if len(other) else 1
+
+
 # ---------------------------------------------------------------- metrics
 
 def training_seconds(run: Run) -> float:
@@ -125,18 +181,78 @@ def training_seconds(run: Run) -> float:
     return float(sum(r.get("seconds", 0.0) for r in run.history))
 
 
-def metrics_table(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """One row per run: the last epoch's test metrics, parameters, latent size, epochs and training time."""
+def rank_group(run: Run) -> tuple[str, str, bool]:
+    """Bounds are comparable within a group: the same dataset and the same reconstruction term."""
+    setting = bounds.Setting.of_run(run)
+    return dataset_of(run.info), setting.recon_loss, setting.binarized
+
+
+def metrics_table(runs: Sequence[Run], evaluations: Sequence[Mapping[str, Any] | None] | None = None) -> list[dict[str, Any]]:
+    """One row per run, ranked by the last epoch's test negative ELBO (lower is better) within each group of
+    comparable runs (rank_group; groups in order of first appearance); runs with no bound (autoencoders) follow,
+    unranked (rank and bound None). Columns: RANKING_COLUMNS and QUALITY_COLUMNS; `evaluations` (one per run, or
+    None) give the IWAE NLL as text, "" where there is none."""
+    evaluations = list(evaluations) if evaluations is not None else [None] * len(runs)
     rows = []
-    for run in runs:
+    for run, evaluation in zip(runs, evaluations):
         last = run.history[-1] if run.history else {}
-        row: dict[str, Any] = {"run": run.name, "model": f"{run.model_config.arch} {run.model_config.kind.upper()}"}
+        setting = bounds.Setting.of_run(run)
+        bound = bounds.row_bound(last) if last and setting.has_bound else None
+        row: dict[str, Any] = {
+            "rank": None, "run": run.name, "dataset": dataset_of(run.info), "β": bounds.row_beta(last, setting),
+            "recon loss": setting.recon_short, "neg. ELBO": bound,
+            "IWAE NLL": bounds.iwae_cell(evaluation) if setting.has_bound and evaluation else None,
+            "model": f"{run.model_config.arch} {setting.kind_label}",
+        }
         row |= {column: last.get(key) for column, key in TABLE_METRICS.items()}
         row |= {
-            "latent dim": run.model_config.latent_dim,
-            "parameters": run.model.num_parameters(),
+            "latent": run.model_config.latent_dim,
+            "params": run.model.num_parameters(),
             "epochs": run.epoch,
-            "training seconds": training_seconds(run),
+            "time (s)": training_seconds(run),
         }
-        rows.append(row)
-    return rows
+        rows.append((rank_group(run), row))
+    groups = list(dict.fromkeys(g for g, _ in rows))
+    ranked = sorted((r for r in rows if r[1]["neg. ELBO"] is not None), key=lambda gr: (groups.index(gr[0]), gr[1]["neg. ELBO"]))
+    for i, (group, row) in enumerate(ranked):
+        row["rank"] = 1 + sum(1 for g, _ in ranked[:i] if g == group)
+    return [row for _, row in ranked] + [row for _, row in rows if row["neg. ELBO"] is None]
+
+
+def rank_groups(runs: Sequence[Run]) -> int:
+    """How many groups of comparable bounds the runs fall into (more than one: ranks are within groups)."""
+    return len({rank_group(r) for r in runs})
+
+
+def curve_label(metric: str, runs: Sequence[Run]) -> str:
+    """The curves' axis title: a bound-like metric says its unit (nats only on binary images) when the runs share one."""
+    if metric not in BOUND_CURVES:
+        return metric
+    units = {bounds.Setting.of_run(r).unit for r in runs}
+    return f"{metric}, {units.pop()}" if len(units) == 1 else f"{metric} (units differ: see the table)"
+
+
+# ---------------------------------------------------------------- table layout
+
+TABLE_FORMATS = {  # printf formats of the number columns (st.column_config.NumberColumn and the width estimate)
+    "rank": "%d", "β": "%g", "neg. ELBO": "%.2f", "objective": "%.2f", "recon": "%.2f", "KL": "%.2f", "MSE": "%.4f", "PSNR (dB)": "%.2f",
+    "SSIM": "%.3f", "params": "localized", "time (s)": "%.1f",
+}
+CHAR_PX = 7.5  # about one character of the table font (14 px Source Sans), digits and capitals included
+CELL_PAD_PX = 24  # a cell's padding and the header's sort arrow
+MIN_COLUMN_PX = 44
+CONTENT_PX_AT_1500 = 1000  # the wide layout's content width in a 1,500 px window with the sidebar open (about 1,040 px)
+
+
+def cell_text(column: str, value: Any) -> str:
+    """A cell as the table shows it (bounds.NO_VALUE for a missing number)."""
+    if value is None:
+        return bounds.NO_VALUE
+    if column in TABLE_FORMATS and isinstance(value, (int, float)) and TABLE_FORMATS[column].startswith("%"):
+        return TABLE_FORMATS[column] % value
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def column_widths(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, int]:
+    """Pixel widths that show every header and cell in full (run names are never cut), estimated from their length."""
+    return {c: max(MIN_COLUMN_PX, round(CELL_PAD_PX + CHAR_PX * max([len(c)] + [len(cell_text(c, r.get(c))) for r in rows]))) for c in columns}

@@ -311,3 +311,96 @@ def manifold_grid(z_base: np.ndarray, means: np.ndarray, stats: DimStats, determ
     centre = stats.mean if deterministic else np.zeros(d, np.float32)
     scale = stats.std if deterministic else np.ones(d, np.float32)
     return raw_grid(z_base, dims, n, centre, scale)
+
+
+# ---------------------------------------------------------------- an image against the test set
+
+OOD_PERCENTILE = 99.0  # an upload scoring worse than this percentage of the atlas (test) images is flagged out of distribution
+SCORE_SAMPLES = 2  # z samples per image of the negative ELBO estimate (seeded: the same number every time)
+SCORE_SEED = 0
+SCORE_BATCH = 500  # images per encoder / decoder pass
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """Per-image scores of images under a run's model, (N,) float64 each."""
+
+    mse: np.ndarray  # mean squared error per pixel of the reconstruction (posterior mean decoded), images in [0, 1]
+    neg_elbo: np.ndarray | None  # negative ELBO (reconstruction term + KL, β = 1); None for an autoencoder (no bound)
+
+
+def image_scores(model: torch.nn.Module, images: np.ndarray, recon_loss: str, *, samples: int = SCORE_SAMPLES, seed: int = SCORE_SEED) -> ImageScores:
+    """Reconstruction error and negative ELBO of uint8 images (N, C, H, W) under a VAE-interface model (in eval mode).
+
+    The bound is trainer.evaluate's per-image estimate with `samples` seeded z draws per image; an autoencoder gets
+    only the reconstruction error."""
+    from trainer.evaluate import evaluate_model
+
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    mse = []
+    with torch.no_grad():
+        for xb in x.split(SCORE_BATCH):
+            xf = xb.float() / 255.0  # (B, C, H, W)
+            x_hat = torch.sigmoid(model.decode(model.encode(xf).mode()))
+            mse.append((x_hat - xf).pow(2).flatten(1).mean(1).double())
+    neg_elbo = None
+    if not model.encode(x[:1].float() / 255.0).deterministic:
+        generator = torch.Generator().manual_seed(seed)
+        neg_elbo = evaluate_model(model, x, samples=samples, recon_loss=recon_loss, batch_size=SCORE_BATCH * samples, generator=generator).neg_elbo.numpy()
+    return ImageScores(torch.cat(mse).numpy() if mse else np.zeros(0), neg_elbo)
+
+
+def percentile_rank(value: float, reference: np.ndarray) -> float:
+    """The percentage (0-100) of `reference` values strictly below `value`: 100 means worse than every one of them."""
+    reference = np.asarray(reference, np.float64).ravel()
+    if reference.size == 0:
+        raise ValueError("percentile_rank needs at least one reference value")
+    return 100.0 * float(np.count_nonzero(reference < value)) / reference.size
+
+
+def out_of_distribution(percentile: float, threshold: float = OOD_PERCENTILE) -> bool:
+    """Whether a score above `threshold` percent of the test images' marks an image unlike the data."""
+    return percentile > threshold
+
+
+def ood_report(upload: ImageScores, atlas: ImageScores, unit: str, threshold: float = OOD_PERCENTILE) -> tuple[str, bool]:
+    """One line placing an image's reconstruction error (and negative ELBO, for a VAE) among the atlas images', and
+    whether either is beyond `threshold` percent of them (out of distribution)."""
+    parts, flagged = [], False
+    scored = [("reconstruction error (MSE)", float(upload.mse[0]), atlas.mse, "{:.4f}")]
+    if upload.neg_elbo is not None and atlas.neg_elbo is not None:
+        scored.append((f"negative ELBO ({unit})", float(upload.neg_elbo[0]), atlas.neg_elbo, "{:.1f}"))
+    for name, value, reference, fmt in scored:
+        pct = percentile_rank(value, reference)
+        flagged |= out_of_distribution(pct, threshold)
+        parts.append(f"{name} {fmt.format(value)}, higher than {pct:.1f}% of the {len(reference):,} test images "
+                     f"(median {fmt.format(float(np.median(reference)))})")
+    return "; ".join(parts), flagged
+
+
+def interpolation_caption(density: np.ndarray, method: str, deterministic: bool, noun: str = "image") -> str:
+    """What the interpolation's density chart shows and how to read it, for the log densities (steps,) of its frames.
+
+    The density (N(0, I), or an AE's Gaussian fitted to its codes) peaks at its centre, so a straight path passing
+    near it rises in the middle; a high density there does not make a frame look like data."""
+    density = np.asarray(density, np.float64)
+    steps, ends = len(density), max(float(density[0]), float(density[-1]))
+    what = "log density under the Gaussian fitted to the codes (an AE has no prior)" if deterministic else "prior log-density log N(z; 0, I)"
+    centre = "the codes' mean" if deterministic else "the origin"
+    text = f"{steps} frames, {method} path from A to B; under each frame its {what}, in nats. "
+    if steps > 2 and float(density[1:-1].max()) > ends:
+        text += f"The density peaks at {centre}, so this path rises where it passes nearest to it. "
+    elif method == INTERPOLATIONS[1] and not deterministic:
+        text += "A spherical path changes the norm linearly, so its prior density stays between the ends'. "
+    text += (f"A high density does not mean a frame looks like data: frames far from the data's codes may look unlike any {noun} "
+             f"even where the density is high. Compare each frame with the ends (dotted: A {density[0]:.1f}, B {density[-1]:.1f}).")
+    return text
+
+
+def binarize_like_test_set(images: np.ndarray) -> np.ndarray:
+    """uint8 images (N, C, H, W) binarised the way a --binarize run's test set is (one Bernoulli draw per pixel, by
+    the fixed TEST_BINARIZE_SEED), so an upload is scored on the same kind of images as the atlas."""
+    from trainer.binarize import TEST_BINARIZE_SEED, binarize_uint8
+
+    generator = torch.Generator().manual_seed(TEST_BINARIZE_SEED)
+    return binarize_uint8(torch.from_numpy(np.ascontiguousarray(images)), generator).numpy()

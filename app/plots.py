@@ -124,10 +124,14 @@ def add_overlays(fig: go.Figure, overlays: Sequence[Overlay], to_xy: Callable[[n
     return fig
 
 
-def line_chart(y: np.ndarray, *, x: np.ndarray | None = None, x_title: str = "", y_title: str = "", height: int = SMALL_CHART_HEIGHT) -> go.Figure:
-    """A small line chart with markers, e.g. the prior log-density along an interpolation."""
+def line_chart(y: np.ndarray, *, x: np.ndarray | None = None, x_title: str = "", y_title: str = "", height: int = SMALL_CHART_HEIGHT,
+               levels: Sequence[tuple[float, str]] = ()) -> go.Figure:
+    """A small line chart with markers, e.g. the prior log-density along an interpolation; `levels` are labelled
+    dotted horizontal lines (value, label), e.g. the densities of the path's two ends."""
     x = np.arange(len(y)) if x is None else x
     fig = go.Figure(go.Scatter(x=x, y=y, mode="lines+markers", line=dict(color=PATH_COLOR)))
+    for value, label in levels:
+        fig.add_hline(y=float(value), line_dash="dot", line_color=OUTLINE_COLOR, annotation_text=label, annotation_position="top left")
     fig.update_layout(height=height, margin=CHART_MARGIN, xaxis_title=x_title, yaxis_title=y_title, showlegend=False)
     return fig
 
@@ -150,23 +154,36 @@ def epoch_axis(fig: go.Figure, last_epoch: int) -> go.Figure:
     return fig
 
 
-def _history_trace(history: Sequence[dict[str, Any]], key: str, name: str) -> go.Scatter:
-    """History key `key` against epoch, skipping rows without a number for it."""
-    rows = [r for r in history if isinstance(r.get(key), (int, float))]
-    return go.Scatter(x=[r["epoch"] for r in rows], y=[r[key] for r in rows], mode="lines+markers", name=name)
+RowValue = Callable[[dict[str, Any]], "float | None"]  # a number derived from one history row (None: not in that row)
 
 
-def curves_figure(runs: Sequence[Run], key: str, label: str | None = None) -> go.Figure:
-    """One line per run of history key `key` against epoch; `label` titles the y axis."""
+def row_value(key: str | RowValue, row: dict[str, Any]) -> float | None:
+    """History key `key` of a row, or `key(row)` for a derived number; None unless a number."""
+    value = key(row) if callable(key) else row.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _history_trace(history: Sequence[dict[str, Any]], key: str | RowValue, name: str) -> go.Scatter:
+    """History key `key` (or a number derived from each row) against epoch, skipping rows without one."""
+    points = [(r["epoch"], v) for r in history if (v := row_value(key, r)) is not None]
+    return go.Scatter(x=[e for e, _ in points], y=[v for _, v in points], mode="lines+markers", name=name)
+
+
+def curves_figure(runs: Sequence[Run], key: str | RowValue, label: str | None = None) -> go.Figure:
+    """One line per run of history key `key` (or a number derived from each row) against epoch; `label` titles the y axis."""
     fig = go.Figure([_history_trace(run.history, key, run.name) for run in runs])
-    fig.update_layout(xaxis_title="epoch", yaxis_title=label or key, height=CURVES_HEIGHT, margin=CURVES_MARGIN, legend=CURVES_LEGEND)
+    fig.update_layout(xaxis_title="epoch", yaxis_title=label or str(key), height=CURVES_HEIGHT, margin=CURVES_MARGIN, legend=CURVES_LEGEND)
     return epoch_axis(fig, max((r.epoch for r in runs), default=0))
 
 
-def loss_figure(history: Sequence[dict[str, Any]], keys: Sequence[str] = ("train_loss", "test_loss")) -> go.Figure:
-    """Loss curves of one run (train and test by default) against epoch."""
-    fig = go.Figure([_history_trace(history, key, key.replace("_", " ")) for key in keys])
-    fig.update_layout(xaxis_title="epoch", yaxis_title="nats", height=LOSS_HEIGHT, margin=CURVES_MARGIN, legend=CURVES_LEGEND)
+OBJECTIVE_CURVES = (("train objective", "train_loss"), ("test objective", "test_loss"))
+
+
+def loss_figure(history: Sequence[dict[str, Any]], curves: Sequence[tuple[str, str | RowValue]] = OBJECTIVE_CURVES, y_title: str = "objective") -> go.Figure:
+    """Curves of one run against epoch: (name, history key or a number derived from each row), by default the training
+    objective on train and test; `y_title` says what the numbers are in (nats only for true log-densities)."""
+    fig = go.Figure([_history_trace(history, key, name) for name, key in curves])
+    fig.update_layout(xaxis_title="epoch", yaxis_title=y_title, height=LOSS_HEIGHT, margin=CURVES_MARGIN, legend=CURVES_LEGEND)
     return epoch_axis(fig, max((int(r.get("epoch", 0)) for r in history), default=0))
 
 

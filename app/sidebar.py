@@ -95,7 +95,8 @@ def _pick_run(root: Path) -> Selection:
     st.selectbox(
         "Run", options=list(by_path), key=RUN_KEY,
         format_func=lambda p: run_label(by_path[p], error if p == path else known_error(by_path[p])),
-        help="Dataset, model, kind, latent size, epochs done / planned, and the latest epoch's test numbers: the negative ELBO (the bound at β = 1; nats only on binary images), the training objective with its β, and PSNR.",
+        help=("Dataset, model, kind, latent size, epochs done / planned, and the latest epoch's test numbers: the negative ELBO "
+              "(the bound at β = 1; nats only on binary images), the training objective with its β, and PSNR."),
     )
     if run is None:
         st.error(f"{summary.name}: {error or 'this run cannot be opened'}")

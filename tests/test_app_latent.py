@@ -6,6 +6,7 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import norm
 
 from app import latent
@@ -259,3 +260,65 @@ def test_an_autoencoder_gets_its_fitted_gaussian_where_a_vae_has_its_prior():
     np.testing.assert_allclose(ae.z[bottom_left][[0, 2]], stats.mean[[0, 2]] + stats.std[[0, 2]] * q[0], rtol=1e-5)
     pca = latent.manifold_grid(means[0], means, stats, False, "pca", (0, 1), 5)
     np.testing.assert_allclose(pca.z, latent.pca_grid(means[0], latent.fit_pca(means), 5).z)
+
+
+# ---------------------------------------------------------------- an image against the test set
+
+def test_percentile_rank_on_constructed_values():
+    reference = np.arange(1.0, 101.0)  # 1 .. 100
+    assert latent.percentile_rank(0.5, reference) == 0.0
+    assert latent.percentile_rank(50.5, reference) == 50.0
+    assert latent.percentile_rank(100.0, reference) == 99.0  # ties do not count as beaten: the worst test image is at 99
+    assert latent.percentile_rank(1e9, reference) == 100.0
+    assert not latent.out_of_distribution(latent.percentile_rank(100.0, reference))
+    assert latent.out_of_distribution(latent.percentile_rank(100.5, reference))
+    assert latent.out_of_distribution(60.0, threshold=50.0) and not latent.out_of_distribution(40.0, threshold=50.0)
+    with pytest.raises(ValueError):
+        latent.percentile_rank(1.0, np.array([]))
+
+
+def test_ood_report_flags_a_score_beyond_the_test_set():
+    atlas = latent.ImageScores(mse=np.linspace(0.01, 0.05, 200), neg_elbo=np.linspace(100.0, 200.0, 200))
+    typical = latent.ImageScores(mse=np.array([0.03]), neg_elbo=np.array([150.0]))
+    line, flagged = latent.ood_report(typical, atlas, "nats")
+    assert not flagged and "higher than 50.0% of the 200 test images" in line and "negative ELBO (nats) 150.0" in line
+    bound_only = latent.ImageScores(mse=np.array([0.03]), neg_elbo=np.array([900.0]))  # reconstructs fine, yet unlikely under the model
+    line, flagged = latent.ood_report(bound_only, atlas, "BCE-based bound")
+    assert flagged and "higher than 100.0%" in line
+    ae = latent.ImageScores(mse=np.array([0.5]), neg_elbo=None)  # an autoencoder: no bound to place
+    line, flagged = latent.ood_report(ae, latent.ImageScores(atlas.mse, None), "nats")
+    assert flagged and "negative ELBO" not in line
+
+
+def test_image_scores_of_a_vae_and_an_ae(runs_root):
+    from trainer.runs import load_run
+
+    vae, ae = load_run(runs_root / "vae2"), load_run(runs_root / "ae2")
+    x = vae.atlas.images[:6]
+    a, b = latent.image_scores(vae.model, x, "bce"), latent.image_scores(vae.model, x, "bce")
+    np.testing.assert_array_equal(a.neg_elbo, b.neg_elbo)  # seeded: the same numbers every time
+    assert a.mse.shape == a.neg_elbo.shape == (6,) and np.all(a.neg_elbo > 0) and np.all((a.mse >= 0) & (a.mse <= 1))
+    recon = vae.model.decode(vae.model.encode_batches(torch.from_numpy(x)).mode())
+    np.testing.assert_allclose(a.mse, ((torch.sigmoid(recon) - torch.from_numpy(x).float() / 255).pow(2).flatten(1).mean(1)).detach().numpy(), rtol=1e-5)
+    assert latent.image_scores(ae.model, x, "bce").neg_elbo is None
+
+
+def test_uploads_to_a_binarised_run_are_binarised_like_its_test_set():
+    x = np.random.default_rng(0).integers(0, 256, size=(2, 1, 8, 8), dtype=np.uint8)
+    once, again = latent.binarize_like_test_set(x), latent.binarize_like_test_set(x)
+    np.testing.assert_array_equal(once, again)
+    assert set(np.unique(once)) <= {0, 255}
+
+
+# ---------------------------------------------------------------- the interpolation's caption
+
+def test_interpolation_caption_says_a_linear_path_rises_through_the_middle():
+    z0, z1 = np.array([2.0, 1.0], np.float32), np.array([-2.0, -0.5], np.float32)
+    density = latent.prior_log_density(latent.interpolate(z0, z1, 7, "linear"))
+    assert density[3] > max(density[0], density[-1])  # the chart: the prior peaks at the origin
+    text = latent.interpolation_caption(density, "linear", False, "digit")
+    assert "rises" in text and "dip" not in text and "unlike any digit" in text and f"A {density[0]:.1f}" in text
+    flat = latent.prior_log_density(latent.interpolate(z0, z1, 7, "spherical"))
+    text = latent.interpolation_caption(flat, "spherical", False)
+    assert "rises" not in text and "between the ends" in text
+    assert "fitted to the codes" in latent.interpolation_caption(density, "linear", True)

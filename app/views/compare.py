@@ -4,10 +4,12 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import compare, plots
+from app import bounds, compare, plots
 from app.common import cached_run_list, checkpoints_dir, describe_run, open_run
 from app.images import display_scale, tile, upscale
 from app.latent import INTERPOLATION_STEPS, INTERPOLATIONS, MAX_SEED, robust_range
+from app.sidebar import current_selection
+from trainer.evaluate import read_evaluation
 from trainer.runs import Run, RunSummary
 
 SCATTER_HEIGHT = 340
@@ -16,9 +18,20 @@ ROW_COLUMNS = 8  # images per row in a column's strip
 DEFAULT_STEPS = 8
 DEFAULT_SAMPLES = 8
 MAX_SAMPLES = 32
-TABLE_FORMATS = {
-    "test loss": "%.2f", "recon": "%.2f", "KL": "%.2f", "MSE": "%.4f", "PSNR (dB)": "%.2f", "SSIM": "%.3f",
-    "training seconds": "%.1f",
+COLUMN_HELP = {
+    "rank": "By the negative ELBO, lower first, among runs of the same dataset and reconstruction term; an autoencoder has no bound and no rank.",
+    "β": "Weight of the KL term in the training objective (at the last epoch).",
+    "recon loss": ("What the reconstruction term is: Bernoulli NLL (nats) only on binary images; BCE on grayscale targets is not "
+                   "a density; SSE is a sum of squared errors."),
+    "neg. ELBO": "Test negative ELBO: reconstruction + KL at β = 1, the bound on −log p(x). Lower is better.",
+    "IWAE NLL": "Importance-weighted estimate of −log p(x) ± its standard error (python -m trainer.evaluate), when computed for this epoch.",
+    "objective": "Test value of what training minimised: recon weight × reconstruction + β × KL.",
+    "recon": "Test reconstruction term per image (see recon loss for what it is).",
+    "KL": "Test KL(q(z|x) || N(0, I)) per image, nats.",
+    "active units": "Dimensions whose mean KL exceeds 0.01 nats (for an AE: whose code variance does).",
+    "latent": "Latent dimensions.",
+    "params": "Trainable parameters of the model.",
+    "time (s)": "Wall-clock seconds of training and evaluation over all epochs, on the machine that trained the run.",
 }
 
 
@@ -33,9 +46,12 @@ def pick_runs(summaries: list[RunSummary]) -> tuple[list[tuple[RunSummary, Run]]
     openable = [s for s in summaries if not s.error]
     broken = [(s.name, s.error or "") for s in summaries if s.error]
     by_name = {s.name: s for s in openable}
+    selected = current_selection().summary
     names = st.multiselect(
-        f"Runs to compare ({compare.MIN_RUNS} to {compare.MAX_RUNS})", list(by_name), default=list(by_name)[: compare.MIN_RUNS],
-        max_selections=compare.MAX_RUNS, key="compare_runs", help="Each run is shown in its own column with the same inputs.",
+        f"Runs to compare ({compare.MIN_RUNS} to {compare.MAX_RUNS})", list(by_name),
+        default=compare.default_runs(openable, selected.name if selected is not None else None),
+        max_selections=compare.MAX_RUNS, key="compare_runs",
+        help="Each run is shown in its own column with the same inputs. It opens on the sidebar's run and another run of the same dataset.",
     )
     chosen = []
     for name in names:
@@ -50,10 +66,11 @@ def pick_runs(summaries: list[RunSummary]) -> tuple[list[tuple[RunSummary, Run]]
 def shared_inputs(reference: Run) -> dict:
     """The inputs every column uses: two atlas images and steps, a prior seed and count, reconstruction count."""
     n_atlas = len(reference.atlas.images)
+    a, b = compare.default_pair(reference.atlas.labels)  # two different classes
     c1, c2, c3, c4 = st.columns(4)
     with c1:
-        first = st.number_input("Interpolate from atlas image #", 0, n_atlas - 1, 0, key="compare_from")
-        second = st.number_input("to atlas image #", 0, n_atlas - 1, min(1, n_atlas - 1), key="compare_to")
+        first = st.number_input("Interpolate from atlas image #", 0, n_atlas - 1, a, key="compare_from")
+        second = st.number_input("to atlas image #", 0, n_atlas - 1, b, key="compare_to")
     with c2:
         steps = st.slider("Interpolation steps", *INTERPOLATION_STEPS, DEFAULT_STEPS, key="compare_steps")
         method = st.segmented_control("Path", INTERPOLATIONS, default=INTERPOLATIONS[0], key="compare_path", required=True)
@@ -81,8 +98,11 @@ def render_columns(chosen: list[tuple[RunSummary, Run]], inputs: dict) -> None:
         f"{inputs['seed']}, " + ("the same z in every run" if same_z else "same seed; latent sizes differ, so z differs")
         + ("; an autoencoder has no prior, its samples are N(0, I) decoded as they are." if any(r.model_config.kind == "ae" for r in runs) else ".")
     )
-    show_strip(pair, "The interpolation's two atlas images")
+    ref_data = compare.dataset_of(reference.info)
+    show_strip(pair, f"The interpolation's two atlas images ({ref_data}, from {reference.name})")
     for col, (summary, run), (points, aligned) in zip(st.columns(len(runs)), chosen, projections):
+        foreign = compare.comparable_key(run.info) != compare.comparable_key(reference.info)
+        fed = f" of {ref_data} images: not this run's data" if foreign else ""
         with col:
             st.markdown(f"**{run.name}**")
             st.caption(describe_run(summary, run))
@@ -95,11 +115,41 @@ def render_columns(chosen: list[tuple[RunSummary, Run]], inputs: dict) -> None:
             if not compare.accepts_images(run, pair):
                 st.warning(f"{run.name} takes {run.model_config.image_shape} images, not those of {reference.name}: no interpolation or reconstructions")
             else:
-                show_strip(compare.interpolate(run, pair, inputs["steps"], inputs["method"]), "Interpolation")
-                show_strip(compare.reconstruct(run, originals), "Reconstructions")
-            show_strip(compare.prior_samples(run, inputs["samples"], inputs["seed"]), "Prior samples")
+                show_strip(compare.interpolate(run, pair, inputs["steps"], inputs["method"]), "Interpolation" + fed)
+                show_strip(compare.reconstruct(run, originals), "Reconstructions" + fed)
+            beta_zero = bounds.Setting.of_run(run).beta_zero
+            show_strip(compare.prior_samples(run, inputs["samples"], inputs["seed"]),
+                       "Prior samples" + (f" · {bounds.BETA_ZERO_NOTE}" if beta_zero else ""))
     if all(compare.accepts_images(r, originals) for r in runs):
         show_strip(originals, "Originals of the reconstructions")
+
+
+def table(rows: list[dict], columns: tuple[str, ...], key: str) -> None:
+    """The columns of the metrics rows, each wide enough for its header and cells (run names in full)."""
+    widths = compare.column_widths(rows, columns)
+    config = {c: (st.column_config.NumberColumn(c, format=compare.TABLE_FORMATS[c], width=widths[c], help=COLUMN_HELP.get(c))
+                  if c in compare.TABLE_FORMATS else st.column_config.Column(c, width=widths[c], help=COLUMN_HELP.get(c)))
+              for c in columns}
+    st.dataframe([{c: r.get(c) for c in columns} for r in rows], hide_index=True, key=key, column_config=config,
+                 column_order=columns, placeholder=bounds.NO_VALUE, width="content")
+
+
+def metrics_tables(runs: list[Run]) -> None:
+    """The ranking by the bound (with the IWAE estimate where there is one), then reconstruction quality, codes and cost."""
+    evaluations = [read_evaluation(r.path, r.epoch) if r.model_config.kind != "ae" else None for r in runs]
+    rows = compare.metrics_table(runs, evaluations)
+    st.subheader("Ranked by the negative ELBO at the last epoch")
+    table(rows, compare.RANKING_COLUMNS, "compare_table")
+    notes = [bounds.BOUND_NOTE]
+    if compare.rank_groups(runs) > 1:
+        notes.append("Ranks count within runs of the same dataset and reconstruction term: other bounds are not comparable.")
+    if any(r.model_config.kind == "ae" for r in runs):
+        notes.append(f"{bounds.NO_VALUE}: {bounds.AE_NOTE}.")
+    notes += [f"{r.name}: {bounds.BETA_ZERO_NOTE}." for r in runs if bounds.Setting.of_run(r).beta_zero]
+    notes += [f"{r.name}: {bounds.iwae_text(e)}." for r, e in zip(runs, evaluations) if e]
+    st.caption("  \n".join(notes))
+    st.subheader("Reconstruction, codes and cost")
+    table(rows, compare.QUALITY_COLUMNS, "compare_quality")
 
 
 def render() -> None:
@@ -119,14 +169,18 @@ def render() -> None:
         st.info(f"Pick at least {compare.MIN_RUNS} runs that can be opened.")
         return
 
-    st.subheader("Metrics at the last epoch")
-    rows = compare.metrics_table(runs)
-    st.dataframe(rows, hide_index=True, key="compare_table",
-                 column_config={k: st.column_config.NumberColumn(k, format=f) for k, f in TABLE_FORMATS.items()})
+    if compare.datasets_differ(runs):
+        data = ", ".join(f"{r.name}: {compare.dataset_of(r.info)}" for r in runs)
+        foreign = [r.name for r in runs if compare.comparable_key(r.info) != compare.comparable_key(runs[0].info)]
+        st.warning(f"The datasets differ ({data}): bounds are ranked only within a dataset, and the side-by-side views feed "
+                   f"every run {runs[0].name}'s {compare.dataset_of(runs[0].info)} images, which {', '.join(foreign)} "
+                   f"{'was' if len(foreign) == 1 else 'were'} not trained on (their strips say so).")
+
+    metrics_tables(runs)
 
     st.subheader("Training curves")
     metric = st.selectbox("Metric", list(compare.CURVE_METRICS), key="compare_metric")
-    st.plotly_chart(plots.curves_figure(runs, compare.CURVE_METRICS[metric], metric), key="compare_curves")
+    st.plotly_chart(plots.curves_figure(runs, compare.CURVE_METRICS[metric], compare.curve_label(metric, runs)), key="compare_curves")
 
     st.subheader("Side by side, same inputs")
     inputs = shared_inputs(runs[0])

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
+from app import bounds, images, latent, plots, state
 from app import explore_cache as cache
-from app import images, latent, plots, state
 from app.components.latent_sliders import SliderSpec, latent_sliders, reported_error, reported_ready, reported_z
 from app.components.sprite_scatter import clicked_index, sprite_scatter
 from app.plots import Overlay
 from app.sidebar import current_selection
 from app.sprites import SpriteGrid, sprite_sheet
+from trainer.evaluate import read_evaluation
 from trainer.onnx_export import decoder_onnx
 from trainer.runs import Run
 
@@ -540,12 +541,12 @@ def interpolation_tab(view: View) -> list[Overlay]:
     path = latent.interpolate(a[0], b[0], steps, method)  # (steps, D)
     frames = view.decode(path)
     density = latent.log_density(path, view.stats, view.deterministic)
-    what = ("log density under the Gaussian fitted to the codes (an AE has no prior)" if view.deterministic
-            else "prior log-density log N(z; 0, I)")
     t = np.linspace(0.0, 1.0, steps)
     show_image([images.thumbnail(f, FRAME_SIDE) for f in frames], caption=[f"t={ti:.2f} · {p:.0f}" for ti, p in zip(t, density)], width=FRAME_SIDE)
-    st.caption(f"{steps} frames, {method} path from A to B; under each frame its {what} in nats. A dip marks frames off the data manifold.")
-    st.plotly_chart(plots.line_chart(density, x=t, x_title="t (A → B)", y_title="log density (nats)"), key="interp_density")
+    noun = "digit" if view.run.train_config.dataset == "mnist" else "training image"
+    st.caption(latent.interpolation_caption(density, method, view.deterministic, noun))
+    st.plotly_chart(plots.line_chart(density, x=t, x_title="t (A → B)", y_title="log density (nats)", levels=[(density[0], "A"), (density[-1], "B")]),
+                    key="interp_density")
     return [Overlay("path", f"{method} path A → B", path)]
 
 
@@ -554,6 +555,8 @@ def _prior_samples(view: View) -> int:
     st.markdown("**Samples from the prior**")
     if view.deterministic:
         st.info("An autoencoder has no prior: these samples come from a Gaussian fitted to its codes (mean and covariance of the atlas means).")
+    elif bounds.Setting.of_run(view.run).beta_zero:
+        st.warning(bounds.BETA_ZERO_SAMPLES_NOTE)
     o1, o2, o3 = st.columns(3)
     temperature = o1.slider("Temperature T", 0.1, 2.0, 1.0, 0.1, key="sample_T")
     seed = int(o2.number_input("Seed", 0, latent.MAX_SEED, 0, key="sample_seed"))
@@ -589,6 +592,26 @@ def sampling_tab(view: View) -> list[Overlay]:
     return [Overlay("marker", "posterior samples", z, {"symbol": "circle", "size": 7})]
 
 
+@st.cache_data(max_entries=cache.CACHE_ENTRIES, show_spinner=False)
+def atlas_scores(key: str, _run: Run) -> latent.ImageScores:
+    """Reconstruction error and negative ELBO of every atlas (test) image: the reference an upload is placed in (once per run epoch)."""
+    return latent.image_scores(_run.model, _run.atlas.images, _run.train_config.recon_loss)
+
+
+def upload_against_test_set(view: View, x: np.ndarray) -> None:
+    """An upload's reconstruction error and negative ELBO among the test images', flagged when beyond OOD_PERCENTILE of them."""
+    setting = bounds.Setting.of_run(view.run)
+    with st.spinner(f"Scoring the {len(view.labels):,} test images once for this run…"):
+        reference = atlas_scores(view.cache_key, view.run)
+    scored = latent.binarize_like_test_set(x[None]) if setting.binarized else x[None]  # (1, C, H, W), as the atlas was stored
+    line, flagged = latent.ood_report(latent.image_scores(view.run.model, scored, setting.recon_loss), reference, setting.unit)
+    if flagged:
+        st.warning(f"Out of distribution: {line}. The model was not trained on images like this one (think of a flower photo "
+                   f"fed to an MNIST model), so its reconstruction and latent point say little about it.")
+    else:
+        st.caption(f"Like the test images: {line}.")
+
+
 def reconstruction_tab(view: View) -> list[Overlay]:
     labels = view.labels
     picks = [int(i) for c in np.unique(labels) for i in np.nonzero(labels == c)[0][:RECON_PER_CLASS]][:MAX_RECON_COLUMNS]
@@ -606,6 +629,7 @@ def reconstruction_tab(view: View) -> list[Overlay]:
     show_image([upload.preview, images.thumbnail(upload.x, UPLOAD_SIDE), images.thumbnail(recon, UPLOAD_SIDE)],
                caption=["input", "preprocessed (what the model sees)", "reconstruction"], width=UPLOAD_SIDE)
     st.caption("Its posterior mean is the ◆ marked “upload” on the scatter.")
+    upload_against_test_set(view, upload.x)
     return [Overlay("marker", "upload", mean[None], {"symbol": "diamond", "size": 14})]
 
 
@@ -704,10 +728,11 @@ def render() -> None:
             st.info("No run to explore yet: choose a checkpoints folder with runs in the sidebar.")
         return
     view = make_view(selection.run)
-    kind = "autoencoder (no prior, no KL)" if view.deterministic else "VAE"
+    kind = "autoencoder (no prior, no KL)" if view.deterministic else bounds.Setting.of_run(view.run).kind_label
     n_inactive = int(view.stats.inactive.sum())
     st.markdown(f"### {view.run.name} · {kind}, latent {view.latent_dim}, epoch {view.run.epoch}"
                 + (f" · {n_inactive} inactive dim{'s' if n_inactive != 1 else ''}" if n_inactive else ""))
+    st.caption("  \n".join(bounds.run_summary_lines(view.run, read_evaluation(view.run.path, view.run.epoch))))
     top = st.container()
     overlays = render_tabs(view)
     with top:

@@ -12,7 +12,7 @@ from typing import Any
 
 import streamlit as st
 
-from app import jobs
+from app import bounds, jobs
 from app.common import checkpoints_dir, is_public, open_run
 from app.latent import make_projection
 from app.plots import latent_scatter, loss_figure
@@ -147,7 +147,7 @@ def live_views(job: jobs.Job) -> None:
     left, right = st.columns(2)
     with left:
         if run.history:
-            st.plotly_chart(loss_figure(run.history), key=f"train_loss_{job.name}")
+            st.plotly_chart(loss_figure(run.history, *bounds.loss_curves(bounds.Setting.of_run(run))), key=f"train_loss_{job.name}")
         else:
             st.caption("The loss curves start after epoch 1.")
     with right:
