@@ -238,6 +238,7 @@ TABLE_FORMATS = {  # printf formats of the number columns (st.column_config.Numb
     "rank": "%d", "β": "%g", "neg. ELBO": "%.2f", "objective": "%.2f", "recon": "%.2f", "KL": "%.2f", "MSE": "%.4f", "PSNR (dB)": "%.2f",
     "SSIM": "%.3f", "params": "localized", "time (s)": "%.1f",
 }
+TEXT_NUMBERS = ("IWAE NLL",)  # numbers shown as text ("102.87 ± 0.64"), aligned like the number columns
 CHAR_PX = 7.5  # about one character of the table font (14 px Source Sans), digits and capitals included
 CELL_PAD_PX = 24  # a cell's padding and the header's sort arrow
 MIN_COLUMN_PX = 44

@@ -124,21 +124,29 @@ def render_columns(chosen: list[tuple[RunSummary, Run]], inputs: dict) -> None:
         show_strip(originals, "Originals of the reconstructions")
 
 
+def column_config(column: str, width: int):
+    """A number column with its format, a number written as text aligned like one, or a plain column."""
+    common = {"width": width, "help": COLUMN_HELP.get(column)}
+    if column in compare.TABLE_FORMATS:
+        return st.column_config.NumberColumn(column, format=compare.TABLE_FORMATS[column], **common)
+    if column in compare.TEXT_NUMBERS:
+        return st.column_config.TextColumn(column, alignment="right", **common)
+    return st.column_config.Column(column, **common)
+
+
 def table(rows: list[dict], columns: tuple[str, ...], key: str) -> None:
     """The columns of the metrics rows, each wide enough for its header and cells (run names in full)."""
     widths = compare.column_widths(rows, columns)
-    config = {c: (st.column_config.NumberColumn(c, format=compare.TABLE_FORMATS[c], width=widths[c], help=COLUMN_HELP.get(c))
-                  if c in compare.TABLE_FORMATS else st.column_config.Column(c, width=widths[c], help=COLUMN_HELP.get(c)))
-              for c in columns}
-    st.dataframe([{c: r.get(c) for c in columns} for r in rows], hide_index=True, key=key, column_config=config,
-                 column_order=columns, placeholder=bounds.NO_VALUE, width="content")
+    st.dataframe([{c: r.get(c) for c in columns} for r in rows], hide_index=True, key=key, column_order=columns, placeholder=bounds.NO_VALUE,
+                 width="content", column_config={c: column_config(c, widths[c]) for c in columns})
 
 
 def metrics_tables(runs: list[Run]) -> None:
     """The ranking by the bound (with the IWAE estimate where there is one), then reconstruction quality, codes and cost."""
     evaluations = [read_evaluation(r.path, r.epoch) if r.model_config.kind != "ae" else None for r in runs]
     rows = compare.metrics_table(runs, evaluations)
-    st.subheader("Ranked by the negative ELBO at the last epoch")
+    st.subheader("Metrics at the last epoch")
+    st.markdown("**Ranked by the negative ELBO** (test set, lower is better)")
     table(rows, compare.RANKING_COLUMNS, "compare_table")
     notes = [bounds.BOUND_NOTE]
     if compare.rank_groups(runs) > 1:
@@ -148,7 +156,7 @@ def metrics_tables(runs: list[Run]) -> None:
     notes += [f"{r.name}: {bounds.BETA_ZERO_NOTE}." for r in runs if bounds.Setting.of_run(r).beta_zero]
     notes += [f"{r.name}: {bounds.iwae_text(e)}." for r, e in zip(runs, evaluations) if e]
     st.caption("  \n".join(notes))
-    st.subheader("Reconstruction, codes and cost")
+    st.markdown("**Reconstruction, codes and cost**")
     table(rows, compare.QUALITY_COLUMNS, "compare_quality")
 
 
