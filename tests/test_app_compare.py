@@ -171,6 +171,10 @@ def test_labels_per_reconstruction_loss(recon_loss: str, binarized: bool, unit: 
     ae = bounds.numbers_text(dataclasses.replace(setting, kind="ae"), objective=137.4, bound=137.4, psnr=14.8)
     assert "neg. ELBO" not in ae and "no bound" in ae and "137.4" in ae
     assert bounds.objective_label(1.0, 0.5) == "objective (β=1, recon ×0.5)"
+    curves, title = bounds.loss_curves(setting)  # the Train page's job card
+    assert [name for name, _ in curves] == ["train objective", "test objective", "test neg. ELBO"] and title.endswith(unit)
+    assert curves[2][1]({"test_recon": 10.0, "test_kl": 2.5}) == 12.5
+    assert [name for name, _ in bounds.loss_curves(dataclasses.replace(setting, kind="ae"))[0]] == ["train objective", "test objective"]
 
 
 def test_the_beta_zero_run_is_called_what_it_is() -> None:
