@@ -5,7 +5,8 @@ Plain functions, no Streamlit: the Train page calls them, and so can tests or sc
 A job is a run folder being (or having been) trained by `python -m trainer` in its own session:
     <run>/job.json     written here at start: pid, argv, start time, log file (and the exit code once reaped)
     <run>/train.log    the trainer's stdout (one JSON line per epoch) and stderr
-    <run>/status.json  written by the trainer: state, epoch/total, seconds, ETA, message
+    <run>/status.json  written by the trainer: state, epoch/total, seconds, ETA, message; inside an epoch (every few
+                       seconds) the step counter: step/steps, images/s
 Options use the trainer's own names (`latent_dim`, `batch_size`, ...; trainer.cli.trainer_options) and
 are checked by the trainer's own parser, config classes and dataset search, so the app and the CLI
 accept exactly the same values.
@@ -27,10 +28,10 @@ from typing import Any, Mapping
 
 from app.deploy import is_public
 from trainer import cli
-from trainer.cli import PROG, OptionSpec, UserError, build_parser, configs_from_args, flag
+from trainer.cli import PROG, OptionSpec, UserError, build_parser, configs_from_args, flag, has_saved_epoch, resume_plan
 from trainer.data import dataset_problem
 from trainer.paths import PROJECT_ROOT
-from trainer.runs import STATUS_FILE, RunError, read_status, validate_run_name
+from trainer.runs import STATUS_FILE, RunError, read_manifest, read_status, validate_run_name
 from trainer.safe_io import atomic_write_json, read_json_dict, read_tail
 
 JOB_FILE = "job.json"
@@ -241,7 +242,50 @@ def start_job(options: Mapping[str, Any], checkpoints_dir: str | os.PathLike) ->
         raise JobError(f"run {name!r} already exists in {root}: choose another run name") from None
     except OSError as e:
         raise JobError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
-    argv = build_argv(options, root)
+    return _launch(build_argv(options, root), run_dir)
+
+
+def resume_argv(name: str, epochs: int, checkpoints_dir: str | os.PathLike) -> list[str]:
+    """The command that continues run `name` up to `epochs` epochs: `-m trainer --run-name NAME --resume --epochs N`."""
+    root = Path(checkpoints_dir).expanduser().resolve()
+    return [sys.executable, "-m", TRAINER_MODULE, f"--run-name={name}", "--resume", f"--epochs={epochs}", f"--checkpoints-dir={root}", "--progress=json"]
+
+
+def resume_problem(run_dir: Path, epochs: Any) -> str | None:
+    """Why run_dir cannot be resumed up to `epochs` epochs now, in one line, or None (the trainer's own resume rules)."""
+    job = job_state(run_dir)
+    if job is not None and job.active:
+        return f"{run_dir.name} is {job.state}: stop it before resuming it"
+    if not has_saved_epoch(run_dir):
+        return f"{run_dir.name} has no saved epoch to resume from"
+    if not isinstance(epochs, int) or isinstance(epochs, bool):
+        return f"epochs must be a whole number, got {epochs!r}"
+    try:
+        plan = resume_plan({"epochs": epochs}, run_dir)
+        done = int(read_manifest(run_dir)["epoch"])
+    except (UserError, RunError) as e:
+        return _one_line(e)
+    if epochs <= done:
+        return f"{run_dir.name} has trained {done} epochs already: ask for more than {done}"
+    problem = dataset_problem(plan.train_config.dataset, plan.train_config.data_dir, root=PROJECT_ROOT)
+    return f"{run_dir.name} cannot be resumed here: {problem}" if problem else None
+
+
+def resume_job(name: str, epochs: int, checkpoints_dir: str | os.PathLike) -> StartedJob:
+    """Continue run `name` (stopped, finished, failed or died) in the background up to `epochs` epochs; the same
+    detached trainer as start_job, its output appended to the run's train.log. Raises JobError with one line."""
+    refuse_if_public()
+    problem = run_name_problem(name)
+    root = Path(checkpoints_dir).expanduser().resolve()
+    if problem is None:
+        problem = resume_problem(root / name, epochs)
+    if problem:
+        raise JobError(problem)
+    return _launch(resume_argv(name, epochs, root), root / name)
+
+
+def _launch(argv: list[str], run_dir: Path) -> StartedJob:
+    """Start `argv` detached (own session, stdin closed, output appended to <run>/train.log) and record job.json."""
     log_path = run_dir / LOG_FILE
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
@@ -255,7 +299,7 @@ def start_job(options: Mapping[str, Any], checkpoints_dir: str | os.PathLike) ->
     with _children_lock:
         _children[proc.pid] = (proc, run_dir)
     atomic_write_json(run_dir / JOB_FILE, {"pid": proc.pid, "argv": argv, "started": time.time(), "log": LOG_FILE})
-    return StartedJob(name, run_dir, proc.pid, log_path, argv)
+    return StartedJob(run_dir.name, run_dir, proc.pid, log_path, argv)
 
 
 # ---------------------------------------------------------------- listing
@@ -274,17 +318,26 @@ class Job:
     eta: float | None
     message: str | None
     updated: float
+    step: int | None = None  # optimiser steps done in the epoch being trained (epoch + 1), while one is
+    steps: int | None = None  # steps per epoch
+    images_per_s: float | None = None  # training images per second: this epoch's so far, or the last epoch's
 
     @property
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
 
     @property
+    def in_epoch(self) -> bool:
+        """Whether the status counts steps inside an epoch (the trainer writes them every few seconds)."""
+        return self.active and self.step is not None and bool(self.steps)
+
+    @property
     def fraction(self) -> float:
-        """Progress in [0, 1] (0 while the total is unknown)."""
+        """Progress in [0, 1], steps inside the current epoch included (0 while the total is unknown)."""
         if not self.total:
             return 0.0
-        return min(1.0, max(0.0, self.epoch / self.total))
+        done = self.epoch + (min(self.step, self.steps) / self.steps if self.in_epoch else 0.0)  # type: ignore[operator]
+        return min(1.0, max(0.0, done / self.total))
 
 
 def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -301,6 +354,10 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def job_state(run_dir: Path) -> Job | None:
     """The job of `run_dir` from status.json (or job.json before the trainer's first status), or None."""
     run_dir = Path(run_dir)
@@ -312,7 +369,14 @@ def job_state(run_dir: Path) -> Job | None:
         pass
     if status is None and record is None:
         return None
-    if status is not None:
+    relaunched = (status is not None and record is not None and (_number(record.get("started")) or 0.0) > (_number(status.get("updated")) or 0.0)
+                  and is_trainer_process(record.get("pid")))
+    if relaunched:  # resumed from the app: the status is the last run's until the trainer writes its own
+        assert record is not None and status is not None
+        status = {"epoch": status.get("epoch")}  # the epochs trained so far, nothing else of the old status
+        pid, updated = record.get("pid"), _number(record.get("started")) or 0.0
+        state, message = "starting", "resuming: loading data and the last saved epoch"
+    elif status is not None:
         state = str(status.get("state", "running"))
         pid = status.get("pid")
         message = status.get("message")
@@ -336,7 +400,7 @@ def job_state(run_dir: Path) -> Job | None:
             why = tail[-1] if tail else "no output"
             message = f"the trainer exited before its first epoch{f' (exit code {code})' if code is not None else ''}: {why}"
     epoch = status.get("epoch") if status else 0
-    total = status.get("total") if status else None
+    total = status.get("total") if status and not relaunched else None
     return Job(
         name=run_dir.name,
         path=run_dir,
@@ -348,6 +412,9 @@ def job_state(run_dir: Path) -> Job | None:
         eta=_number(status.get("eta")) if status else None,
         message=str(message) if message else None,
         updated=updated,
+        step=_count(status.get("step")) if status else None,
+        steps=_count(status.get("steps")) if status else None,
+        images_per_s=_number(status.get("images_per_s")) if status else None,
     )
 
 

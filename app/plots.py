@@ -1,6 +1,11 @@
-"""Plotly figures for the explorer: the WebGL latent scatter and its overlays, training curves, small charts.
+"""Plotly figures for the explorer: the latent scatter and its overlays, training curves, small charts.
 
-Pure functions from arrays (or runs) to `go.Figure`; no Streamlit.
+Pure functions from arrays (or runs) to `go.Figure`; no Streamlit. Also `number`, the one way the app writes a
+count or a measurement in text (thousands separated: 2,000).
+
+Every WebGL (scattergl) chart holds one of the browser's few WebGL contexts (Chromium keeps 16 per page and
+drops the oldest, blanking its chart): only the Explore page's main scatter uses WebGL (`webgl=True`); the other
+scatters, a few thousand points at most, are SVG.
 """
 from __future__ import annotations
 
@@ -24,6 +29,24 @@ CURVES_MARGIN = dict(l=10, r=10, t=30, b=10)
 CURVES_LEGEND = dict(orientation="h", yanchor="bottom", y=1.02, x=0)
 CURVES_HEIGHT, LOSS_HEIGHT, SMALL_CHART_HEIGHT = 360, 300, 220
 UNIT_TICKS_UP_TO = 10  # epochs axis: one tick per epoch for short runs
+SVG_TRACE, WEBGL_TRACE = "scatter", "scattergl"
+# Legends away from the top right, where Plotly's toolbar appears on hover: under the plot (wide charts) or
+# beside it (short ones).
+LEGEND_BELOW = dict(orientation="h", yref="container", yanchor="bottom", y=0.0, x=0.0)
+LEGEND_RIGHT = dict(orientation="v", yanchor="top", y=1.0, x=1.02)
+THRESHOLD_COLOR = PATH_COLOR
+
+
+# Where a run's training time is shown (the Compare table, the Train page's job cards).
+WALL_SECONDS_HELP = ("Wall-clock seconds of training and evaluation on the machine that trained the run, as it was at the time: "
+                     "not comparable across runs trained at different times or on a shared machine. The bundled runs were trained "
+                     "while other jobs shared the CPU: an epoch of the latent-2 VAE took 2 to 73 s, one of its beta-4 twin (the same "
+                     "network and data) 1.8 s.")
+
+
+def number(value: float, digits: int = 0) -> str:
+    """A count or measurement as the app writes it in text: thousands separated, `digits` decimals (2,000; 1,234.5)."""
+    return f"{value:,.{digits}f}"
 
 
 def class_name(class_names: list[str], label: int) -> str:
@@ -40,10 +63,13 @@ def latent_scatter(
     y_range: tuple[float, float] | None = None,
     title: str | None = None,
     height: int = SCATTER_HEIGHT,
+    webgl: bool = False,
+    legend: dict | None = None,
 ) -> go.Figure:
-    """WebGL scatter of points (N, 2), one trace per class; customdata holds each point's atlas index.
+    """Scatter of points (N, 2), one trace per class; customdata holds each point's atlas index.
 
-    Built from plain dicts without plotly's per-property validation (`_validate=False`): that takes a
+    SVG unless `webgl` (see the module's note on WebGL contexts); the legend under the plot unless `legend`
+    (e.g. LEGEND_RIGHT) places it elsewhere. Built from plain dicts without plotly's per-property validation (`_validate=False`): that takes a
     few ms instead of tens, and it reruns on every slider move. st.plotly_chart still validates the figure.
     """
     labels = np.asarray(labels)
@@ -54,14 +80,14 @@ def latent_scatter(
         idx = np.nonzero(labels == c)[0]
         name = class_name(class_names, int(c))
         data.append(dict(
-            type="scattergl", x=xy[idx, 0], y=xy[idx, 1], mode="markers", name=name, customdata=idx,
+            type=WEBGL_TRACE if webgl else SVG_TRACE, x=xy[idx, 0], y=xy[idx, 1], mode="markers", name=name, customdata=idx,
             marker=dict(size=MARKER_SIZE, color=colors[int(c)], opacity=0.75),
             hovertemplate=f"class {name}<br>image #%{{customdata}}<extra></extra>",
         ))
     layout = dict(
         height=height, margin=dict(l=10, r=10, t=60 if title else 40, b=10), title=dict(text=title) if title else None,
         xaxis=dict(title=dict(text=axis_titles[0])), yaxis=dict(title=dict(text=axis_titles[1])),
-        legend=dict(itemsizing="constant", orientation="h", yanchor="bottom", y=1.0, x=0.0),
+        legend=dict(itemsizing="constant", **(LEGEND_BELOW if legend is None else legend)),
         dragmode="pan", uirevision="latent-scatter", clickmode="event+select",
     )
     if x_range is not None:
@@ -71,12 +97,17 @@ def latent_scatter(
     return go.Figure(data=data, layout={k: v for k, v in layout.items() if v is not None}, _validate=False)
 
 
-# Overlays are WebGL traces too: SVG traces would be drawn underneath the WebGL points.
+def trace_type(fig: go.Figure) -> str:
+    """The scatter type of the figure's points: overlays on WebGL points must be WebGL too (SVG would be drawn
+    underneath them), and on SVG points SVG (no WebGL context for a marker)."""
+    return WEBGL_TRACE if any(t.type == WEBGL_TRACE for t in fig.data) else SVG_TRACE
+
+
 def add_marker(fig: go.Figure, xy: np.ndarray, name: str, symbol: str = "x", color: str = OVERLAY_COLOR, size: int = 16) -> go.Figure:
     """A highlighted point (2,) or points (B, 2) drawn over the scatter."""
     xy = np.asarray(xy).reshape(-1, 2)
     fig.add_trace(dict(
-        type="scattergl", x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, hovertemplate=f"{name}<extra></extra>",
+        type=trace_type(fig), x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, hovertemplate=f"{name}<extra></extra>",
         marker=dict(symbol=symbol, size=size, color=color, line=dict(width=2, color="white")),
     ))
     return fig
@@ -85,7 +116,7 @@ def add_marker(fig: go.Figure, xy: np.ndarray, name: str, symbol: str = "x", col
 def add_path(fig: go.Figure, xy: np.ndarray, name: str, color: str = PATH_COLOR) -> go.Figure:
     """A path (B, 2) with its frames marked, drawn over the scatter."""
     fig.add_trace(dict(
-        type="scattergl", x=xy[:, 0], y=xy[:, 1], mode="lines+markers", name=name, line=dict(color=color, width=2),
+        type=trace_type(fig), x=xy[:, 0], y=xy[:, 1], mode="lines+markers", name=name, line=dict(color=color, width=2),
         marker=dict(size=7, color=color), hovertemplate=f"{name} frame %{{pointNumber}}<extra></extra>",
     ))
     return fig
@@ -94,7 +125,7 @@ def add_path(fig: go.Figure, xy: np.ndarray, name: str, color: str = PATH_COLOR)
 def add_outline(fig: go.Figure, xy: np.ndarray, name: str, color: str = OUTLINE_COLOR) -> go.Figure:
     """A closed outline (B, 2) such as the manifold grid's extent."""
     fig.add_trace(dict(
-        type="scattergl", x=xy[:, 0], y=xy[:, 1], mode="lines", name=name, line=dict(color=color, width=2, dash="dash"),
+        type=trace_type(fig), x=xy[:, 0], y=xy[:, 1], mode="lines", name=name, line=dict(color=color, width=2, dash="dash"),
         hoverinfo="skip",
     ))
     return fig
@@ -110,9 +141,15 @@ class Overlay:
     style: dict = field(default_factory=dict)  # marker symbol, color, size
 
 
-def add_overlays(fig: go.Figure, overlays: Sequence[Overlay], to_xy: Callable[[np.ndarray], np.ndarray]) -> go.Figure:
-    """Draw each overlay at to_xy(overlay.z) (B, 2): paths and outlines as lines, the rest as markers."""
+def add_overlays(fig: go.Figure, overlays: Sequence[Overlay], to_xy: Callable[[np.ndarray], np.ndarray], *, linear: bool = True) -> go.Figure:
+    """Draw each overlay at to_xy(overlay.z) (B, 2): paths and outlines as lines, the rest as markers.
+
+    `linear`: whether to_xy is a linear map (PCA, raw dims). An outline (a region's border, like the manifold
+    grid's extent) is drawn only then: a UMAP / t-SNE map places its border points one by one, and the polygon
+    they make encloses nothing in particular."""
     for ov in overlays:
+        if ov.kind == "outline" and not linear:
+            continue
         xy = to_xy(ov.z)
         if ov.kind == "path":
             add_path(fig, xy, ov.name)
@@ -136,12 +173,15 @@ def line_chart(y: np.ndarray, *, x: np.ndarray | None = None, x_title: str = "",
     return fig
 
 
-def bar_chart(y: np.ndarray, labels: list[str], *, y_title: str = "", threshold: float | None = None, height: int = SMALL_CHART_HEIGHT) -> go.Figure:
-    """Bars per latent dimension (e.g. KL in nats), with an optional dashed threshold line."""
+def bar_chart(y: np.ndarray, labels: list[str], *, title: str = "", y_title: str = "", threshold: float | None = None,
+              threshold_label: str = "", height: int = SMALL_CHART_HEIGHT) -> go.Figure:
+    """Bars per latent dimension (e.g. KL in nats) under `title`, with an optional dashed threshold line named `threshold_label`."""
     fig = go.Figure(go.Bar(x=labels, y=y, marker_color="#1f77b4"))
     if threshold is not None:
-        fig.add_hline(y=threshold, line_dash="dash", line_color=PATH_COLOR)
-    fig.update_layout(height=height, margin=CHART_MARGIN, yaxis_title=y_title, showlegend=False)
+        fig.add_hline(y=threshold, line_dash="dash", line_color=THRESHOLD_COLOR, annotation_text=threshold_label,
+                      annotation_position="top right", annotation_font_color=THRESHOLD_COLOR)
+    fig.update_layout(height=height, margin=CURVES_MARGIN if title else CHART_MARGIN, yaxis_title=y_title, showlegend=False,
+                      title=dict(text=title, x=0.0, xanchor="left") if title else None)
     return fig
 
 

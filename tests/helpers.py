@@ -35,7 +35,7 @@ WAIT_TIMEOUT_S = 60.0  # the machine is slow and shared
 WAIT_POLL_S = 0.25
 PROCESS_TIMEOUT_S = 120  # a trainer subprocess (or torchrun job) that should have ended
 IDX_N_TRAIN, IDX_N_TEST = 76, 48  # 76 training images: three global batches of 25 and a last batch of 1
-CLI_RUN_FLAGS = ["--device", "cpu", "--progress", "none"]
+CLI_RUN_FLAGS = ["--device", "cpu", "--progress", "none", "--no-projections"]  # no UMAP / t-SNE at the end of a test run
 CLI_TINY_FLAGS = ["--dataset", "mnist", "--widths", ",".join(map(str, TINY_WIDTHS)), "--hidden-dim", "0", "--latent-dim", "2",
                   "--batch-size", "25", "--lr", "0.01", "--atlas-size", "40", *CLI_RUN_FLAGS]
 REPRO_REL_TOL = 1e-5  # the same run in one process or several: only the order of float sums differs

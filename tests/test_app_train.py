@@ -114,3 +114,63 @@ def test_pages_have_no_icon_fetched_from_a_font_host(monkeypatch, tmp_path: Path
     monkeypatch.setattr(st, "Page", recording_page)
     ok(start_app(monkeypatch, tmp_path))
     assert len(icons) == 3 and not any(isinstance(i, str) and i.startswith(":material/") for i in icons), icons
+
+
+def copy_runs(runs_root: Path, tmp_path: Path, *names: str) -> Path:
+    import shutil
+
+    root = tmp_path / "checkpoints"
+    for name in names:
+        shutil.copytree(runs_root / name, root / name)
+    return root
+
+
+def test_a_finished_job_can_be_resumed_for_more_epochs(monkeypatch, runs_root: Path, tmp_path: Path) -> None:
+    from app.plots import WALL_SECONDS_HELP
+
+    root = copy_runs(runs_root, tmp_path, "vae2")
+    calls = []
+
+    def fake_resume(name, epochs, checkpoints_dir):
+        calls.append((name, epochs, Path(checkpoints_dir)))
+        return jobs.StartedJob(name, Path(checkpoints_dir) / name, 4242, Path(checkpoints_dir) / name / jobs.LOG_FILE, [])
+
+    monkeypatch.setattr(jobs, "resume_job", fake_resume)
+    at = ok(start_app(monkeypatch, root).switch_page(TRAIN_PAGE).run())
+    card = next(m for m in at.markdown if "vae2" in m.value)
+    assert "finished" in card.value and "epoch 2 / 2" in card.value and card.help == WALL_SECONDS_HELP
+    epochs = at.number_input(key="resume_epochs_vae2")
+    assert epochs.value == 4 and epochs.min == 3  # twice what it trained; at least one more epoch
+    epochs.set_value(6)
+    at.button(key="resume_vae2").click()
+    at = ok(at.run())
+    assert calls == [("vae2", 6, root)]
+    assert any("Resumed vae2" in t.value for t in at.toast)
+
+
+def test_a_resume_mistake_is_one_line(monkeypatch, runs_root: Path, tmp_path: Path) -> None:
+    root = copy_runs(runs_root, tmp_path, "vae2")
+    monkeypatch.setattr(jobs, "resume_problem", lambda run_dir, epochs: "vae2 cannot be resumed here: no data")
+    at = ok(start_app(monkeypatch, root).switch_page(TRAIN_PAGE).run())
+    at.button(key="resume_vae2").click()
+    at = ok(at.run())
+    assert [e.value for e in at.error] == ["vae2 cannot be resumed here: no data"]
+
+
+def test_a_running_job_shows_steps_images_per_second_and_eta(monkeypatch, runs_root: Path, tmp_path: Path) -> None:
+    """Inside the first epochs: the step counter of status.json, not 'epoch 0 / 3, 0 s'; the live scatter is SVG, its legend beside it."""
+    import json
+
+    root = copy_runs(runs_root, tmp_path, "vae2")
+    monkeypatch.setattr(jobs, "is_trainer_process", lambda pid: pid == 4242)
+    (root / "vae2" / "status.json").write_text(json.dumps({
+        "state": "running", "pid": 4242, "epoch": 2, "total": 5, "step": 1200, "steps": 2500, "images_per_s": 2345.6, "eta": 75.0,
+        "seconds": 12.0, "updated": 1.0}))
+    at = ok(start_app(monkeypatch, root).switch_page(TRAIN_PAGE).run())
+    card = next(m.value for m in at.markdown if "vae2" in m.value)
+    assert "running" in card and "epoch 3 / 5, step 1,200 / 2,500" in card and "2,346 images/s" in card and "ETA 1 min 15 s" in card
+    assert at.get("progress")[0].value == pytest.approx(int(100 * (2 + 1200 / 2500) / 5), abs=1)
+    assert any("Latents of 40 test images after epoch 2" in c.value for c in at.caption)
+    scatter = json.loads(next(c for c in at.get("plotly_chart") if "PC1" in c.proto.spec or "z0" in c.proto.spec).proto.spec)
+    assert {t["type"] for t in scatter["data"]} == {"scatter"}  # SVG: no WebGL context per job card
+    assert scatter["layout"]["legend"]["orientation"] == "v" and not scatter["layout"].get("title", {}).get("text")  # the caption says it

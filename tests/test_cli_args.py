@@ -25,7 +25,7 @@ from trainer.config import TrainConfig
 from trainer.paths import PROJECT_ROOT
 
 EXIT_USAGE = 2
-FLAGS = ("download", "resume", "compile")  # on/off options (--resume may take the word auto): no missing-value case
+FLAGS = ("download", "resume", "compile", "no_projections")  # on/off options (--resume may take the word auto): no missing-value case
 CHECKPOINTS_IS_A_FILE = "<a regular file>"  # --checkpoints-dir pointing at a file (filled in per test)
 
 # option dest -> [(bad value, a fragment the one-line error must hold, or None for the option's own name)]
@@ -67,6 +67,7 @@ BAD_VALUES: dict[str, list[tuple[str, str | None]]] = {
     "progress": [("verbose", "invalid choice")],
     "amp": [("fp8", "invalid choice")],
     "compile": [("1", "ignored explicit argument")],
+    "no_projections": [("1", "ignored explicit argument")],
 }
 BAD_RUN_NAMES = {
     "slash": "a/b", "dot-dot": "..", "parent": "../x", "absolute": "/tmp/abs", "hidden": ".hidden", "too-long": "a" * 101,

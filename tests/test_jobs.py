@@ -1,9 +1,12 @@
 """app/jobs.py: argv building and validation for every option, and real detached training jobs."""
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -203,3 +206,82 @@ def test_job_that_dies_early_shows_why(tmp_path: Path) -> None:
     jobs.start_job({"dataset": f"folder:{images}", "run_name": "doomed", "epochs": 1}, tmp_path / "ck")
     job = wait_until(lambda: (j := one_job(tmp_path / "ck", "doomed")) and j.state == "died" and j, what="the job to die")
     assert "none of its 1 image files could be read" in (job.message or ""), job
+
+
+# ---------------------------------------------------------------- progress inside an epoch, resuming
+
+@pytest.fixture
+def fake_trainer() -> Iterator[int]:
+    """The pid of a live process whose command line names the trainer (argv[0] .../trainer): what is_trainer_process looks for."""
+    proc = subprocess.Popen(["bash", "-c", "exec -a /fake/trainer sleep 60"])
+    try:
+        wait_until(lambda: jobs.is_trainer_process(proc.pid), what="the fake trainer's exec")
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data))
+
+
+def test_the_step_counter_counts_in_the_progress(tmp_path: Path, fake_trainer: int) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    write_json(run / "status.json", {"state": "running", "pid": fake_trainer, "epoch": 1, "total": 4, "step": 30, "steps": 60,
+                                     "images_per_s": 1234.5, "eta": 12.0, "seconds": 9.0, "updated": 1.0})
+    job = jobs.job_state(run)
+    assert job is not None and job.state == "running" and job.in_epoch
+    assert (job.step, job.steps, job.images_per_s) == (30, 60, 1234.5)
+    assert job.fraction == pytest.approx((1 + 30 / 60) / 4)
+    write_json(run / "status.json", {"state": "running", "pid": fake_trainer, "epoch": 2, "total": 4, "images_per_s": 1000.0, "updated": 2.0})
+    job = jobs.job_state(run)
+    assert job is not None and not job.in_epoch and job.fraction == 0.5  # between epochs: completed epochs only
+
+
+def test_a_relaunched_job_starts_before_its_trainer_writes_a_status(tmp_path: Path, fake_trainer: int) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    write_json(run / "status.json", {"state": "finished", "pid": 1, "epoch": 2, "total": 2, "seconds": 5.0, "updated": 100.0})
+    write_json(run / jobs.JOB_FILE, {"pid": fake_trainer, "argv": jobs.resume_argv("r", 5, tmp_path), "started": 200.0, "log": jobs.LOG_FILE})
+    job = jobs.job_state(run)
+    assert job is not None and job.state == "starting" and job.active and (job.epoch, job.total) == (2, 5) and "resuming" in (job.message or "")
+
+
+def test_resume_argv() -> None:
+    argv = jobs.resume_argv("r", 7, "/x")
+    assert argv[:3] == [sys.executable, "-m", "trainer"]
+    assert argv[3:] == ["--run-name=r", "--resume", "--epochs=7", f"--checkpoints-dir={Path('/x').resolve()}", "--progress=json"]
+
+
+def test_resume_problems_are_one_line(runs_root: Path, tmp_path: Path, fake_trainer: int) -> None:
+    run = shutil.copytree(runs_root / "vae2", tmp_path / "vae2")  # trained 2 epochs, finished
+    assert jobs.resume_problem(run, 3) is None
+    assert jobs.resume_problem(run, 2) == "vae2 has trained 2 epochs already: ask for more than 2"
+    assert jobs.resume_problem(run, "3") == "epochs must be a whole number, got '3'"
+    assert "epochs" in (jobs.resume_problem(run, 10**9) or "")  # the trainer's bound on --epochs
+    assert jobs.resume_problem(tmp_path / "nothing", 3) == "nothing has no saved epoch to resume from"
+    write_json(run / "status.json", {"state": "running", "pid": fake_trainer, "epoch": 2, "total": 9, "updated": 1.0})
+    assert jobs.resume_problem(run, 3) == "vae2 is running: stop it before resuming it"
+    with pytest.raises(jobs.JobError, match="invalid run name"):
+        jobs.resume_job("../vae2", 3, tmp_path)
+
+
+def test_a_public_app_resumes_nothing(runs_root: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(jobs, "is_public", lambda: True)
+    shutil.copytree(runs_root / "vae2", tmp_path / "vae2")
+    with pytest.raises(jobs.JobError, match="public"):
+        jobs.resume_job("vae2", 3, tmp_path)
+
+
+@pytest.mark.slow
+def test_resume_a_finished_job_for_more_epochs(tmp_path: Path) -> None:
+    jobs.start_job(TINY | {"epochs": 1, "run_name": "more"}, tmp_path)
+    wait_until(lambda: (j := one_job(tmp_path, "more")) and not j.active, what="the first job to end")
+    started = jobs.resume_job("more", 2, tmp_path)
+    assert "--resume" in started.argv and "--epochs=2" in started.argv
+    job = wait_until(lambda: (j := one_job(tmp_path, "more")) and not j.active and j, what="the resumed job to end")
+    assert job.state == "finished" and (job.epoch, job.total) == (2, 2), (job, jobs.log_tail(job.path))
+    run = load_run(tmp_path / "more")
+    assert run.epoch == 2 and len(run.history) == 2

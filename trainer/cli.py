@@ -168,9 +168,12 @@ def _options() -> tuple[OptionSpec, ...]:
         _cli_option("checkpoints_dir", "run", "where run folders live", default=DEFAULT_CHECKPOINTS_DIR),
         _cli_option("resume", "run", RESUME_HELP, default=False, choices=(RESUME_AUTO,)),
         _cli_option("device", "run", "auto (CUDA if present), cpu, cuda or cuda:N", default="auto"),
-        _cli_option("progress", "run", "auto: a tqdm bar on a terminal, else one JSON line per epoch", default="auto", choices=PROGRESS_CHOICES),
+        _cli_option("progress", "run", "auto: a tqdm bar on a terminal (training images, step by step), else one JSON line per epoch "
+                    "(and a progress line on stderr every few seconds)", default="auto", choices=PROGRESS_CHOICES),
         _cli_option("amp", "run", "mixed precision: auto (bf16 on a GPU that has it, else off), off, bf16 or fp16", default="auto", choices=AMP_CHOICES),
         _cli_option("compile", "run", "torch.compile the training step (slow first epoch; pays off on long GPU runs)", default=False),
+        _cli_option("no_projections", "run", "do not compute the app's UMAP and t-SNE maps of the last epoch's atlas when training ends "
+                    "(computed by default for latents of more than 2 dims, so the app shows them at once)", default=False),
     )
 
 
@@ -514,6 +517,7 @@ def _train(ctx: DistContext, args: argparse.Namespace, device: torch.device, pla
     trainer = fit(
         model_config, train_config, data, run_dir, device,
         resume=plan.resume, stop=stop, progress=args.progress, dist=ctx, amp=args.amp, compile_model=args.compile,
+        projections=not args.no_projections,
     )
     if speaks:
         state = "stopped" if trainer.epoch < train_config.epochs else "finished"

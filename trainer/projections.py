@@ -18,6 +18,7 @@ from . import safe_io
 from .runs import parse_versioned, versioned
 
 EMBEDDINGS = ("umap", "tsne")  # the non-linear maps: slow enough to be kept on disk in the run folder
+EMBEDDING_NAMES = {"umap": "UMAP", "tsne": "t-SNE"}
 KNN_NEIGHBOURS = 10  # out-of-sample placement on a UMAP / t-SNE map
 UMAP_NEIGHBOURS = 15
 TSNE_PERPLEXITY = 30.0
@@ -127,6 +128,12 @@ def fingerprint(a: np.ndarray) -> str:
 def projection_path(run_dir: Path, method: str, epoch: int) -> Path:
     """Where the `method` map of epoch `epoch`'s atlas latents is kept in a run folder."""
     return Path(run_dir) / versioned(f"projection-{method}", epoch, ".npz")
+
+
+def is_cached(run_dir: Path, method: str, epoch: int) -> bool:
+    """Whether the run folder holds a `method` map of epoch `epoch` (computed at the end of training, or by an
+    earlier view); cached_embedding still checks that it belongs to the very latents asked for."""
+    return projection_path(run_dir, method, epoch).is_file()
 
 
 def cached_embedding(run_dir: Path, epoch: int, z: np.ndarray, method: str, seed: int = 0) -> np.ndarray:

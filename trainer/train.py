@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models import VAE, DiagonalGaussian, LossTerms, ModelConfig, build_model, to_float_images, vae_loss
 
-from . import binarize, distributed, metrics
+from . import binarize, distributed, metrics, projections
 from .config import TrainConfig
 from .data import ImageData
 from .distributed import DistContext, all_reduce_sum, shard_bounds
@@ -49,6 +49,8 @@ VAL_SEED_OFFSET = 104_729  # the validation split and its posterior noise are se
 VAL_MIN_IMPROVEMENT = 0.01  # nats per image: a smaller fall of the validation negative ELBO is no improvement (early stopping)
 EVAL_SUMS = ("loss", "recon", "kl", "mse", "psnr", "ssim")  # test metrics summed over images, then averaged
 STOP_SLOT = len(LossTerms._fields)  # index of the stop flag after the loss terms in a step's all-reduce
+STATUS_EVERY_S = 2.0  # status.json's step counter: first written this far into an epoch, then at most this often
+PROGRESS_LINE_EVERY_S = 10.0  # --progress json: a progress line on stderr at most this often
 DEVICE_DATA_SHARE = 0.5  # the data sets live on the GPU if they take at most this share of its free memory
 
 
@@ -475,8 +477,9 @@ class Trainer:
             out["logvars"] = np.stack(self.latent_logvars)
         return out
 
-    def train_epoch(self, should_stop: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
+    def train_epoch(self, should_stop: Callable[[], bool] = lambda: False, on_step: Callable[[int, int], None] | None = None) -> dict[str, float] | None:
         """Train epoch `self.epoch` (0-based); returns the mean train terms, or None if stopped part-way.
+        `on_step(steps done, images seen)` follows each optimiser step (it must not synchronise the device).
 
         With several processes every one draws the same permutation and noise (and, with --binarize
         dynamic, the uniforms that binarise the pixels) and trains on its slice of each global batch; a
@@ -507,6 +510,8 @@ class Trainer:
                 return None
             totals += torch.stack([t.detach() for t in terms]) * b
             seen += b
+            if on_step is not None:
+                on_step(step + 1, seen)
         loss, recon, kl = (totals / seen).tolist()
         return {"train_loss": loss, "train_recon": recon, "train_kl": kl, "train_neg_elbo": recon + kl, "lr": lr, "beta": beta}
 
@@ -591,6 +596,7 @@ class FitOptions:
     dist: DistContext
     amp: str
     compile_model: bool
+    projections: bool = False  # compute the app's UMAP / t-SNE maps of the last epoch's atlas once training ends
 
 
 def history_row(epoch: int, train_terms: dict[str, float], result: EvalResult, seconds: float, train_seconds: float, n_train: int) -> dict[str, Any]:
@@ -621,21 +627,63 @@ def history_row(epoch: int, train_terms: dict[str, float], result: EvalResult, s
     return row
 
 
-class ProgressReporter(AbstractContextManager):
-    """Per-epoch progress: a tqdm bar on stderr ('bar'), one JSON line per epoch on stdout ('json'), or nothing ('none')."""
+@dataclass(frozen=True)
+class StepProgress:
+    """Where training stands inside an epoch: what status.json and the progress display show between epochs."""
 
-    def __init__(self, mode: str, total: int, initial: int):
+    epoch: int  # the epoch being trained, 1-based
+    epochs: int  # the run's last epoch
+    step: int  # optimiser steps done in this epoch
+    steps: int  # steps per epoch
+    images: int  # training images seen in this epoch
+    seconds: float  # since this epoch started
+    eta: float | None  # seconds until the last epoch ends (None until there is a rate)
+
+    @property
+    def images_per_s(self) -> float | None:
+        return self.images / self.seconds if self.seconds > 0 else None
+
+
+def eta_seconds(epoch: int, epochs: int, step: int, steps: int, seconds: float, per_epoch: float | None) -> float | None:
+    """Seconds left: the rest of epoch `epoch` (1-based) at this epoch's step rate, then the epochs after it at
+    `per_epoch` seconds each (the mean of the epochs done, evaluation included), or at the step rate before there is one."""
+    if step <= 0 or seconds <= 0:
+        return None
+    step_s = seconds / step
+    return (steps - step) * step_s + (epochs - epoch) * (per_epoch if per_epoch else steps * step_s)
+
+
+class ProgressReporter(AbstractContextManager):
+    """Progress: a tqdm bar on stderr counting training images, step by step ('bar'); one JSON line per epoch on
+    stdout and, at most every PROGRESS_LINE_EVERY_S, a {"progress": ...} line on stderr ('json'); or nothing ('none')."""
+
+    def __init__(self, mode: str, total: int, initial: int, n_train: int = 0):
         self.mode = mode
         self.bar = None
+        self.total, self.n_train = total, n_train
+        self.last_line = time.monotonic()
         if mode == "bar":
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True)
+            self.bar = tqdm(total=total * n_train, initial=initial * n_train, unit="img", unit_scale=True, dynamic_ncols=True,
+                            desc=f"epoch {min(initial + 1, total)}/{total}")
+
+    def step(self, p: StepProgress, images: int) -> None:
+        """Report `images` more training images done (the bar), or a progress line when one is due (json)."""
+        if self.bar is not None:
+            self.bar.set_description(f"epoch {p.epoch}/{p.epochs}", refresh=False)
+            self.bar.update(images)
+        elif self.mode == "json" and time.monotonic() - self.last_line >= PROGRESS_LINE_EVERY_S:
+            self.last_line = time.monotonic()
+            rate = p.images_per_s
+            line = {"epoch": p.epoch, "epochs": p.epochs, "step": p.step, "steps": p.steps,
+                    "images_per_s": None if rate is None else round(rate, 1), "eta": None if p.eta is None else round(p.eta, 1)}
+            print(json.dumps({"progress": line}), file=sys.stderr, flush=True)
 
     def update(self, row: dict[str, Any]) -> None:
         """Report a finished epoch's history row."""
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.n = row["epoch"] * self.n_train  # exact at each epoch's end, whatever the steps added up to
             self.bar.set_postfix(objective=f"{row['test_loss']:.2f}", neg_elbo=f"{metrics.neg_elbo(row):.2f}", psnr=f"{row['psnr']:.2f}")
         elif self.mode == "json":
             print(json.dumps({k: v for k, v in row.items() if k != "kl_per_dim"}), flush=True)
@@ -657,14 +705,27 @@ class StatusWriter:
         if dist.enabled:
             self.fields["world_size"] = dist.world_size
         self.seconds = 0.0  # training seconds of the epochs done so far
+        self.last_step_write = -math.inf
 
     def write(self, state: str, epoch: int, **extra: Any) -> None:
+        """status.json: `state`, `epoch` (completed epochs), the fixed fields, training seconds and `extra`."""
         if not self.is_main:
             return
         try:
-            write_status(self.run_dir, state=state, epoch=epoch, **self.fields, seconds=self.seconds, **extra)
+            write_status(self.run_dir, **({"state": state, "epoch": epoch, **self.fields, "seconds": self.seconds} | extra))
         except OSError as e:
             log.warning("could not write status.json: %s", e)
+
+    def step(self, p: StepProgress) -> None:
+        """The step counter inside an epoch (steps done, images/s, ETA): once the epoch has run STATUS_EVERY_S, then at
+        most every STATUS_EVERY_S. Epochs shorter than that write no more than before (their end is written anyway)."""
+        now = time.monotonic()
+        if p.seconds < STATUS_EVERY_S or now - self.last_step_write < STATUS_EVERY_S:
+            return
+        self.last_step_write = now
+        rate = p.images_per_s
+        self.write("running", p.epoch - 1, step=p.step, steps=p.steps, images_per_s=None if rate is None else round(rate, 1),
+                   eta=p.eta, seconds=self.seconds + p.seconds)
 
 
 def on_main(ctx: DistContext, action: Callable[[], Any]) -> None:
@@ -710,12 +771,15 @@ def fit(
     dist: DistContext | None = None,
     amp: str = "off",
     compile_model: bool = False,
+    projections: bool = False,
 ) -> Trainer:
     """Train into `run_dir`, saving a consistent checkpoint after every epoch. Returns the trainer.
 
     progress: 'bar' (tqdm), 'json' (one JSON line per epoch on stdout), 'none', or 'auto' (bar on a terminal).
     dist: this process's place in a torchrun job (every process calls fit; only rank 0 touches run_dir).
     amp, compile_model: see Trainer.
+    projections: once the last epoch is saved, compute the UMAP and t-SNE maps of its atlas means into the run folder
+    (latents of more than 2 dims), so the app's first view of the run is instant (the CLI's default; off here: tests).
     Raises TrainingFailed or RunError with a readable message; the last completed epoch stays loadable.
     """
     ctx = dist or distributed.SINGLE
@@ -725,7 +789,7 @@ def fit(
         progress = "none"
     opts = FitOptions(
         run_dir=Path(run_dir), device=torch.device(device), resume=resume, stop=stop or _never,
-        progress=progress, dist=ctx, amp=amp, compile_model=compile_model,
+        progress=progress, dist=ctx, amp=amp, compile_model=compile_model, projections=projections,
     )
     lock = _lock(opts.run_dir, ctx)
     try:
@@ -766,6 +830,8 @@ def _fit_locked(model_config: ModelConfig, train_config: TrainConfig, data: Imag
             raise
         raise failure from None
     early = early_stop_message(trainer.history, train_config.patience)
+    if opts.projections and (early is not None or trainer.epoch >= train_config.epochs):
+        _cache_projections(trainer, status, opts)
     if early is not None:
         status.write("finished", trainer.epoch, eta=0.0, message=early)
     elif trainer.epoch < train_config.epochs:
@@ -773,6 +839,26 @@ def _fit_locked(model_config: ModelConfig, train_config: TrainConfig, data: Imag
     else:
         status.write("finished", trainer.epoch, eta=0.0)
     return trainer
+
+
+def _cache_projections(trainer: Trainer, status: StatusWriter, opts: FitOptions) -> None:
+    """The UMAP and t-SNE maps of the last epoch's atlas means, kept in the run folder as the app reads them
+    (trainer.projections.cached_embedding), on rank 0; latents of 1 or 2 dims are shown as they are. A stop
+    request skips what is left; a failure is a warning (the run itself is saved)."""
+    if not opts.dist.is_main or trainer.model_config.latent_dim <= 2 or not trainer.latent_means:
+        return
+    means = trainer.latent_means[-1].astype(np.float32)  # (N, D): the saved snapshot, as the app loads it
+    for method in projections.EMBEDDINGS:
+        if opts.stop():
+            return
+        what = f"computing the {projections.EMBEDDING_NAMES[method]} map of the atlas for the app"
+        status.write("running", trainer.epoch, eta=None, message=what)
+        if opts.progress != "none":
+            print(f"{what}…", file=sys.stderr, flush=True)
+        try:
+            projections.cached_embedding(opts.run_dir, trainer.epoch, means, method, seed=trainer.config.seed)
+        except Exception as e:  # noqa: BLE001 (an extra for the app: the app computes the map itself if this fails)
+            log.warning("could not compute the %s map: %s", method, one_line(e))
 
 
 def _start_or_resume(trainer: Trainer, checkpoints: Checkpoints, data: ImageData, opts: FitOptions) -> None:
@@ -799,11 +885,11 @@ def _train_epochs(trainer: Trainer, checkpoints: Checkpoints, status: StatusWrit
     """Train, evaluate and save epoch after epoch until the last one, until `opts.stop` asks, or until the
     validation negative ELBO has not improved for `patience` epochs (early stopping; `epochs` is the cap)."""
     total, patience = trainer.config.epochs, trainer.config.patience
-    with ProgressReporter(opts.progress, total, trainer.epoch) as progress:
+    with ProgressReporter(opts.progress, total, trainer.epoch, len(trainer.train_x)) as progress:
         status.seconds = sum(r.get("seconds", 0.0) for r in trainer.history)
         status.write("running", trainer.epoch, eta=None)
         while trainer.epoch < total and early_stop_message(trainer.history, patience) is None:
-            done = _train_epoch(trainer, opts.stop)
+            done = _train_epoch(trainer, opts.stop, _step_reporter(trainer, status, progress))
             if done is None:
                 return
             row, result = done
@@ -818,15 +904,32 @@ def _train_epochs(trainer: Trainer, checkpoints: Checkpoints, status: StatusWrit
             trainer.record_latents(result)
             checkpoints.save_epoch(trainer, keep=trainer.epoch in trainer.config.keep_epochs)
             per_epoch = status.seconds / max(1, len(trainer.history))
-            status.write("running", trainer.epoch, eta=per_epoch * (total - trainer.epoch))
+            status.write("running", trainer.epoch, eta=per_epoch * (total - trainer.epoch), images_per_s=round(row["images_per_s"], 1))
             progress.update(row)
 
 
-def _train_epoch(trainer: Trainer, stop: Callable[[], bool]) -> tuple[dict[str, Any], EvalResult] | None:
+def _step_reporter(trainer: Trainer, status: StatusWriter, progress: ProgressReporter) -> Callable[[int, int], None]:
+    """The on_step callback of one epoch: a StepProgress for status.json (bounded rate) and the progress display."""
+    t0, epoch, total, steps = time.perf_counter(), trainer.epoch + 1, trainer.config.epochs, trainer.steps_per_epoch
+    per_epoch = status.seconds / len(trainer.history) if trainer.history else None
+    seen = 0
+
+    def on_step(step: int, images: int) -> None:
+        nonlocal seen
+        seconds = time.perf_counter() - t0
+        p = StepProgress(epoch, total, step, steps, images, seconds, eta_seconds(epoch, total, step, steps, seconds, per_epoch))
+        status.step(p)
+        progress.step(p, images - seen)
+        seen = images
+
+    return on_step
+
+
+def _train_epoch(trainer: Trainer, stop: Callable[[], bool], on_step: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], EvalResult] | None:
     """Train and evaluate one epoch (counting it done): its history row and test result, or None if stopped part-way."""
     t0 = time.perf_counter()
     try:
-        train_terms = trainer.train_epoch(stop)
+        train_terms = trainer.train_epoch(stop, on_step)
     except TrainingFailed as e:
         raise TrainingFailed(f"{e} in epoch {trainer.epoch + 1}; the last good checkpoint (epoch {trainer.epoch}) is kept") from None
     if train_terms is None:

@@ -208,6 +208,11 @@ def scatter_projection(view: View) -> latent.Projection:
         return cache.projection(view.cache_key, view.run, method, dims)
 
 
+def scatter_is_linear(view: View) -> bool:
+    """Whether the scatter's map is linear (PCA or raw dims), so that a region such as the grid's extent keeps its shape there."""
+    return view.latent_dim <= 2 or st.session_state.get(state.PROJECTION_KEY, "pca") not in latent.CACHED_PROJECTIONS
+
+
 def _projection_controls(view: View) -> None:
     if view.latent_dim <= 2:
         st.caption(f"{view.latent_dim}-D latents, shown directly (posterior means of {len(view.means):,} test images).")
@@ -298,8 +303,8 @@ def _thumbnail_scatter(view: View, projection: latent.Projection) -> None:
 
 def _points_scatter(view: View, projection: latent.Projection, z: np.ndarray, overlays: list[Overlay]) -> None:
     """The Plotly scatter with the tabs' overlays, the clicked image and the slider point."""
-    fig = plots.latent_scatter(projection.xy, view.labels, view.class_names, axis_titles=projection.axis_titles)
-    plots.add_overlays(fig, overlays, projection.transform)
+    fig = plots.latent_scatter(projection.xy, view.labels, view.class_names, axis_titles=projection.axis_titles, webgl=True)
+    plots.add_overlays(fig, overlays, projection.transform, linear=projection.method not in latent.CACHED_PROJECTIONS)
     idx = selected_index(view)
     if idx is not None:
         plots.add_marker(fig, projection.xy[idx], "clicked image", symbol="circle-open", color=plots.OVERLAY_COLOR, size=14)
@@ -476,7 +481,9 @@ def _grid_options(view: View) -> tuple[int, str, tuple[int, int]]:
         dims = (picked[0], picked[1])
     lo_q, hi_q = latent.GRID_QUANTILES
     spread = "the codes' mean ± std" if view.deterministic or plane == "pca" else "the prior N(0, 1)"
-    st.caption(f"Each axis spans the {lo_q:.0%}–{hi_q:.0%} Gaussian quantiles of {spread}; the dashed outline on the scatter is the grid's extent.")
+    extent = ("the dashed outline on the scatter is the grid's extent" if scatter_is_linear(view)
+              else "its extent is drawn on the PCA or raw-dimension scatter, not on a UMAP / t-SNE map, which bends the plane")
+    st.caption(f"Each axis spans the {lo_q:.0%}–{hi_q:.0%} Gaussian quantiles of {spread}; {extent}.")
     if view.latent_dim > 2:
         refresh_note("Other dimensions are held at")
     return n, plane, dims
@@ -518,8 +525,9 @@ def traversal_tab(view: View) -> list[Overlay]:
         row = images.tile(decoded[r * steps : (r + 1) * steps], steps)
         inactive = " · inactive" if view.stats.inactive[d] else ""
         show_image(images.upscale(row, factor), caption=f"z{d}: {lo[d]:.1f} → {hi[d]:.1f} · {view.stats.scores[d]:.2f} {unit}{inactive}")
-    st.plotly_chart(plots.bar_chart(view.stats.scores[order], [f"z{d}" for d in order], y_title=unit, threshold=latent.INACTIVE_THRESHOLD),
-                    key="trav_scores")
+    what = "Mean KL per dimension over the atlas images" if view.stats.score_name == "KL" else "Variance of each code over the atlas images"
+    st.plotly_chart(plots.bar_chart(view.stats.scores[order], [f"z{d}" for d in order], title=what, y_title=unit, threshold=latent.INACTIVE_THRESHOLD,
+                                    threshold_label=f"inactive below {latent.INACTIVE_THRESHOLD:g} {unit}"), key="trav_scores")
     return []
 
 

@@ -1,4 +1,4 @@
-"""Train page: start `python -m trainer` in the background, follow its jobs live, stop them.
+"""Train page: start `python -m trainer` in the background, follow its jobs live, stop them, resume them.
 
 The form's values go through app/jobs.py, which checks them with the trainer's own parser and
 config rules, then starts the trainer detached: it keeps training if the browser closes. The job
@@ -15,14 +15,14 @@ import streamlit as st
 from app import bounds, jobs
 from app.common import checkpoints_dir, is_public, open_run
 from app.latent import make_projection
-from app.plots import latent_scatter, loss_figure
+from app.plots import LEGEND_RIGHT, WALL_SECONDS_HELP, latent_scatter, loss_figure, number
 from trainer.cli import OptionSpec
 from trainer.data import DATASETS, FOLDER_PREFIX
 from trainer.runs import MANIFEST_FILE, summarize_run
 
 REFRESH_S = 2.0  # how often the job list redraws while something trains
 PAST_JOBS_SHOWN = 10
-LIVE_SCATTER_HEIGHT = 300
+LIVE_SCATTER_HEIGHT = 320
 DATASET_CHOICES = (*DATASETS, "folder")
 JS_MAX_SAFE_INTEGER = 2**53 - 1  # a browser number input holds no larger bound
 NAME_KEY, NEW_NAME_FLAG, STARTED_KEY, STOP_FEEDBACK_KEY = "train_run_name", "train_new_name", "train_started", "train_stop_feedback"
@@ -125,8 +125,18 @@ def start(options: dict[str, Any], root: Path) -> None:
 
 
 def job_header(job: jobs.Job) -> str:
-    total = job.total if job.total is not None else "?"
-    parts = [f"{STATE_ICONS.get(job.state, '')} **{job.name}** — {job.state}", f"epoch {job.epoch} / {total}"]
+    """`<icon> **name** — state · epoch e / E[ · step s / S] · N images/s · ETA · time of training`.
+
+    Inside an epoch (the trainer's step counter) the epoch shown is the one being trained; between epochs and
+    after the run, the epochs completed."""
+    total = number(job.total) if job.total is not None else "?"
+    parts = [f"{STATE_ICONS.get(job.state, '')} **{job.name}** — {job.state}"]
+    if job.in_epoch:
+        parts.append(f"epoch {number(job.epoch + 1)} / {total}, step {number(job.step or 0)} / {number(job.steps or 0)}")
+    else:
+        parts.append(f"epoch {number(job.epoch)} / {total}")
+    if job.active and job.images_per_s is not None:
+        parts.append(f"{number(job.images_per_s)} images/s")
     if job.active and job.eta is not None:
         parts.append(f"ETA {jobs.format_seconds(job.eta)}")
     if job.seconds is not None:
@@ -152,9 +162,11 @@ def live_views(job: jobs.Job) -> None:
             st.caption("The loss curves start after epoch 1.")
     with right:
         projection = make_projection(run.atlas.means[-1], "pca")
-        fig = latent_scatter(projection.xy, run.atlas.labels, run.class_names, axis_titles=projection.axis_titles,
-                             title=f"latents of {len(run.atlas.labels)} test images, epoch {run.epoch}", height=LIVE_SCATTER_HEIGHT)
-        st.plotly_chart(fig, key=f"train_scatter_{job.name}")
+        st.caption(f"Latents of {number(len(run.atlas.labels))} test images after epoch {number(run.epoch)}"
+                   + (" (PCA)" if run.model_config.latent_dim > 2 else ""))
+        fig = latent_scatter(projection.xy, run.atlas.labels, run.class_names, axis_titles=projection.axis_titles, height=LIVE_SCATTER_HEIGHT,
+                             legend=LEGEND_RIGHT)
+        st.plotly_chart(fig, key=f"train_scatter_{job.name}", config={"displaylogo": False})
 
 
 def request_stop(run_dir: str) -> None:
@@ -167,14 +179,46 @@ def request_stop(run_dir: str) -> None:
     st.session_state.setdefault(STOP_FEEDBACK_KEY, {})[name] = result
 
 
+def request_resume(run_dir: str, epochs_key: str) -> None:
+    """Resume button callback: continue the run in the background up to the chosen number of epochs."""
+    name = Path(run_dir).name
+    try:
+        started = jobs.resume_job(name, int(st.session_state[epochs_key]), Path(run_dir).parent)
+        result = ("ok", f"Resumed {name} (pid {started.pid}) up to epoch {number(int(st.session_state[epochs_key]))}.")
+        st.session_state[STARTED_KEY] = name
+    except jobs.JobError as e:
+        result = ("error", str(e))
+    st.session_state.setdefault(STOP_FEEDBACK_KEY, {})[name] = result
+
+
+def resume_default(job: jobs.Job) -> int:
+    """The epochs a resume offers: the run's planned total if it stopped short, else twice what it trained."""
+    if job.total is not None and job.epoch < job.total:
+        return job.total
+    return max(2 * job.epoch, job.epoch + 1)
+
+
+def resume_control(job: jobs.Job) -> None:
+    """A popover to continue a stopped, finished, failed or died run for more epochs (`python -m trainer --resume`)."""
+    max_epochs = jobs.trainer_options()["epochs"].spec.max  # the trainer's bound on --epochs
+    with st.popover("Resume…", help="Continue this run from its last saved epoch, exactly as if it had not stopped."):
+        epochs_key = f"resume_epochs_{job.name}"
+        st.number_input("Train up to epoch", min_value=job.epoch + 1, max_value=max_epochs, value=resume_default(job), step=1, key=epochs_key,
+                        help=f"It has trained {number(job.epoch)} epochs; `python -m trainer --run-name {job.name} --resume --epochs N`.")
+        st.button("Resume training", key=f"resume_{job.name}", type="primary", on_click=request_resume, args=(str(job.path), epochs_key))
+
+
 def job_card(job: jobs.Job, detailed: bool) -> None:
-    """One job: header, progress bar, message, stop button; live views when `detailed`."""
+    """One job: header, progress bar, message, stop or resume button; live views when `detailed`."""
     with st.container(border=True):
         head, button = st.columns([5, 1], vertical_alignment="center")
-        head.markdown(job_header(job))
+        head.markdown(job_header(job), help=None if job.active else WALL_SECONDS_HELP)
         if job.active:
             button.button("Stop training", key=f"stop_{job.name}", on_click=request_stop, args=(str(job.path),),
                           help="SIGTERM: the trainer finishes its step and keeps the last completed epoch.")
+        elif has_saved(job):
+            with button:
+                resume_control(job)
         feedback = st.session_state.get(STOP_FEEDBACK_KEY, {}).pop(job.name, None)
         if feedback:
             (st.error if feedback[0] == "error" else st.toast)(feedback[1])
