@@ -6,7 +6,8 @@ Search order for `mnist` / `fashion-mnist`:
   3. with `download=True`: torchvision's downloader into the data directory;
   4. mnist only: the bundled offline subset `data/mnist-subset/` (10,000 real digits), said plainly.
 `dataset_problem` runs the same search without reading or downloading anything (the app's check before
-it starts the trainer).
+it starts the trainer). `emoji` is rendered from two Debian packages and cached under the data directory
+(trainer/emoji.py).
 
 A folder of images is decoded once, streaming, into `PATH/.vae_cache/`: a raw uint8 file of rows (N, C, S, S)
 and a JSON header (shape, dtype, labels, the checksum of the file list). Every folder, whatever its size, is
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 
 from . import safe_io
 from .config import is_int
+from .emoji import EMOJI_CHANNELS, EMOJI_DATASET, EMOJI_IMAGE_SIZE, EmojiError, emoji_problem, load_emoji, split_indices
 from .images import IMAGE_EXTENSIONS, decode_image  # the one image decoder and its allow-list: folder images and the explorer's uploads
 from .paths import BUNDLED_DATA_DIR
 
@@ -56,7 +58,7 @@ CLASS_NAMES = {
     "mnist": [str(i) for i in range(10)],
     "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
 }
-DATASETS = tuple(CLASS_NAMES)  # the named datasets; any other must be folder:PATH
+DATASETS = (*CLASS_NAMES, EMOJI_DATASET)  # the named datasets; any other must be folder:PATH
 TORCHVISION_DIRS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 # How to get a missing named dataset without downloading (load_dataset adds "or pass --download").
 INSTALL_HINTS = {
@@ -435,10 +437,14 @@ def _to_tensor_images(x: np.ndarray, image_size: int, channels: int) -> torch.Te
 
 
 def default_image_size(dataset: str) -> int:
+    if dataset == EMOJI_DATASET:
+        return EMOJI_IMAGE_SIZE
     return NATIVE_SIZE if not dataset.startswith(FOLDER_PREFIX) else FOLDER_IMAGE_SIZE
 
 
 def default_channels(dataset: str) -> int:
+    if dataset == EMOJI_DATASET:
+        return EMOJI_CHANNELS
     return 1 if not dataset.startswith(FOLDER_PREFIX) else FOLDER_CHANNELS
 
 
@@ -465,6 +471,8 @@ def dataset_problem(dataset: str, data_dir: str | os.PathLike = DEFAULT_DATA_DIR
 
     The same search as load_dataset, but cheap: it reads no data and decodes no image. Relative paths
     are taken from `root` (the trainer's working folder; default the current one)."""
+    if dataset == EMOJI_DATASET:
+        return emoji_problem()
     if dataset in DATASETS:
         dirs = _candidate_dirs(dataset, _resolve(data_dir, root))
         if any(has_idx_files(d) for d in dirs) or (dataset == "mnist" and has_idx_files(BUNDLED_MNIST_SUBSET)):
@@ -478,6 +486,17 @@ def dataset_problem(dataset: str, data_dir: str | os.PathLike = DEFAULT_DATA_DIR
         return str(e)
 
 
+def _load_emoji(data_dir: Path, image_size: int, channels: int) -> ImageData:
+    """The emoji set (rendered once, cached under `data_dir`), split by its fixed permutation, in memory."""
+    try:
+        emoji = load_emoji(data_dir, image_size)
+    except EmojiError as e:
+        raise DataError(str(e)) from None
+    train, test = split_indices(len(emoji.images))
+    x, y = _to_tensor_images(emoji.images, image_size, channels), torch.from_numpy(emoji.labels)  # (N, C, S, S)
+    return ImageData(x[train], y[train], x[test], y[test], emoji.class_names, emoji.source)
+
+
 def load_dataset(
     dataset: str,
     data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
@@ -486,7 +505,7 @@ def load_dataset(
     download: bool = False,
     seed: int = 0,
 ) -> ImageData:
-    """Load `mnist`, `fashion-mnist` (into memory) or `folder:PATH` (memory-mapped from its decode cache) as uint8 tensors.
+    """Load `mnist`, `fashion-mnist`, `emoji` (into memory) or `folder:PATH` (memory-mapped from its decode cache) as uint8 tensors.
 
     `seed` is accepted for callers' sake: no split depends on it (a folder's is fixed by its cache)."""
     image_size = image_size or default_image_size(dataset)
@@ -497,6 +516,8 @@ def load_dataset(
         n_train = len(x) - folder_test_size(len(x))
         test = slice(n_train, None) if n_train < len(x) else slice(None)  # one image: test = train
         return ImageData(x[:n_train], y[:n_train], x[test], y[test], class_names, source, cache_file)
+    if dataset == EMOJI_DATASET:
+        return _load_emoji(_resolve(data_dir, None), image_size, channels)
     if dataset not in DATASETS:
         raise DataError(_unknown(dataset))
     arrays, source = load_mnist_like(dataset, _resolve(data_dir, None), download)
