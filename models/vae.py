@@ -17,11 +17,17 @@ from torch import nn
 from .config import JSONConfig, field_spec, setting
 from .distributions import DiagonalGaussian
 
-ARCHS = ("conv", "conv-upsample", "mlp")
+ARCHS = ("conv", "conv-upsample", "mlp", "resnet")
 KINDS = ("vae", "ae")
+BOTTLENECKS = ("spatial", "vector")  # resnet only: a (C_z, h, w) latent map, or flatten + linear heads
 IMAGE_SIZES = (28, 32, 64, 128)
 CHANNELS = (1, 3)
-MAX_LATENT_DIM = 512
+MAX_LATENT_DIM = 512  # a latent size the user chooses (every model but the spatial resnet)
+# The spatial resnet's latent size C_z * h * w follows from the image size: 4 x 16 x 16 = 1,024 at 64 px, 16 x 7 x 7 = 784 at 28 px.
+MAX_SPATIAL_LATENT_DIM = 4096
+MAX_LATENT_CHANNELS = 64
+MAX_RES_LEVELS = 5  # resnet resolutions (len(widths)): at most 4 downsamplings
+MAX_RES_BLOCKS = 8  # resnet residual blocks per resolution
 N_CONV_STAGES = 3
 MAX_WIDTH = 1024  # conv channels per stage
 MAX_HIDDEN_DIM = 16384
@@ -43,13 +49,28 @@ class ModelConfig(JSONConfig):
 
     arch: str = setting("conv", "architecture", choices=ARCHS)
     kind: str = setting("vae", "vae, or ae for a plain autoencoder", choices=KINDS)
-    latent_dim: int = setting(16, "latent size", min=1, max=MAX_LATENT_DIM)
+    latent_dim: int = setting(
+        16, "latent size (a spatial resnet's is derived: latent-channels x h x w)", min=1, max=MAX_LATENT_DIM
+    )
     in_channels: int = setting(1, "image channels, grayscale or RGB", choices=CHANNELS)
     image_size: int = setting(28, "image side in pixels", choices=IMAGE_SIZES)
-    widths: tuple[int, ...] = setting(DEFAULT_WIDTHS, f"conv channels of the {N_CONV_STAGES} stages", min=1, max=MAX_WIDTH)
-    hidden_dim: int = setting(
-        DEFAULT_HIDDEN_DIM, "fully connected layer between image features and the latent heads, 0 for none", min=0, max=MAX_HIDDEN_DIM
+    widths: tuple[int, ...] = setting(
+        DEFAULT_WIDTHS,
+        f"conv channels of the {N_CONV_STAGES} stages; resnet: channels of each resolution, 1 to {MAX_RES_LEVELS} of them, "
+        "halving the image side between each",
+        min=1, max=MAX_WIDTH,
     )
+    hidden_dim: int = setting(
+        DEFAULT_HIDDEN_DIM, "fully connected layer between image features and the latent heads, 0 for none (not used by a spatial resnet)",
+        min=0, max=MAX_HIDDEN_DIM,
+    )
+    # The resnet's own settings; defaults that older config.json files (written before they existed) take.
+    bottleneck: str = setting(
+        "spatial", "resnet: spatial (the latent is a latent-channels x h x w map; its size follows from the image size) "
+        "or vector (flatten + linear heads of latent-dim)", choices=BOTTLENECKS,
+    )
+    latent_channels: int = setting(4, "resnet: channels of the latent map (C_z)", min=1, max=MAX_LATENT_CHANNELS)
+    res_blocks: int = setting(1, "resnet: residual blocks per resolution", min=1, max=MAX_RES_BLOCKS)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -57,11 +78,25 @@ class ModelConfig(JSONConfig):
             raise ValueError(f"unknown model '{self.arch}': choose one of {', '.join(ARCHS)}")
         if not field_spec(ModelConfig, "kind").allows(self.kind, integer=False):
             raise ValueError(f"unknown kind '{self.kind}': choose one of {', '.join(KINDS)}")
-        self.check_fields("latent_dim", "in_channels", "image_size")
+        if not field_spec(ModelConfig, "bottleneck").allows(self.bottleneck, integer=False):
+            raise ValueError(f"unknown bottleneck '{self.bottleneck}': choose one of {', '.join(BOTTLENECKS)}")
+        self.check_fields("in_channels", "image_size", "latent_channels", "res_blocks", "hidden_dim")
         widths = field_spec(ModelConfig, "widths")
-        if len(self.widths) != N_CONV_STAGES or not all(widths.in_range(w, integer=True) for w in self.widths):
+        in_range = all(widths.in_range(w, integer=True) for w in self.widths)
+        if self.arch == "resnet":
+            if not (1 <= len(self.widths) <= MAX_RES_LEVELS and in_range):
+                raise ValueError(f"widths must be 1 to {MAX_RES_LEVELS} channel counts {widths.range_text()} for resnet, got {self.widths!r}")
+        elif len(self.widths) != N_CONV_STAGES or not in_range:
             raise ValueError(f"widths must be {N_CONV_STAGES} channel counts {widths.range_text()}, got {self.widths!r}")
-        self.check_fields("hidden_dim")
+        if self.spatial_latent:  # the latent size is the map's: derived, so every reader of latent_dim keeps working
+            object.__setattr__(self, "latent_dim", math.prod(self.latent_shape))
+            if self.latent_dim > MAX_SPATIAL_LATENT_DIM:
+                raise ValueError(
+                    f"the latent map {' x '.join(map(str, self.latent_shape))} has {self.latent_dim} dims, more than {MAX_SPATIAL_LATENT_DIM}: "
+                    "use fewer latent channels or more downsamplings (widths)"
+                )
+        else:
+            self.check_fields("latent_dim")
         if self.arch == "mlp" and self.hidden_dim == 0:
             raise ValueError(f"the mlp model needs hidden_dim > 0 (the classic MNIST VAE uses {CLASSIC_MLP_HIDDEN_DIM})")
 
@@ -69,12 +104,33 @@ class ModelConfig(JSONConfig):
     def image_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
 
+    @property
+    def spatial_latent(self) -> bool:
+        """Whether the latent is a (C_z, h, w) map (a resnet with a spatial bottleneck), flattened channel-major to latent_dim."""
+        return self.arch == "resnet" and self.bottleneck == "spatial"
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """The latent's shape: (C_z, h, w) for a spatial resnet, else (latent_dim,)."""
+        if not self.spatial_latent:
+            return (self.latent_dim,)
+        side = halved_sizes(self.image_size, len(self.widths) - 1)[-1]
+        return (self.latent_channels, side, side)
+
 
 
 class VAEOutput(NamedTuple):
     x_hat: torch.Tensor  # (B, C, H, W) logits
     posterior: DiagonalGaussian
     z: torch.Tensor  # (B, D)
+
+
+def halved_sizes(image_size: int, n: int) -> list[int]:
+    """Sizes through `n` stride-2 convs (kernel 3, padding 1), e.g. 28, 2 -> [28, 14, 7]."""
+    sizes = [image_size]
+    for _ in range(n):
+        sizes.append((sizes[-1] - 1) // 2 + 1)
+    return sizes
 
 
 def conv_sizes(image_size: int) -> list[int]:
@@ -210,4 +266,9 @@ def to_float_images(x: torch.Tensor) -> torch.Tensor:
 
 
 def build_model(config: ModelConfig) -> VAE:
+    """The model a config describes (the resnet family lives in models/resnet.py)."""
+    if config.arch == "resnet":
+        from .resnet import ResNetVAE  # imported here: resnet.py builds on this module
+
+        return ResNetVAE(config)
     return VAE(config)

@@ -12,6 +12,8 @@ from models import ARCHS, IMAGE_SIZES, KINDS, DiagonalGaussian, ModelConfig, bui
 
 def tiny_config(**kw) -> ModelConfig:
     base = {"widths": (4, 8, 8), "hidden_dim": 16 if kw.get("arch") == "mlp" else 0}
+    if kw.get("arch") == "resnet":  # the vector form takes latent_dim as given; the spatial one derives it (tests/test_resnet.py)
+        base["bottleneck"] = "vector"
     return ModelConfig(**(base | kw))
 
 
@@ -38,7 +40,7 @@ def test_latent_size_limits(latent_dim):
     [
         ({"latent_dim": 0}, "latent_dim"),
         ({"latent_dim": 513}, "latent_dim"),
-        ({"arch": "resnet"}, "unknown model"),
+        ({"arch": "unet"}, "unknown model"),
         ({"kind": "gan"}, "unknown kind"),
         ({"image_size": 30}, "image_size"),
         ({"in_channels": 2}, "in_channels"),
