@@ -20,11 +20,12 @@ of a run (its final epoch, or an early stop) removes the previous set: a finishe
 
 Growth is bounded: a run folder holds one or two epoch sets (plus --keep-epochs weights); the latents
 file holds at most MAX_LATENT_SNAPSHOTS snapshots, however long the run; the history grows by one line per
-epoch (about 1 KB plus ~9 bytes per latent dimension, for KL per dimension), so a reader's limit for it
+epoch (about 600 bytes plus ~8 bytes per latent dimension, for KL per dimension), so a reader's limit for it
 scales with the run: history_limit(epochs, latent_dim) allows HISTORY_ROW_BYTES plus HISTORY_NUMBER_BYTES per
 latent dimension for each of the run's epochs (the larger of its configured and saved epochs, at most
 MAX_EPOCHS), and never less than MAX_JSON_BYTES. A hostile history file is still bounded (2 GB for a
-latent-512 run of MAX_EPOCHS epochs, a few MB for a short one).
+latent-512 run of MAX_EPOCHS epochs, MAX_JSON_BYTES for a short one).
+
 Nothing here unpickles: safetensors for tensors, JSON, and npz with allow_pickle=False.
 
 Run folders may come from strangers, so reading trusts nothing: files are read through trainer.safe_io
@@ -93,8 +94,8 @@ LABEL_BYTES = 8  # labels are stored as int64
 HISTORY_NUMBERS = ("test_loss", "psnr")  # per-epoch numbers every reader of history.jsonl may format
 LAST_BOUND = "test_neg_elbo"  # also in a manifest's "last": the latest test negative ELBO (recon + KL, beta 1)
 # A history line: at most HISTORY_ROW_BYTES besides its KL per dimension, and HISTORY_NUMBER_BYTES per latent dimension.
-HISTORY_ROW_BYTES = 4096  # ~1 KB in practice: ~25 named numbers
-HISTORY_NUMBER_BYTES = 32  # ~9 in practice: KL per dimension is rounded to 5 decimals
+HISTORY_ROW_BYTES = 4096  # ~600 in practice: ~25 named numbers
+HISTORY_NUMBER_BYTES = 32  # ~8 in practice: KL per dimension is rounded to 5 decimals
 # Atlas latents: every epoch below LATENTS_EVERY_EPOCH, then log-spaced epochs and the latest, at most MAX_LATENT_SNAPSHOTS.
 LATENTS_EVERY_EPOCH = 50
 MAX_LATENT_SNAPSHOTS = 200
