@@ -75,7 +75,10 @@ def test_parse_keeps_fully_qualified_entries_with_their_groups():
 
 
 def test_parse_ignores_malformed_lines():
-    text = "# group: G\nZZZZ ; fully-qualified # ? E1.0 bad\n110000 ; fully-qualified # ? E1.0 too big\n; fully-qualified # empty\n1F600 ; fully-qualified # 😀 E1.0 ok\n"
+    text = (
+        "# group: G\nZZZZ ; fully-qualified # ? E1.0 bad\n110000 ; fully-qualified # ? E1.0 too big\n"
+        "; fully-qualified # empty\n1F600 ; fully-qualified # 😀 E1.0 ok\n"
+    )
     assert [e.sequence for e in emoji_mod.parse_emoji_test(text)] == ["\U0001F600"]
     assert emoji_mod.parse_emoji_test("1F600 ; fully-qualified # before any group\n") == []
 
