@@ -3,8 +3,20 @@ from .distributions import DiagonalGaussian, standard_normal_log_density
 from .loss import RECON_LOSSES, LossTerms, reconstruction_per_sample, vae_loss
 from .resnet import ResNetVAE
 from .vae import (
-    ARCHS, BOTTLENECKS, CLASSIC_MLP_HIDDEN_DIM, DEFAULT_HIDDEN_DIM, DEFAULT_WIDTHS, IMAGE_SIZES, KINDS, MAX_LATENT_DIM, MAX_SPATIAL_LATENT_DIM,
-    VAE, ModelConfig, VAEOutput, build_model, to_float_images,
+    ARCHS,
+    BOTTLENECKS,
+    CLASSIC_MLP_HIDDEN_DIM,
+    DEFAULT_HIDDEN_DIM,
+    DEFAULT_WIDTHS,
+    IMAGE_SIZES,
+    KINDS,
+    MAX_LATENT_DIM,
+    MAX_SPATIAL_LATENT_DIM,
+    VAE,
+    ModelConfig,
+    VAEOutput,
+    build_model,
+    to_float_images,
 )
 
 __all__ = [
