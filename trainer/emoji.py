@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import subprocess
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -278,20 +279,20 @@ def load_emoji(
     cached = _read_cache(path, image_size)
     if cached is not None:
         emoji, versions = cached
-        built = "cached"
     else:
         entries = parse_emoji_test(test_path.read_text(encoding="utf-8", errors="replace"))
         if not entries:
             raise EmojiError(f"{test_path} lists no fully-qualified emoji: reinstall it with `{INSTALL_COMMAND}`")
+        start = time.perf_counter()
         emoji = build_emoji(entries, render or font_renderer(font_path), image_size)
+        log.info("rendered %d emoji at %dpx in %.1f s", len(emoji.images), image_size, time.perf_counter() - start)
         versions = package_versions()
         if len(emoji.images) < len(entries):
             log.warning("the emoji font drew %d of %d emoji; the others are skipped", len(emoji.images), len(entries))
         emoji = replace(emoji, cache_file=_write_cache(path, emoji, versions))
-        built = "rendered"
     note = (
         f"{len(emoji.images):,} colour emoji in {len(emoji.class_names)} Unicode groups at {image_size}px on white "
-        f"({built}; {versions or ' and '.join(EMOJI_PACKAGES)})"
+        f"({versions or ' and '.join(EMOJI_PACKAGES)})"
     )
     source = {"name": EMOJI_DATASET, "kind": "full", "path": str(font_path), "versions": versions, "note": note}
     return replace(emoji, source=source)
