@@ -15,6 +15,7 @@ imports it) and reports problems as EmojiError.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import subprocess
@@ -248,7 +249,8 @@ def _write_cache(path: Path, emoji: EmojiSet, versions: str) -> Path | None:
     prefix = path.name[: -len(path.name.rsplit("-", 1)[1])]  # emoji-<S>px-
     for old in path.parent.glob(f"{prefix}*.npz"):
         if old != path:
-            old.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # another process cleaning up, or a read-only folder: harmless
+                old.unlink()
     return path
 
 
