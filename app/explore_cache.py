@@ -16,7 +16,7 @@ from trainer.runs import Run
 
 CACHE_ENTRIES = 32
 DECODE_CACHE_ENTRIES = 256
-GIF_SIDE = 360
+GIF_SIDE = 420
 MAX_GIF_FRAMES = 60
 
 
@@ -56,9 +56,10 @@ def projection(key: str, run: Run, method: str, dims: tuple[int, int]) -> latent
 
 @st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)
 def replay(key: str, _run: Run, method: str, dims: tuple[int, int]) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
-    """Every snapshot on one map fitted to the last (PCA or raw dims) and a fixed axis range: ((E, N, 2), x, y)."""
+    """Every snapshot on one map fitted to the last (PCA or raw dims) and one axis range holding every snapshot's
+    points: ((E, N, 2), x, y)."""
     coords = latent.replay_coords(_run.atlas.means, method, dims)
-    x_range, y_range = latent.robust_range(coords)
+    x_range, y_range = latent.data_range(coords)
     return coords, x_range, y_range
 
 
@@ -69,8 +70,11 @@ def replay_gif(key: str, _run: Run, method: str, dims: tuple[int, int]) -> bytes
     atlas = _run.atlas
     picks = np.unique(np.linspace(0, len(coords) - 1, min(len(coords), MAX_GIF_FRAMES)).round().astype(int))
     colors = class_rgb(max(len(_run.class_names), int(atlas.labels.max()) + 1))
+    titles = latent.replay_axis_titles(method, dims)
+    last = int(atlas.epochs[-1])
     frames = [
-        images.scatter_frame(coords[i], atlas.labels, colors, x_range, y_range, GIF_SIDE, f"{_run.name}  epoch {int(atlas.epochs[i])}")
+        images.scatter_frame(coords[i], atlas.labels, colors, x_range, y_range, GIF_SIDE, f"{_run.name} · epoch {int(atlas.epochs[i])} of {last}",
+                             class_names=_run.class_names, axis_titles=titles)
         for i in picks
     ]
     return images.animated_gif(frames)

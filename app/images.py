@@ -156,27 +156,99 @@ def preprocess_upload(data: bytes, image_size: int, channels: int, style: str = 
 
 # ---------------------------------------------------------------- scatter frames and GIFs
 
-def scatter_frame(
-    xy: np.ndarray, labels: np.ndarray, colors: list[tuple[int, int, int]],
-    x_range: tuple[float, float], y_range: tuple[float, float], size: int = 360, text: str = "", dot: int = 2,
-) -> np.ndarray:
-    """Draw points (N, 2) coloured by label on a white square with fixed axis ranges: (size, size, 3) uint8."""
-    from PIL import Image, ImageDraw
+FRAME_FONT_PX = 11  # text of a replay frame (ticks, axis titles, legend, title)
+FRAME_PAD = 6  # px around a replay frame's parts
+FRAME_TICKS = 8  # at most about this many ticks per axis
+FRAME_INK, FRAME_GRID = (40, 40, 40), (225, 225, 225)
 
-    img = np.full((size, size, 3), 255, np.uint8)
-    px = (xy[:, 0] - x_range[0]) / (x_range[1] - x_range[0]) * (size - 1)
-    py = (1.0 - (xy[:, 1] - y_range[0]) / (y_range[1] - y_range[0])) * (size - 1)
-    keep = np.isfinite(px) & np.isfinite(py) & (px >= 0) & (px < size) & (py >= 0) & (py < size)
-    palette = np.asarray(colors, np.uint8)
+
+def nice_ticks(lo: float, hi: float, count: int = FRAME_TICKS) -> np.ndarray:
+    """Round tick values (steps of 1, 2 or 5 times a power of ten) inside [lo, hi], about `count` of them."""
+    span = hi - lo
+    if not np.isfinite(span) or span <= 0:
+        return np.array([lo])
+    raw = span / max(count, 1)
+    power = 10.0 ** np.floor(np.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = np.ceil(lo / step) * step
+    return np.round(np.arange(first, hi + step * 1e-9, step), 10)
+
+
+def _tick_text(value: float) -> str:
+    return f"{value:g}" if abs(value) >= 1e-9 else "0"
+
+
+def _plot_points(img: np.ndarray, xy: np.ndarray, labels: np.ndarray, palette: np.ndarray, box: tuple[int, int, int, int],
+                 x_range: tuple[float, float], y_range: tuple[float, float], dot: int) -> None:
+    """Draw points (N, 2) into the pixel box (left, top, right, bottom) of img (H, W, 3) in place; points outside the ranges are left out."""
+    left, top, right, bottom = box
+    w, h = right - left, bottom - top
+    px = left + (xy[:, 0] - x_range[0]) / (x_range[1] - x_range[0]) * (w - 1)
+    py = top + (1.0 - (xy[:, 1] - y_range[0]) / (y_range[1] - y_range[0])) * (h - 1)
+    keep = np.isfinite(px) & np.isfinite(py) & (px >= left) & (px < right) & (py >= top) & (py < bottom)
     cols = palette[np.asarray(labels)[keep] % len(palette)]
     px, py = px[keep].astype(int), py[keep].astype(int)
     for dy in range(-dot // 2, dot - dot // 2):
         for dx in range(-dot // 2, dot - dot // 2):
-            img[np.clip(py + dy, 0, size - 1), np.clip(px + dx, 0, size - 1)] = cols
+            img[np.clip(py + dy, top, bottom - 1), np.clip(px + dx, left, right - 1)] = cols
+
+
+def scatter_frame(
+    xy: np.ndarray, labels: np.ndarray, colors: list[tuple[int, int, int]],
+    x_range: tuple[float, float], y_range: tuple[float, float], size: int = 360, text: str = "", dot: int = 2,
+    *, class_names: list[str] | None = None, axis_titles: tuple[str, str] | None = None,
+) -> np.ndarray:
+    """Points (N, 2) coloured by label on a white square with fixed axis ranges: (size, size, 3) uint8.
+
+    With `axis_titles`, the plot has axes (ticks, tick labels, grid, titles); with `class_names`, a legend of the
+    classes on the right; `text` is the frame's title."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = np.full((size, size, 3), 255, np.uint8)
+    palette = np.asarray(colors, np.uint8)
+    if axis_titles is None and class_names is None:  # a bare frame: the points fill it
+        _plot_points(img, xy, labels, palette, (0, 0, size, size), x_range, y_range, dot)
+        if text:
+            im = Image.fromarray(img)
+            ImageDraw.Draw(im).text((6, 4), text, fill=(0, 0, 0))
+            img = np.asarray(im)
+        return img
+    im = Image.fromarray(img)
+    draw = ImageDraw.Draw(im)
+    font = ImageFont.load_default(FRAME_FONT_PX)
+    line = FRAME_FONT_PX + 3
+    names = [class_names[c] if c < len(class_names) else str(c) for c in range(len(colors))] if class_names else []
+    legend_w = min(size // 3, int(max((draw.textlength(n, font=font) for n in names), default=0)) + line + 2 * FRAME_PAD) if names else 0
+    x_ticks, y_ticks = nice_ticks(*x_range), nice_ticks(*y_range)
+    y_label_w = int(max(draw.textlength(_tick_text(v), font=font) for v in y_ticks)) if axis_titles else 0
+    left = FRAME_PAD + y_label_w + FRAME_PAD
+    top = FRAME_PAD + line + (line if axis_titles else 0)  # the title, then the y axis title
+    right = size - legend_w - FRAME_PAD
+    bottom = size - FRAME_PAD - (2 * line if axis_titles else 0)  # tick labels and the x axis title
     if text:
-        im = Image.fromarray(img)
-        ImageDraw.Draw(im).text((6, 4), text, fill=(0, 0, 0))
-        img = np.asarray(im)
+        draw.text((FRAME_PAD, FRAME_PAD), text, fill=FRAME_INK, font=font)
+    if axis_titles:
+        for v in x_ticks:
+            x = left + (v - x_range[0]) / (x_range[1] - x_range[0]) * (right - left - 1)
+            draw.line([(x, top), (x, bottom)], fill=FRAME_GRID)
+            label = _tick_text(v)
+            draw.text((x - draw.textlength(label, font=font) / 2, bottom + 2), label, fill=FRAME_INK, font=font)
+        for v in y_ticks:
+            y = top + (1.0 - (v - y_range[0]) / (y_range[1] - y_range[0])) * (bottom - top - 1)
+            draw.line([(left, y), (right, y)], fill=FRAME_GRID)
+            label = _tick_text(v)
+            draw.text((left - FRAME_PAD - draw.textlength(label, font=font), y - line / 2), label, fill=FRAME_INK, font=font)
+        draw.rectangle([left, top, right - 1, bottom - 1], outline=FRAME_INK)
+        x_title, y_title = axis_titles
+        draw.text(((left + right - draw.textlength(x_title, font=font)) / 2, bottom + 2 + line), x_title, fill=FRAME_INK, font=font)
+        draw.text((FRAME_PAD, top - line), y_title, fill=FRAME_INK, font=font)
+    for k, name in enumerate(names):
+        y = top + k * line
+        x = right + FRAME_PAD
+        draw.rectangle([x, y + 2, x + line - 6, y + line - 4], fill=tuple(int(c) for c in palette[k]))
+        draw.text((x + line - 2, y), name, fill=FRAME_INK, font=font)
+    img = np.array(im)
+    _plot_points(img, xy, labels, palette, (left + 1, top + 1, right - 1, bottom - 1), x_range, y_range, dot)
     return img
 
 

@@ -26,6 +26,9 @@ INTERPOLATION_STEPS = (3, 20)
 INTERPOLATIONS = ("linear", "spherical")
 MAX_SEED = 2**31 - 1  # the largest seed a sampling widget accepts
 CACHED_PROJECTIONS = EMBEDDINGS  # UMAP and t-SNE maps are computed once per epoch and kept in the run folder
+# How every page samples an autoencoder (code_samples, atlas_code_samples), said in these words wherever it does.
+AE_SAMPLES_NOTE = ("An autoencoder has no prior: its samples are drawn from a Gaussian fitted to its codes "
+                   "(the mean and covariance of the atlas images' codes).")
 
 
 # ---------------------------------------------------------------- grids and paths
@@ -134,9 +137,17 @@ def dimension_stats(means: np.ndarray, logvars: np.ndarray | None) -> DimStats:
     spread = np.maximum(std, 1e-3)
     lo = np.minimum(mean - SLIDER_STDS * spread, 0.0)  # zero is always a reachable starting point
     hi = np.maximum(mean + SLIDER_STDS * spread, 0.0)
-    cov = np.cov(means, rowvar=False).reshape(means.shape[1], means.shape[1]) if len(means) > 1 else np.zeros((means.shape[1],) * 2)
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
-    return DimStats(f32(scores), order, scores < INACTIVE_THRESHOLD, f32(mean), f32(std), f32(lo), f32(hi), name, f32(cov))
+    _, cov = fitted_gaussian(means)
+    return DimStats(f32(scores), order, scores < INACTIVE_THRESHOLD, f32(mean), f32(std), f32(lo), f32(hi), name, cov)
+
+
+def fitted_gaussian(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and covariance (D, D) of codes (N, D), float32: an autoencoder's stand-in prior."""
+    means = np.asarray(means, np.float64)
+    d = means.shape[1]
+    cov = np.cov(means, rowvar=False).reshape(d, d) if len(means) > 1 else np.zeros((d, d))
+    return means.mean(0).astype(np.float32), cov.astype(np.float32)
 
 
 def slider_dims(stats: DimStats, extra: list[int] | None = None) -> list[int]:
@@ -176,6 +187,15 @@ def code_samples(stats: DimStats, deterministic: bool, n: int, temperature: floa
     if deterministic:
         return fitted_gaussian_samples(stats.mean, stats.cov, n, temperature, seed)
     return prior_samples(n, len(stats.mean), temperature, seed)
+
+
+def atlas_code_samples(means: np.ndarray, deterministic: bool, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
+    """code_samples for a run given its atlas codes `means` (N, D): a VAE's prior samples (the same z for every run of
+    this latent size and seed), or an AE's samples of the Gaussian fitted to `means` (AE_SAMPLES_NOTE): (n, D)."""
+    if deterministic:
+        mean, cov = fitted_gaussian(means)
+        return fitted_gaussian_samples(mean, cov, n, temperature, seed)
+    return prior_samples(n, np.shape(means)[1], temperature, seed)
 
 
 def random_start(stats: DimStats, deterministic: bool, seed: int) -> np.ndarray:
@@ -242,6 +262,22 @@ def replay_coords(means: np.ndarray, method: str, dims: tuple[int, int] = (0, 1)
         dims = (0, 0) if d == 1 else dims
         return flat[:, list(dims)].reshape(e, n, 2).astype(np.float32)
     return fit_pca(means[-1]).transform(flat).reshape(e, n, 2)
+
+
+def replay_axis_titles(method: str, dims: tuple[int, int]) -> tuple[str, str]:
+    """The replay's axis titles: the raw dims shown, or the PCA plane's axes."""
+    return (f"z{dims[0]}", f"z{dims[1]}") if method == "raw" else ("PC1", "PC2")
+
+
+def data_range(xy: np.ndarray, margin: float = 0.05) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Axis ranges covering every finite point of xy (..., 2) (all the snapshots of a replay: none is clipped), padded by `margin`."""
+    flat = np.asarray(xy, np.float64).reshape(-1, 2)
+    flat = flat[np.isfinite(flat).all(axis=1)]
+    if not len(flat):
+        return (-1.0, 1.0), (-1.0, 1.0)
+    lo, hi = flat.min(axis=0), flat.max(axis=0)
+    pad = np.maximum((hi - lo) * margin, 1e-3)
+    return (float(lo[0] - pad[0]), float(hi[0] + pad[0])), (float(lo[1] - pad[1]), float(hi[1] + pad[1]))
 
 
 def robust_range(xy: np.ndarray, margin: float = 0.08, pct: float = 0.5) -> tuple[tuple[float, float], tuple[float, float]]:

@@ -85,7 +85,7 @@ def latent_scatter(
             hovertemplate=f"class {name}<br>image #%{{customdata}}<extra></extra>",
         ))
     layout = dict(
-        height=height, margin=dict(l=10, r=10, t=60 if title else 40, b=10), title=dict(text=title) if title else None,
+        height=height, margin=dict(l=10, r=10, t=60 if title else 30, b=10), title=dict(text=title) if title else None,
         xaxis=dict(title=dict(text=axis_titles[0])), yaxis=dict(title=dict(text=axis_titles[1])),
         legend=dict(itemsizing="constant", **(LEGEND_BELOW if legend is None else legend)),
         dragmode="pan", uirevision="latent-scatter", clickmode="event+select",

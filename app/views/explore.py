@@ -22,6 +22,7 @@ from app.sidebar import current_selection
 from app.sprites import SpriteGrid, sprite_sheet
 from trainer.evaluate import read_evaluation
 from trainer.onnx_export import decoder_onnx
+from trainer.projections import is_cached
 from trainer.runs import Run
 
 CLICK_MODES = ("slider origin", "interpolation end A", "interpolation end B")
@@ -44,8 +45,10 @@ FRAME_SIDE = 84
 GRID_SIDE = 560
 SAMPLES_SIDE = 420
 TRAVERSAL_IMAGE_SIDE = 56
+TRAVERSAL_STEPS_WIDTH = 300  # px of the traversal's steps slider
 UPLOAD_SIDE = 168
 SLIDER_BOX_HEIGHT = 560
+SLIDER_ROW_PX = 75  # height of one Streamlit slider with its label: SLIDER_BOX_HEIGHT // SLIDER_ROW_PX show without scrolling
 SLIDER_STEP = 0.01
 LIVE_RUN_KEY_CHARS = 16
 GRAPH_CACHE_ENTRIES = 8  # decoder graphs kept in memory (about 1 MB each for the bundled runs)
@@ -202,9 +205,10 @@ def scatter_projection(view: View) -> latent.Projection:
         order = view.stats.order
         dims = (int(st.session_state.get(state.key(state.PROJ_X, view.rid), order[0])),
                 int(st.session_state.get(state.key(state.PROJ_Y, view.rid), order[1])))
-    if method not in latent.CACHED_PROJECTIONS:
-        return cache.projection(view.cache_key, view.run, method, dims)
-    with st.spinner(f"Computing the {PROJECTION_LABELS[method]} map of {len(view.means):,} points (once; then kept in the run folder)…"):
+    if method not in latent.CACHED_PROJECTIONS or is_cached(view.run.path, method, view.run.epoch):
+        return cache.projection(view.cache_key, view.run, method, dims)  # the trainer computes the maps when training ends
+    with st.spinner(f"Computing the {PROJECTION_LABELS[method]} map of {plots.number(len(view.means))} points: this run was trained "
+                    "without it (once; then kept in the run folder)…"):
         return cache.projection(view.cache_key, view.run, method, dims)
 
 
@@ -268,9 +272,16 @@ def slider_help(view: View) -> str:
     return what + f"; below {latent.INACTIVE_THRESHOLD} it is inactive (the decoder ignores it). Range: mean ± {latent.SLIDER_STDS:g} std of the codes."
 
 
+def slider_heading(view: View, dims: list[int]) -> str:
+    """What the slider box holds: how many of the run's dimensions have a slider, and in which order."""
+    shown = f"all {view.latent_dim}" if len(dims) == view.latent_dim else f"{len(dims)} of the {view.latent_dim}"
+    return f"Sliders for {shown} dimensions, highest {view.stats.score_name} first"
+
+
 def _slider_column(view: View, dims: list[int]) -> None:
     """One slider per dim in `dims`, labelled with its KL (or code variance), and the picker of more dims."""
     lo, hi = slider_bounds(view)
+    st.caption(slider_heading(view, dims) + (" (scroll the box for the rest)" if len(dims) > SLIDER_BOX_HEIGHT // SLIDER_ROW_PX else ""))
     with st.container(height=SLIDER_BOX_HEIGHT, border=False):
         for d in dims:
             st.slider(slider_label(view, d), float(lo[d]), float(hi[d]), step=SLIDER_STEP, format="%.2f",
@@ -368,12 +379,11 @@ def _live_sliders(view: View, dims: list[int], z: np.ndarray, graph: bytes, prob
     help_text = slider_help(view)
     specs = [SliderSpec(d, slider_label(view, d), float(lo[d]), float(hi[d]), SLIDER_STEP, bool(view.stats.inactive[d]), help_text) for d in dims]
     token = "probe" if probe else str(st.session_state.get(state.key(state.LIVE_TOKEN, view.rid), 0))
-    shown = f"all {view.latent_dim}" if len(dims) == view.latent_dim else f"{len(dims)} of the {view.latent_dim}"
     latent_sliders(
         graph, run_key, specs, z, z_token=token, image_shape=view.run.model_config.image_shape, key=state.LIVE_SLIDERS_KEY,
         on_change=functools.partial(_on_live_report, view, run_key), hidden=probe, side=DIGIT_SIDE, max_height=SLIDER_BOX_HEIGHT,
         caption="" if probe else f"Decoded z, in your browser while you drag · at release, {density_caption(view, z)}",
-        heading="" if probe else f"Sliders for {shown} dimensions, highest {view.stats.score_name} first",
+        heading="" if probe else slider_heading(view, dims),
     )
 
 
@@ -509,9 +519,9 @@ def traversal_tab(view: View) -> list[Overlay]:
     if k not in st.session_state:
         st.session_state[k] = order[: min(DEFAULT_TRAVERSAL_DIMS, len(order))]
     unit = "nats" if view.stats.score_name == "KL" else "var"
-    c1, c2 = st.columns([3, 1])
-    dims = c1.multiselect("Dimensions to sweep", order, format_func=lambda d: f"z{d} ({view.stats.scores[d]:.2f} {unit})", key=k)
-    steps = c2.slider("Steps", 5, 15, 11, key="trav_steps")
+    # The picker spans the page and names dims briefly: its chips stay on one line, and longer labels were cut off.
+    dims = st.multiselect(f"Dimensions to sweep (in order of {view.stats.score_name}, highest first)", order, format_func=lambda d: f"z{d}", key=k)
+    steps = st.slider("Steps", 5, 15, 11, key="trav_steps", width=TRAVERSAL_STEPS_WIDTH)
     st.caption("Each row sweeps one dimension across its slider range; the others stay at the slider point. "
                f"Inactive dimensions (below {latent.INACTIVE_THRESHOLD} {unit}) barely change the image.")
     if view.latent_dim > 1:
@@ -562,7 +572,7 @@ def _prior_samples(view: View) -> int:
     """Samples of the prior (or an AE's fitted Gaussian) with their widgets; returns the chosen seed."""
     st.markdown("**Samples from the prior**")
     if view.deterministic:
-        st.info("An autoencoder has no prior: these samples come from a Gaussian fitted to its codes (mean and covariance of the atlas means).")
+        st.info(latent.AE_SAMPLES_NOTE)
     elif bounds.Setting.of_run(view.run).beta_zero:
         st.warning(bounds.BETA_ZERO_SAMPLES_NOTE)
     o1, o2, o3 = st.columns(3)
@@ -681,7 +691,7 @@ def _replay_player(view: View, method: str, dims: tuple[int, int]) -> None:
     c_play, c_slider = st.columns([1, 8])
     c_play.button("⏸ Pause" if playing else "▶ Play", key="replay_play", on_click=_toggle_play, args=(view, len(epochs)))
     s = c_slider.select_slider("Epoch", options=list(range(len(epochs))), format_func=lambda i: f"epoch {epochs[i]}", key=snap_key)
-    titles = (f"z{dims[0]}", f"z{dims[1]}") if method == "raw" else ("PC1", "PC2")
+    titles = latent.replay_axis_titles(method, dims)
     fig = plots.latent_scatter(coords[s], view.run.atlas.labels, view.class_names, axis_titles=titles, x_range=x_range, y_range=y_range,
                                title=f"epoch {epochs[s]} of {epochs[-1]}")
     st.plotly_chart(fig, key="replay_chart", config={"displaylogo": False})
