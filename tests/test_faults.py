@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from trainer.data import load_dataset
-from trainer.runs import MANIFEST_FILE, STATUS_FILE, RunError, list_runs, load_run, read_status
+from trainer.runs import MANIFEST_FILE, STATUS_FILE, RunError, latent_snapshots, list_runs, load_run, read_status
 
 from .helpers_kill import ERROR_MODES, KILL_MODES, Outcome, Trace, Zygote
 
@@ -117,8 +117,8 @@ def assert_same_run(run, reference_run) -> None:
 
 
 def assert_consistent(run) -> None:
-    """One epoch's set: history, manifest and latent snapshots agree, and the weights are that epoch's."""
-    assert len(run.history) == run.epoch == len(run.atlas.epochs) - 1
+    """One epoch's set: history, manifest and latent snapshots agree (the thinned epochs), and the weights are that epoch's."""
+    assert len(run.history) == run.epoch and run.atlas.epochs.tolist() == latent_snapshots(list(range(run.epoch + 1)), run.epoch)
     assert run.atlas.epochs[-1] == run.epoch
     with torch.no_grad():
         mean = run.model.encode(torch.from_numpy(run.atlas.images).float() / 255).mean.numpy()
