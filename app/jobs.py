@@ -42,7 +42,8 @@ LOG_TAIL_LINES = 5
 # Trainer flags the app sets itself or never offers (offline app: no --download; a new run: no --resume).
 APP_CONTROLLED = ("checkpoints_dir", "progress", "resume", "download")
 ACTIVE_STATES = ("starting", "running")
-EXEC_RETRIES, EXEC_RETRY_S = 5, 0.02  # a process inside exec() shows an empty command line for a moment
+EXEC_RETRIES, EXEC_RETRY_S = 5, 0.02
+OPTIMIZER_FILE = "optim"  # the manifest's name for an epoch's optimiser state, which a resume needs  # a process inside exec() shows an empty command line for a moment
 
 
 class JobError(Exception):
@@ -262,13 +263,24 @@ def resume_problem(run_dir: Path, epochs: Any) -> str | None:
         return f"epochs must be a whole number, got {epochs!r}"
     try:
         plan = resume_plan({"epochs": epochs}, run_dir)
-        done = int(read_manifest(run_dir)["epoch"])
+        manifest = read_manifest(run_dir)
     except (UserError, RunError) as e:
         return _one_line(e)
+    if OPTIMIZER_FILE not in manifest["files"]:
+        return f"{run_dir.name} was exported without its optimiser state (like the bundled runs), so it cannot be resumed: train a new run"
+    done = int(manifest["epoch"])
     if epochs <= done:
         return f"{run_dir.name} has trained {done} epochs already: ask for more than {done}"
     problem = dataset_problem(plan.train_config.dataset, plan.train_config.data_dir, root=PROJECT_ROOT)
     return f"{run_dir.name} cannot be resumed here: {problem}" if problem else None
+
+
+def resumable(run_dir: Path) -> bool:
+    """Whether the run folder holds a saved epoch with its optimiser state (what --resume needs); reads the manifest only."""
+    try:
+        return OPTIMIZER_FILE in read_manifest(Path(run_dir))["files"]
+    except (RunError, OSError, KeyError, TypeError):
+        return False
 
 
 def resume_job(name: str, epochs: int, checkpoints_dir: str | os.PathLike) -> StartedJob:

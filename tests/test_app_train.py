@@ -174,3 +174,12 @@ def test_a_running_job_shows_steps_images_per_second_and_eta(monkeypatch, runs_r
     scatter = json.loads(next(c for c in at.get("plotly_chart") if "PC1" in c.proto.spec or "z0" in c.proto.spec).proto.spec)
     assert {t["type"] for t in scatter["data"]} == {"scatter"}  # SVG: no WebGL context per job card
     assert scatter["layout"]["legend"]["orientation"] == "v" and not scatter["layout"].get("title", {}).get("text")  # the caption says it
+
+
+def test_an_exported_run_offers_no_resume(monkeypatch, runs_root: Path, tmp_path: Path) -> None:
+    from trainer.export import export_run
+
+    root = copy_runs(runs_root, tmp_path, "vae2", "ae2")
+    export_run(root / "ae2", drop_optimizer=True)  # as the bundled runs ship: no optimiser state
+    at = ok(start_app(monkeypatch, root).switch_page(TRAIN_PAGE).run())
+    assert [b.key for b in at.button if (b.key or "").startswith("resume_")] == ["resume_vae2"]

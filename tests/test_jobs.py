@@ -268,6 +268,16 @@ def test_resume_problems_are_one_line(runs_root: Path, tmp_path: Path, fake_trai
         jobs.resume_job("../vae2", 3, tmp_path)
 
 
+def test_an_exported_run_without_optimiser_state_is_not_resumable(runs_root: Path, tmp_path: Path) -> None:
+    from trainer.export import export_run
+
+    run = shutil.copytree(runs_root / "vae2", tmp_path / "vae2")
+    assert jobs.resumable(run)
+    export_run(run, drop_optimizer=True)
+    assert not jobs.resumable(run) and not jobs.resumable(tmp_path / "nothing")
+    assert "exported without its optimiser state" in (jobs.resume_problem(run, 3) or "")
+
+
 def test_a_public_app_resumes_nothing(runs_root: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(jobs, "is_public", lambda: True)
     shutil.copytree(runs_root / "vae2", tmp_path / "vae2")

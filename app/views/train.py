@@ -216,7 +216,7 @@ def job_card(job: jobs.Job, detailed: bool) -> None:
         if job.active:
             button.button("Stop training", key=f"stop_{job.name}", on_click=request_stop, args=(str(job.path),),
                           help="SIGTERM: the trainer finishes its step and keeps the last completed epoch.")
-        elif has_saved(job):
+        elif jobs.resumable(job.path):  # a saved epoch with its optimiser state (exported runs have none)
             with button:
                 resume_control(job)
         feedback = st.session_state.get(STOP_FEEDBACK_KEY, {}).pop(job.name, None)
