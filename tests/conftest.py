@@ -9,14 +9,21 @@ import torch
 from .helpers import make_run, write_idx_digits
 
 
+@pytest.fixture(scope="session")
+def _session_torch_threads() -> int:
+    """Torch's thread count when the session starts (the environment's: OMP_NUM_THREADS=1 on a shared machine)."""
+    return torch.get_num_threads()
+
+
 @pytest.fixture(autouse=True)
-def _torch_threads_restored():
-    """Each test starts with the session's torch thread count: the CLI (main) and the app set their own in-process,
-    and extra spinning threads on a loaded machine slow every later test several-fold."""
-    threads = torch.get_num_threads()
+def _torch_threads_restored(_session_torch_threads: int):
+    """Every test runs with the session's torch thread count: the in-process CLI (main) and the app set their own,
+    also from module-scoped fixtures, and extra spinning threads on a loaded machine slow later tests several-fold."""
+    if torch.get_num_threads() != _session_torch_threads:
+        torch.set_num_threads(_session_torch_threads)
     yield
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    if torch.get_num_threads() != _session_torch_threads:
+        torch.set_num_threads(_session_torch_threads)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ import pytest
 from PIL import Image
 
 from models import ModelConfig
-from trainer.cli import build_parser, configs_from_args
 from trainer.config import TrainConfig
 from trainer.data import ImageData, load_dataset
 from trainer.paths import PROJECT_ROOT
@@ -135,6 +134,8 @@ def cli_args(data_dir: Path, checkpoints: Path, name: str, *extra: str) -> list[
 
 def one_process(data_dir: Path, run_dir: Path, epochs: int, resume: bool = False) -> None:
     """The tiny run in this process, with the configs the CLI builds from the same flags."""
+    from trainer.cli import build_parser, configs_from_args  # heavy (LPIPS pulls torchvision): only where needed
+
     model_config, train_config, channels = configs_from_args(build_parser().parse_args(cli_args(data_dir, run_dir.parent, run_dir.name)))
     if resume:
         model_config, train_config, _ = read_config(run_dir)
