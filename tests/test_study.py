@@ -171,6 +171,13 @@ def tiny_study(tmp_path, monkeypatch):
     return args, report
 
 
+def test_validation_gain_is_the_fall_over_the_last_window():
+    assert study.validation_gain(rows(10.0, 8.0, 7.5, 7.0), window=2) == pytest.approx(1.0)
+    assert study.validation_gain(rows(10.0, 11.0), window=1) == pytest.approx(-1.0)  # got worse: negative
+    assert study.validation_gain(rows(10.0, 8.0), window=2) is None  # too short to say
+    assert study.validation_gain([{"epoch": 1}, {"epoch": 2}], window=1) is None
+
+
 def test_study_writes_per_run_rows_and_seed_statistics(tiny_study, capsys):
     args, report = tiny_study
     assert study.main(args) == 0
@@ -181,6 +188,8 @@ def test_study_writes_per_run_rows_and_seed_statistics(tiny_study, capsys):
     ]
     for r in rows:
         assert 1 <= int(r["epochs"]) <= 2 and int(r["best_epoch"]) <= int(r["epochs"]) and float(r["val_neg_elbo"]) > 0
+        history = load_run(report.parent / "ck" / f"study-conv-{r['kind']}-z{int(r['latent_dim']):03d}-s{r['seed']}").history
+        assert float(r["val_gain"]) == pytest.approx(history[0]["val_neg_elbo"] - history[1]["val_neg_elbo"], abs=1e-3)  # patience 1
         assert int(r["parameters"]) > 0 and float(r["psnr"]) >= float(r["psnr_set"]) and 0 <= int(r["active_units_burda"]) <= int(r["latent_dim"])
         if r["kind"] == "ae":  # no KL: no bound, no KL-threshold count
             assert r["neg_elbo"] == "" and r["active_units_kl"] == "" and float(r["kl"]) == 0.0

@@ -55,14 +55,14 @@ SCATTER_SIDE = 240
 SCATTER_POINTS = 1000
 # results.csv, one row per run; the test-set figures are those of the last trained epoch (the saved weights)
 COLUMNS = [
-    "model", "kind", "latent_dim", "seed", "epochs", "best_epoch", "stopped_early", "val_neg_elbo", "neg_elbo", "objective",
+    "model", "kind", "latent_dim", "seed", "epochs", "best_epoch", "stopped_early", "val_neg_elbo", "val_gain", "neg_elbo", "objective",
     "recon", "kl", "mse", "psnr", "psnr_set", "ssim", "active_units_kl", "active_units_burda", "parameters", "seconds",
 ]
 # results.md: (column key, header, decimals) aggregated as mean ± sd over seeds
 AGGREGATED = [
     ("neg_elbo", "neg. ELBO", 2), ("objective", "objective", 2), ("recon", "recon", 2), ("kl", "KL", 2), ("mse", "MSE", 4),
     ("psnr", "PSNR (dB)", 2), ("psnr_set", "set PSNR (dB)", 2), ("ssim", "SSIM", 3), ("active_units_kl", "AU (KL > 0.01)", 1),
-    ("active_units_burda", "AU (Burda)", 1), ("epochs", "epochs", 1), ("seconds", "seconds", 0),
+    ("active_units_burda", "AU (Burda)", 1), ("epochs", "epochs", 1), ("val_gain", "val. gain, last P", 2), ("seconds", "seconds", 0),
 ]
 NOT_APPLICABLE = "—"
 
@@ -89,11 +89,18 @@ def parse_model(text: str) -> tuple[str, str]:
     return arch, kind or "vae"
 
 
+def validation_gain(history: list[dict[str, Any]], window: int) -> float | None:
+    """How much the validation negative ELBO fell over the last `window` epochs (> 0: still improving), or None."""
+    values = [row["val_neg_elbo"] for row in history if "val_neg_elbo" in row]
+    return values[-1 - window] - values[-1] if len(values) > window else None
+
+
 def result_row(run: Run) -> dict[str, Any]:
     """One run's line of results.csv: the test figures of its last epoch, its early-stopping record and its cost.
     An AE has no KL: its negative ELBO (not a bound) and KL-threshold active units are left empty."""
     last, vae = run.history[-1], run.model_config.kind == "vae"
     best = best_validation(run.history)
+    gain = validation_gain(run.history, run.train_config.patience or DEFAULT_PATIENCE)
     burda = last.get("active_units_burda")
     if burda is None:  # a run trained before the trainer recorded it: the atlas is the test set's first images
         burda = metrics.active_units_burda(torch.from_numpy(run.atlas.means[-1].astype(np.float64)))
@@ -101,7 +108,7 @@ def result_row(run: Run) -> dict[str, Any]:
         "model": run.model_config.arch, "kind": run.model_config.kind, "latent_dim": run.model_config.latent_dim,
         "seed": run.train_config.seed, "epochs": run.epoch, "best_epoch": "" if best is None else best[0],
         "stopped_early": early_stop_message(run.history, run.train_config.patience) is not None,
-        "val_neg_elbo": "" if best is None else round(best[1], 3),
+        "val_neg_elbo": "" if best is None else round(best[1], 3), "val_gain": "" if gain is None else round(gain, 3),
         "neg_elbo": round(metrics.neg_elbo(last), 3) if vae else "",
         "objective": round(last["test_loss"], 3), "recon": round(last["test_recon"], 3), "kl": round(last["test_kl"], 3),
         "mse": round(last["mse"], 6), "psnr": round(last["psnr"], 3),
@@ -211,7 +218,9 @@ def write_report(out: Path, runs: list[Run], command: str, notes: list[str]) -> 
         f"for the AE, whose neg. ELBO is {NOT_APPLICABLE}); MSE, PSNR (mean of per-image PSNRs), set PSNR (of the set's MSE), data",
         "range 1, and SSIM (Gaussian window 11, sigma 1.5) of reconstructions through the posterior mean; AU = active units:",
         "mean KL per dimension above 0.01 nats, and Burda et al.'s variance of the posterior mean above 0.01; epochs =",
-        "epochs trained (early stopping or the cap); seconds = training, test and validation passes. See the README's Metrics.",
+        "epochs trained (early stopping or the cap); val. gain, last P = how much the validation negative ELBO fell over the",
+        "last P (= patience) epochs, > 0 where a run was still improving when it stopped; seconds = training, test and",
+        "validation passes. See the README's Metrics.",
         "", markdown_table(cells),
         "Figures (first seed of each cell): `figures/<run>-reconstructions.png` (top: test images, bottom: reconstructions)",
         "and `figures/<run>-scatter.png` (the atlas posterior means; PCA to 2-D above 2 dimensions; colours are classes 0-9).", "",
