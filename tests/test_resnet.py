@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from models import KINDS, MAX_SPATIAL_LATENT_DIM, ModelConfig, ResNetVAE, build_model, vae_loss
+from trainer.cli import UserError, build_parser, configs_from_args, trainer_options
 from trainer.config import TrainConfig
 from trainer.runs import load_run
 from trainer.train import Trainer, fit
@@ -172,3 +173,15 @@ def test_bad_resnet_config(kw, match):
 def test_conv_models_keep_three_widths():
     with pytest.raises(ValueError, match="widths must be 3"):
         ModelConfig(arch="conv", widths=(8, 8))
+
+
+def test_cli_flags_come_from_the_config():
+    options = trainer_options()
+    assert options["bottleneck"].flag == "--bottleneck" and options["bottleneck"].choices == BOTTLENECKS
+    assert options["latent_channels"].flag == "--latent-channels" and options["res_blocks"].flag == "--res-blocks"
+    model_config, _, _ = configs_from_args(build_parser().parse_args(["--model", "resnet", "--latent-channels", "2", "--widths", "8,8"]))
+    assert model_config.latent_shape == (2, 14, 14) and model_config.latent_dim == 392
+    vector, _, _ = configs_from_args(build_parser().parse_args(["--model", "resnet", "--bottleneck", "vector", "--latent-dim", "16"]))
+    assert vector.latent_dim == 16
+    with pytest.raises(UserError, match="leave out --latent-dim"):  # a size the spatial map cannot have is refused, not ignored
+        configs_from_args(build_parser().parse_args(["--model", "resnet", "--latent-dim", "16"]))

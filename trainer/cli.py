@@ -224,9 +224,15 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
     model_kw.setdefault("image_size", default_image_size(dataset))
     model_kw.setdefault("hidden_dim", default_hidden_dim(model_kw.get("arch", ModelConfig.arch)))
     try:
-        return ModelConfig(**model_kw), TrainConfig(**train_kw), model_kw["in_channels"]
+        model_config = ModelConfig(**model_kw)
+        train_config = TrainConfig(**train_kw)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if model_config.spatial_latent and model_kw.get("latent_dim", model_config.latent_dim) != model_config.latent_dim:
+        shape = " x ".join(map(str, model_config.latent_shape))
+        raise UserError(f"a spatial resnet's latent size follows from --latent-channels and the image size ({shape} = {model_config.latent_dim}): "
+                        "leave out --latent-dim, or pass --bottleneck vector")
+    return model_config, train_config, model_kw["in_channels"]
 
 
 def default_run_name(model_config: ModelConfig, train_config: TrainConfig) -> str:
