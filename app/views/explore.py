@@ -223,6 +223,7 @@ def _projection_controls(view: View) -> None:
         return
     cols = st.columns([2, 1, 1])
     cols[0].selectbox("Map", list(PROJECTION_LABELS), format_func=PROJECTION_LABELS.get, key=state.PROJECTION_KEY,
+                      on_change=state.request_full_rerun,  # the tabs below read the map too (the grid's extent, the replay's dims)
                       help="How the latent means are laid out in 2-D. UMAP and t-SNE are computed once per epoch and kept in the run folder.")
     if st.session_state.get(state.PROJECTION_KEY) == "raw":
         dims = [int(d) for d in view.stats.order]
