@@ -219,10 +219,21 @@ def test_study_skips_finished_runs_and_resumes_the_rest(tiny_study, capsys, tmp_
     err = capsys.readouterr().err
     assert err.count(": training") == 7 and err.count(": resuming") == 1 and "study-conv-vae-z002-s0: resuming" in err
     first = (report / "results.csv").read_text()
-    assert study.main(args) == 0  # every run finished: nothing trains, the same report
+    assert study.main([*args, "--report-only"]) == 0  # every run finished: nothing trains, the same report
     err = capsys.readouterr().err
     assert "training" not in err and "resuming" not in err
     assert (report / "results.csv").read_text() == first
+
+
+def test_study_report_only_trains_nothing(tiny_study, capsys, tmp_path):
+    args, report = tiny_study
+    config = study.train_config_for(study.build_parser().parse_args(args), 0)
+    fit(TINY_MODEL, config, tiny_data(), tmp_path / "ck" / "study-conv-vae-z002-s0", progress="none")
+    assert study.main([*args, "--report-only"]) == 1  # seven of the eight runs are missing
+    err = capsys.readouterr().err
+    assert err.count("not finished, left out of the report") == 7 and ": training" not in err
+    assert [r["seed"] for r in csv.DictReader(open(report / "results.csv"))] == ["0"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["study-conv-vae-z002-s0"]
 
 
 def test_study_refuses_a_run_folder_with_other_settings(tiny_study, capsys, tmp_path):

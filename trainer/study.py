@@ -306,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate, constant")
     parser.add_argument("--checkpoints-dir", default="checkpoints/study", help="where the sweep's run folders go")
     parser.add_argument("--out", default="reports/latent-size-study", help="report folder")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: report the runs already finished (e.g. of a sweep still running)")
     return parser
 
 
@@ -326,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         label = f"[{i}/{len(plan)}] {run_dir.name}"
         try:
             action = plan_for(run_dir, item.model_config, configs[item.seed])
+            if action != "skip" and args.report_only:
+                print(f"{label}: not finished, left out of the report", file=sys.stderr)
+                continue
             if action != "skip":
                 print(f"{label}: {'resuming' if action == 'resume' else 'training'} ({time.time() - t_start:.0f} s elapsed, {load_text()})",
                       file=sys.stderr, flush=True)
