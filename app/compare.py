@@ -12,9 +12,8 @@ import numpy as np
 import torch
 
 from app import bounds
-from app.latent import INTERPOLATIONS, make_projection
+from app.latent import INTERPOLATIONS, atlas_code_samples, make_projection
 from app.latent import interpolate as latent_path
-from app.latent import prior_samples as prior_latents
 from app.plots import RowValue
 from trainer.images import decode_uint8, reconstruct_uint8
 from trainer.runs import Run, RunSummary
@@ -124,8 +123,10 @@ def interpolate(run: Run, pair: np.ndarray, steps: int, method: str = INTERPOLAT
 
 
 def prior_samples(run: Run, count: int, seed: int) -> np.ndarray:
-    """Decoded uint8 draws from N(0, I) for the shared seed: runs with the same latent size decode the very same z."""
-    return decode_uint8(run.model, prior_latents(count, run.model_config.latent_dim, 1.0, seed))
+    """Decoded uint8 samples for the shared seed: a VAE's from N(0, I) (runs with the same latent size decode the very
+    same z), an AE's from the Gaussian fitted to its codes, as Explore samples it (latent.AE_SAMPLES_NOTE)."""
+    z = atlas_code_samples(run.atlas.means[-1], run.atlas.logvars is None, count, 1.0, seed)  # (count, D)
+    return decode_uint8(run.model, z)
 
 
 # ---------------------------------------------------------------- which runs, which images

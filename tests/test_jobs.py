@@ -62,7 +62,7 @@ def test_valid_options_pass(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("option", "value", "fragment"),
     [
-        ("model", "resnet", "invalid choice: 'resnet'"),
+        ("model", "unet", "invalid choice: 'unet'"),
         ("kind", "gan", "invalid choice: 'gan'"),
         ("latent_dim", 0, "latent_dim must be an integer from 1 to 512"),
         ("latent_dim", 513, "latent_dim must be an integer from 1 to 512"),

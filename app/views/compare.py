@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import bounds, compare, plots
+from app import bounds, compare, latent, plots
 from app.common import cached_run_list, checkpoints_dir, describe_run, open_run
 from app.images import display_scale, tile, upscale
 from app.latent import INTERPOLATION_STEPS, INTERPOLATIONS, MAX_SEED, robust_range
@@ -31,7 +31,7 @@ COLUMN_HELP = {
     "active units": "Dimensions whose mean KL exceeds 0.01 nats (for an AE: whose code variance does).",
     "latent": "Latent dimensions.",
     "params": "Trainable parameters of the model.",
-    "time (s)": "Wall-clock seconds of training and evaluation over all epochs, on the machine that trained the run.",
+    "time (s)": plots.WALL_SECONDS_HELP,
 }
 
 
@@ -96,7 +96,7 @@ def render_columns(chosen: list[tuple[RunSummary, Run]], inputs: dict) -> None:
         f"Scatters: atlas latents at each run's last epoch (PCA for more than 2 dimensions), turned onto "
         f"{reference.name}'s by orthogonal Procrustes (rotation/reflection, scale, shift). Prior samples: seed "
         f"{inputs['seed']}, " + ("the same z in every run" if same_z else "same seed; latent sizes differ, so z differs")
-        + ("; an autoencoder has no prior, its samples are N(0, I) decoded as they are." if any(r.model_config.kind == "ae" for r in runs) else ".")
+        + ("." + " " + latent.AE_SAMPLES_NOTE if any(r.model_config.kind == "ae" for r in runs) else ".")
     )
     ref_data = compare.dataset_of(reference.info)
     show_strip(pair, f"The interpolation's two atlas images ({ref_data}, from {reference.name})")
