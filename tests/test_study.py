@@ -256,8 +256,10 @@ def test_study_on_the_bundled_subset(tmp_path, capsys):
 
 
 def test_study_bad_model_is_one_line(tmp_path, capsys):
-    assert study.main(["--models", "resnet:vae", "--out", str(tmp_path)]) == 2
-    assert "unknown model 'resnet'" in capsys.readouterr().err
+    args = ["--models", "unet:vae", "--checkpoints-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "report")]
+    assert study.main(args) == 2
+    assert "unknown model 'unet'" in capsys.readouterr().err
+    assert not (tmp_path / "ck").exists()
 
 
 def test_export_keeps_one_set_and_refuses_resume(runs_root, tmp_path):
