@@ -233,6 +233,8 @@ def test_study_report_only_trains_nothing(tiny_study, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.count("not finished, left out of the report") == 7 and ": training" not in err
     assert [r["seed"] for r in csv.DictReader(open(report / "results.csv"))] == ["0"]
+    text = (report / "results.md").read_text()
+    assert "(report rewritten by `--report-only`)" in text and "This invocation trained 0 of them" in text
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["study-conv-vae-z002-s0"]
 
 
@@ -279,9 +281,10 @@ def test_export_keeps_one_set_and_refuses_resume(runs_root, tmp_path):
 
 def test_demo_runs_cover_the_documented_set():
     names = [name for name, _, _ in demo.DEMO_RUNS]
-    assert len(names) == len(set(names)) == 8
+    assert len(names) == len(set(names)) == 9
     argv = {name: args for name, _, args in demo.DEMO_RUNS}
     assert "--beta" in argv["mnist-conv-vae-z2-nokl"] and argv["mnist-conv-vae-z2-nokl"][argv["mnist-conv-vae-z2-nokl"].index("--beta") + 1] == "0"
     assert "ae" in argv["mnist-conv-ae-z2"] and "fashion-mnist" in argv["fashion-conv-vae-z16"]
+    assert argv[demo.BINARIZED_RUN][argv[demo.BINARIZED_RUN].index("--binarize") + 1] == "dynamic"  # the literature comparison
     gitignore = (PROJECT_ROOT / ".gitignore").read_text()
     assert all(f"!/checkpoints/{n}/" in gitignore for n in names)

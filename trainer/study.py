@@ -192,7 +192,8 @@ def latent_scatter(run: Run) -> bytes:
 
 
 def write_report(out: Path, runs: list[Run], command: str, notes: list[str]) -> list[dict[str, Any]]:
-    """results.csv, results.md and the figures (first seed of each cell) into `out`; returns the aggregated cells."""
+    """results.csv, results.md (`command`: how it was made, markdown) and the figures (first seed of each cell)
+    into `out`; returns the aggregated cells."""
     out.mkdir(parents=True, exist_ok=True)
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
@@ -211,7 +212,7 @@ def write_report(out: Path, runs: list[Run], command: str, notes: list[str]) -> 
         (figures / f"{run.name}-scatter.png").write_bytes(latent_scatter(run))
     cells = aggregate(rows)
     text = [
-        "# Latent-size study", "", f"Made by `{command}`.", "", *notes, "",
+        "# Latent-size study", "", f"Made by {command}.", "", *notes, "",
         "Test-set figures of each run's last trained epoch (its saved weights), mean ± sample sd over the seeds.",
         "neg. ELBO = recon + KL at beta 1 (the bound, per image; for BCE on grayscale MNIST a bound on randomly binarised",
         "images, not a density); objective = what was minimised (here also recon + KL: beta 1, recon weight 1; recon alone",
@@ -322,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.checkpoints_dir)
     runs: list[Run] = []
     t_start, load_start = time.time(), load_text()
+    trained = 0
     for i, item in enumerate(plan, 1):
         run_dir = root / item.name
         label = f"[{i}/{len(plan)}] {run_dir.name}"
@@ -334,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label}: {'resuming' if action == 'resume' else 'training'} ({time.time() - t_start:.0f} s elapsed, {load_text()})",
                       file=sys.stderr, flush=True)
                 fit(item.model_config, configs[item.seed], data, run_dir, resume=action == "resume", progress="bar" if sys.stderr.isatty() else "none")
+                trained += 1
             run = load_run(run_dir)
         except (TrainingFailed, RunError) as e:
             print(f"{label}: failed: {e}", file=sys.stderr)
@@ -341,18 +344,21 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run)
         last = run.history[-1]
         print(f"{label}: {run.epoch} epochs, neg. ELBO {metrics.neg_elbo(last):.2f}, PSNR {last['psnr']:.2f} dB", file=sys.stderr, flush=True)
-    command = "python -m trainer.study " + " ".join(argv if argv is not None else sys.argv[1:])
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
+    command = f"`{' '.join(['python -m trainer.study', *given])}`" + (" (report rewritten by `--report-only`)" if args.report_only else "")
     wall = time.time() - t_start
+    epoch_seconds = sum(r["seconds"] for run in runs for r in run.history)
     notes = [
         f"Data: {data.source.get('note', args.dataset)}.", "",
         f"Training: Adam, constant learning rate {args.lr:g}, batch {args.batch_size}; {args.val_size} training images held out per run "
         f"(a choice seeded by the run's seed) as a validation set; early stopping when its negative ELBO has not improved by over "
         f"0.01 nats for {args.patience} epochs, at most {args.max_epochs} epochs; seeds {', '.join(map(str, args.seeds))}.", "",
         "Models: " + "; ".join(sorted({describe_model(item.model_config) for item in plan})) + ".", "",
-        f"This invocation: {wall:.0f} s wall time on {os.cpu_count()} CPU cores (torch {torch.__version__}, {torch.get_num_threads()} threads); "
-        f"{load_start or 'load unknown'} at the start, {load_text() or 'load unknown'} at the end.",
+        f"The {len(runs)} runs' epochs took {epoch_seconds:.0f} s in all (training, test and validation passes; checkpoint writes not counted).",
+        f"This invocation trained {trained} of them: {wall:.0f} s wall time on {os.cpu_count()} CPU cores (torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads); {load_start or 'load unknown'} at the start, {load_text() or 'load unknown'} at the end.",
     ]
-    cells = write_report(Path(args.out), runs, command.strip(), notes)
+    cells = write_report(Path(args.out), runs, command, notes)
     print(markdown_table(cells))
     print(f"report: {args.out}/results.md ({wall:.0f} s)", file=sys.stderr)
     return 0 if len(runs) == len(plan) else 1
