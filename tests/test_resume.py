@@ -27,7 +27,7 @@ from trainer.cli import PROG, main, trainer_options
 from trainer.config import TrainConfig
 from trainer.runs import CONFIG_FILE, LOCK_FILE, MANIFEST_FILE, RunLock, load_run, read_config, read_status
 
-from .helpers import CLI_TINY_FLAGS, PROCESS_TIMEOUT_S, assert_same_weights, finish, one_process, run_module
+from .helpers import CLI_TINY_FLAGS, PROCESS_TIMEOUT_S, assert_same_weights, cli_args, finish, one_process, run_module
 
 EXIT_USAGE = 2
 NAME = "r"
@@ -347,3 +347,10 @@ def elastic_worker(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(elastic_worker(sys.argv[1:]))
+
+
+def test_in_process_cli_leaves_the_signal_handlers_it_found(tmp_path, data_dir):
+    """The CLI's SIGTERM/SIGINT handler lives only while it trains: a caller (a test runner, a notebook) keeps its own."""
+    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    assert main(cli_args(data_dir, tmp_path, "r")) == 0
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

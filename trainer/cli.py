@@ -520,11 +520,14 @@ def _train(ctx: DistContext, args: argparse.Namespace, device: torch.device, pla
     if ctx.is_main and plan.note:
         restart = distributed.restart_count()
         print(plan.note + (f" (torchrun restart {restart})" if restart else ""), file=sys.stderr)
-    trainer = fit(
-        model_config, train_config, data, run_dir, device,
-        resume=plan.resume, stop=stop, progress=args.progress, dist=ctx, amp=args.amp, compile_model=args.compile,
-        projections=not args.no_projections,
-    )
+    try:
+        trainer = fit(
+            model_config, train_config, data, run_dir, device,
+            resume=plan.resume, stop=stop, progress=args.progress, dist=ctx, amp=args.amp, compile_model=args.compile,
+            projections=not args.no_projections,
+        )
+    finally:
+        stop.restore()
     if speaks:
         state = "stopped" if trainer.epoch < train_config.epochs else "finished"
         last = trainer.history[-1] if trainer.history else {}

@@ -566,12 +566,21 @@ def run_info(data: ImageData, device: torch.device, setup: dict[str, Any] | None
 class StopFlag:
     """Set by SIGTERM/SIGINT; the loop stops at the next step, keeping the last completed epoch."""
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self) -> None:
         self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        """Put back the handlers install() replaced (the CLI called in-process, e.g. by tests, leaves none behind)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
     def _handle(self, signum: int, frame: object) -> None:
         self.signal = signum
