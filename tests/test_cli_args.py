@@ -30,7 +30,7 @@ CHECKPOINTS_IS_A_FILE = "<a regular file>"  # --checkpoints-dir pointing at a fi
 
 # option dest -> [(bad value, a fragment the one-line error must hold, or None for the option's own name)]
 BAD_VALUES: dict[str, list[tuple[str, str | None]]] = {
-    "model": [("resnet", "invalid choice"), ("", "invalid choice")],
+    "model": [("unet", "invalid choice"), ("", "invalid choice")],
     "kind": [("vqvae", "invalid choice"), ("VAE", "invalid choice")],
     "latent_dim": [("0", None), ("513", None), ("-1", None), ("abc", "invalid int"), ("1.5", "invalid int"), ("", "invalid int")],
     "widths": [("0,8,8", None), ("4,8", None), ("4,8,8,8", None), ("-4,8,8", None), ("a,b,c", "comma-separated integers"),

@@ -154,7 +154,7 @@ def test_stop_flag_keeps_last_completed_epoch(tmp_path):
         (["--latent-dim", "0"], "latent_dim must be an integer from 1 to 512"),
         (["--latent-dim", "abc"], "invalid int value"),
         (["--epochs", "-1"], "epochs must be"),
-        (["--model", "resnet"], "invalid choice"),
+        (["--model", "unet"], "invalid choice"),
         (["--batch-size", "0"], "batch_size"),
         (["--lr", "-1"], "lr must be"),
         (["--lr", "nan"], "lr must be"),
