@@ -35,6 +35,9 @@ BAD_VALUES: dict[str, list[tuple[str, str | None]]] = {
     "latent_dim": [("0", None), ("513", None), ("-1", None), ("abc", "invalid int"), ("1.5", "invalid int"), ("", "invalid int")],
     "widths": [("0,8,8", None), ("4,8", None), ("4,8,8,8", None), ("-4,8,8", None), ("a,b,c", "comma-separated integers"),
                ("100000000,8,8", None)],
+    "bottleneck": [("unet", "invalid choice"), ("", "invalid choice")],
+    "latent_channels": [("0", None), ("65", None), ("abc", "invalid int")],
+    "res_blocks": [("0", None), ("9", None), ("abc", "invalid int")],
     "hidden_dim": [("-1", None), ("abc", "invalid int"), ("1e3", "invalid int"), ("1000000000000", None)],
     "dataset": [("cifar", "unknown dataset"), ("", "dataset"), ("folder:/nonexistent/images", "does not exist"),
                 ("folder:", "names no folder")],
@@ -166,7 +169,7 @@ def test_cli_bounds_are_the_validation_bounds(dest, tmp_path):
         if value is not None:
             cli.configs_from_args(build_parser().parse_args([f"{option.flag}={value}", *extra]))
     for value in (spec.max + 1, spec.min if spec.min_open else spec.min - 1):
-        with pytest.raises(cli.UserError, match=re.escape(dest.replace("channels", "in_channels"))):
+        with pytest.raises(cli.UserError, match=re.escape("in_channels" if dest == "channels" else dest)):  # --channels sets in_channels
             cli.configs_from_args(build_parser().parse_args([f"{option.flag}={value}"]))
 
 
