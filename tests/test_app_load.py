@@ -46,6 +46,7 @@ def z_sliders(at) -> list:
 
 # ---------------------------------------------------------------- hostile folders
 
+@pytest.mark.slow  # the app over every hostile variant (test_hostile_runs checks each at the loader)
 def test_app_serves_good_runs_among_every_hostile_one(monkeypatch, runs_root, tmp_path):
     root = tmp_path / "checkpoints"
     root.mkdir()

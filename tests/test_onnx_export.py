@@ -153,6 +153,7 @@ def test_a_graph_that_decodes_differently_is_refused(run_copy, monkeypatch, capl
     assert "differs from torch" in caplog.text
 
 
+@pytest.mark.slow  # a fresh Python process importing the trainer
 def test_onnxruntime_is_loaded_without_telemetry(tmp_path):
     """In a fresh process with an empty HOME: the export's check loads onnxruntime, and nothing appears in HOME."""
     import os
