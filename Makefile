@@ -23,8 +23,8 @@ app: install
 test: install browser
 	$(PY) -m pytest -q
 
-## The inner loop while developing: everything but the slow tiers (fault matrix, bundled-run sweeps, browser,
-## torchrun, real UMAP: the tests marked `slow`), in well under a minute on two idle cores.
+## The inner loop while developing: everything but the tests marked `slow` (fault matrix, browser, torchrun,
+## real UMAP, sweeps over every bundled or hostile run, real trainer processes): about a minute on two idle cores.
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not soak"
 
