@@ -352,5 +352,5 @@ if __name__ == "__main__":
 def test_in_process_cli_leaves_the_signal_handlers_it_found(tmp_path, data_dir):
     """The CLI's SIGTERM/SIGINT handler lives only while it trains: a caller (a test runner, a notebook) keeps its own."""
     before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
-    assert main(cli_args(data_dir, tmp_path, "r")) == 0
+    assert main(cli_args(data_dir, tmp_path, "r", "--epochs", "1")) == 0
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 MIN_SIZE = 64  # px: shorter image side fed to the network (LPIPS's 64 x 64 patches)
@@ -66,6 +65,8 @@ def _feature_layers(net: str) -> nn.Sequential:
     """torchvision's feature layers of `net` up to the last LPIPS layer, parameters on the meta device."""
     spec = NETS[net]
     with torch.device("meta"):
+        import torchvision  # here, not at import: torchvision.models pulls in torch._dynamo (seconds per process)
+
         features = getattr(torchvision.models, spec.build)(weights=None).features
     return features[: spec.slices[-1][1]]
 
