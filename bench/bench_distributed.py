@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print("\nGPU mixed precision, AMP off vs on (one GPU; compare the images_per_s of the JSON lines):")
     for cmd in amp_commands():
         print(f"  {cmd}")
-    print(f"  or: .venv/bin/python -m bench.bench_distributed --amp-compare --configs conv --nproc 1 --device cuda")
+    print("  or: .venv/bin/python -m bench.bench_distributed --amp-compare --configs conv --nproc 1 --device cuda")
     print(json.dumps(out))
     return out
 
