@@ -42,8 +42,8 @@ LOG_TAIL_LINES = 5
 # Trainer flags the app sets itself or never offers (offline app: no --download; a new run: no --resume).
 APP_CONTROLLED = ("checkpoints_dir", "progress", "resume", "download")
 ACTIVE_STATES = ("starting", "running")
-EXEC_RETRIES, EXEC_RETRY_S = 5, 0.02
-OPTIMIZER_FILE = "optim"  # the manifest's name for an epoch's optimiser state, which a resume needs  # a process inside exec() shows an empty command line for a moment
+EXEC_RETRIES, EXEC_RETRY_S = 5, 0.02  # a process inside exec() shows an empty command line for a moment
+OPTIMIZER_FILE = "optim"  # the manifest's name for an epoch's optimiser state, which a resume needs
 
 
 class JobError(Exception):

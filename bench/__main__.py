@@ -34,7 +34,10 @@ def decode_latency() -> None:
 
 
 def main() -> int:
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, Python {platform.python_version()}"
+    )
     from . import bench_app, bench_train
 
     bench_train.main([])

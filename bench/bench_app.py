@@ -81,7 +81,10 @@ def scatter_rebuild(run: Run, projection: latent.Projection, z: np.ndarray) -> C
 
 def grid(run: Run, stats: latent.DimStats, pca: latent.PCA | None) -> Callable[[], object]:
     def make() -> bytes:
-        g = latent.pca_grid(stats.mean, pca, GRID_N) if pca is not None else latent.raw_grid(stats.mean, (0, 1), GRID_N, np.zeros_like(stats.mean), np.ones_like(stats.mean))
+        if pca is not None:
+            g = latent.pca_grid(stats.mean, pca, GRID_N)
+        else:
+            g = latent.raw_grid(stats.mean, (0, 1), GRID_N, np.zeros_like(stats.mean), np.ones_like(stats.mean))
         return images.png_bytes(images.tile(images.decode_uint8(run.model, g.z), GRID_N, pad=0))
 
     return make
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         run = load_run(path)
         load_ms = (time.perf_counter() - t0) * 1e3
     except RunError as e:
-        raise SystemExit(str(e))
+        raise SystemExit(str(e)) from None
     means = run.atlas.means[-1]
     stats = latent.dimension_stats(means, None if run.atlas.logvars is None else run.atlas.logvars[-1])
     projection = latent.make_projection(means, "pca")

@@ -28,8 +28,7 @@ from safetensors.torch import save as st_save
 
 from models import ModelConfig, build_model
 from trainer import runs as runs_mod
-from trainer.runs import (ATLAS_IMAGES_FILE, CONFIG_FILE, MANIFEST_FILE, MAX_JSON_BYTES, STATUS_FILE, RunError, RunLock,
-                          list_runs, load_run)
+from trainer.runs import ATLAS_IMAGES_FILE, CONFIG_FILE, MANIFEST_FILE, MAX_JSON_BYTES, STATUS_FILE, RunError, RunLock, list_runs, load_run
 
 from .helpers import TINY_WIDTHS
 
@@ -245,7 +244,10 @@ VARIANTS: list[Variant] = [
       lambda d, c: (unchecked(d), file_of(d, "weights").write_bytes(struct.pack("<Q", 2**62) + file_of(d, "weights").read_bytes()[8:])),
       "weights-", "not a valid safetensors"),
     V("weights-huge-declared-tensor-unchecked",
-      lambda d, c: (unchecked(d), file_of(d, "weights").write_bytes(raw_safetensors({"w": {"dtype": "F32", "shape": [HUGE], "data_offsets": [0, 4 * HUGE]}}, b"\0" * 2**16))),
+      lambda d, c: (
+          unchecked(d),
+          file_of(d, "weights").write_bytes(raw_safetensors({"w": {"dtype": "F32", "shape": [HUGE], "data_offsets": [0, 4 * HUGE]}}, b"\0" * 2**16)),
+      ),
       "weights-", "not a valid safetensors"),
     V("weights-header-not-json-unchecked",
       lambda d, c: (unchecked(d), file_of(d, "weights").write_bytes(struct.pack("<Q", 5) + b"{oops" + b"\0" * 2**16)),
@@ -261,16 +263,26 @@ VARIANTS: list[Variant] = [
     V("manifest-missing", lambda d, c: (d / MANIFEST_FILE).unlink(), MANIFEST_FILE, "missing"),
     V("manifest-not-json", lambda d, c: (d / MANIFEST_FILE).write_text("{not json"), MANIFEST_FILE, "not valid JSON"),
     V("manifest-a-list", lambda d, c: (d / MANIFEST_FILE).write_text("[1, 2]"), MANIFEST_FILE, "expected a JSON object"),
-    V("manifest-no-epoch", lambda d, c: (d / MANIFEST_FILE).write_text(json.dumps({k: v for k, v in manifest(d).items() if k != "epoch"})), MANIFEST_FILE, "'epoch' or 'files'"),
+    V("manifest-no-epoch",
+      lambda d, c: (d / MANIFEST_FILE).write_text(json.dumps({k: v for k, v in manifest(d).items() if k != "epoch"})),
+      MANIFEST_FILE, "'epoch' or 'files'"),
     V("manifest-epoch-a-string", lambda d, c: set_manifest(d, epoch="2"), MANIFEST_FILE, "'epoch' or 'files'"),
     V("manifest-epoch-negative", lambda d, c: set_manifest(d, epoch=-1), MANIFEST_FILE, "'epoch' or 'files'"),
     V("manifest-epoch-a-bool", lambda d, c: set_manifest(d, epoch=True), MANIFEST_FILE, "'epoch' or 'files'"),
     V("manifest-files-a-list", lambda d, c: set_manifest(d, files=["weights-000002.safetensors"]), MANIFEST_FILE, "'epoch' or 'files'"),
     V("manifest-no-weights-entry", lambda d, c: set_manifest(d, files=_without(manifest(d)["files"], "weights")), MANIFEST_FILE, "file name for 'weights'"),
-    V("manifest-path-traversal", lambda d, c: set_manifest(d, files=manifest(d)["files"] | {"weights": "../vae2/weights-000002.safetensors"}), MANIFEST_FILE, "file name for 'weights'"),
-    V("manifest-absolute-path", lambda d, c: set_manifest(d, files=manifest(d)["files"] | {"weights": "/etc/passwd"}), MANIFEST_FILE, "file name for 'weights'"),
-    V("manifest-nul-in-name", lambda d, c: set_manifest(d, files=manifest(d)["files"] | {"weights": "weights\x00.safetensors"}), MANIFEST_FILE, "file name for 'weights'"),
-    V("manifest-dot-file-name", lambda d, c: set_manifest(d, files=manifest(d)["files"] | {"weights": ".weights.tmp"}), MANIFEST_FILE, "file name for 'weights'"),
+    V("manifest-path-traversal",
+      lambda d, c: set_manifest(d, files=manifest(d)["files"] | {"weights": "../vae2/weights-000002.safetensors"}),
+      MANIFEST_FILE, "file name for 'weights'"),
+    V("manifest-absolute-path",
+      lambda d, c: set_manifest(d, files=manifest(d)["files"] | {"weights": "/etc/passwd"}),
+      MANIFEST_FILE, "file name for 'weights'"),
+    V("manifest-nul-in-name",
+      lambda d, c: set_manifest(d, files=manifest(d)["files"] | {"weights": "weights\x00.safetensors"}),
+      MANIFEST_FILE, "file name for 'weights'"),
+    V("manifest-dot-file-name",
+      lambda d, c: set_manifest(d, files=manifest(d)["files"] | {"weights": ".weights.tmp"}),
+      MANIFEST_FILE, "file name for 'weights'"),
     V("manifest-name-a-number", lambda d, c: set_manifest(d, files=manifest(d)["files"] | {"weights": 7}), MANIFEST_FILE, "'files' must map"),
     V("manifest-sha256-a-list", lambda d, c: set_manifest(d, sha256=["abc"]), MANIFEST_FILE, "'sha256' must map"),
     V("manifest-sha256-wrong", lambda d, c: set_manifest(d, sha256=manifest(d)["sha256"] | {file_of(d, "weights").name: "0" * 64}), "weights-", "checksum"),
@@ -345,7 +357,8 @@ VARIANTS: list[Variant] = [
         {"images.npy": npy_header_only((BOMB_IMAGES, 1, 28, 28), "u1", bytes(BOMB_IMAGES * 784)),
          "labels.npy": npy_header_only((BOMB_IMAGES,), "<i8", bytes(BOMB_IMAGES * 8))}, zipfile.ZIP_DEFLATED)),
       ATLAS_IMAGES_FILE, "declares"),
-    V("atlas-plain-npy", lambda d, c: np.save(d / ATLAS_IMAGES_FILE, atlas_arrays(d)["images"]) or os.replace(d / f"{ATLAS_IMAGES_FILE}.npy", d / ATLAS_IMAGES_FILE),
+    V("atlas-plain-npy",
+      lambda d, c: np.save(d / ATLAS_IMAGES_FILE, atlas_arrays(d)["images"]) or os.replace(d / f"{ATLAS_IMAGES_FILE}.npy", d / ATLAS_IMAGES_FILE),
       ATLAS_IMAGES_FILE, "unreadable npz"),
     V("atlas-symlink-outside", lambda d, c: symlink_outside(d, ATLAS_IMAGES_FILE, c.outside), ATLAS_IMAGES_FILE, "symbolic link"),
     # ---- latents-*.npz
@@ -366,13 +379,24 @@ VARIANTS: list[Variant] = [
 ]
 ATTACKS_ON_OPTIMIZER = [
     V("optim-truncated-checked", lambda d, c: truncate(file_of(d, "optim"), 64), "optim-", "checksum"),
-    V("optim-param-groups-garbage", lambda d, c: (unchecked(d), file_of(d, "optim").write_bytes(st_save({"0.step": torch.zeros(())}, metadata={"param_groups": "[[[["}))),
+    V("optim-param-groups-garbage",
+      lambda d, c: (unchecked(d), file_of(d, "optim").write_bytes(st_save({"0.step": torch.zeros(())}, metadata={"param_groups": "[[[["}))),
       "optim-", "param_groups"),
     V("optim-foreign-tensor-name",
-      lambda d, c: (unchecked(d), file_of(d, "optim").write_bytes(st_save({"step": torch.zeros(())}, metadata={"param_groups": json.dumps([{"params": list(range(len(weights(d))))}])}))),
+      lambda d, c: (
+          unchecked(d),
+          file_of(d, "optim").write_bytes(
+              st_save({"step": torch.zeros(())}, metadata={"param_groups": json.dumps([{"params": list(range(len(weights(d))))}])})
+          ),
+      ),
       "optim-", "does not fit"),
     V("optim-wrong-shape",
-      lambda d, c: (unchecked(d), file_of(d, "optim").write_bytes(st_save({"0.exp_avg": torch.zeros(7, 7)}, metadata={"param_groups": json.dumps([{"params": list(range(len(weights(d))))}])}))),
+      lambda d, c: (
+          unchecked(d),
+          file_of(d, "optim").write_bytes(
+              st_save({"0.exp_avg": torch.zeros(7, 7)}, metadata={"param_groups": json.dumps([{"params": list(range(len(weights(d))))}])})
+          ),
+      ),
       "optim-", "does not fit"),
 ]
 

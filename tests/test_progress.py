@@ -115,7 +115,7 @@ def test_fit_keeps_the_maps_of_the_last_epoch_in_the_run_folder(monkeypatch, tmp
     for method in projections.EMBEDDINGS:
         assert projections.is_cached(run.path, method, run.epoch)
         calls = []
-        monkeypatch.setattr(projections, "embed", lambda *a, **k: calls.append(a))
+        monkeypatch.setattr(projections, "embed", lambda *a, _calls=calls, **k: _calls.append(a))
         xy = projections.cached_embedding(run.path, run.epoch, run.atlas.means[-1], method, seed=run.train_config.seed)
         assert calls == [] and np.allclose(xy, fake_embed(run.atlas.means[-1], method))  # the app's read hits the file
     messages = [s.get("message", "") for s in written]

@@ -108,7 +108,12 @@ def test_interrupted_write_leaves_previous_checkpoint_loadable(run_copy, monkeyp
         (lambda d: (d / MANIFEST_FILE).write_text("{not json"), "not valid JSON"),
         (lambda d: (d / MANIFEST_FILE).unlink(), "manifest.json: missing"),
         (lambda d: (d / "config.json").write_text(json.dumps({"model": {"arch": "conv"}})), "key 'train' is missing"),
-        (lambda d: (d / "config.json").write_text(json.dumps(json.loads((d / "config.json").read_text()) | {"model": {"latent_dim": 7, "widths": [4, 8, 8]}})), "do not fit"),
+        (
+            lambda d: (d / "config.json").write_text(
+                json.dumps(json.loads((d / "config.json").read_text()) | {"model": {"latent_dim": 7, "widths": [4, 8, 8]}})
+            ),
+            "do not fit",
+        ),
         (lambda d: (d / "atlas-images.npz").write_bytes(b"PK\x03\x04garbage"), "atlas-images.npz: unreadable"),
     ],
 )

@@ -366,7 +366,10 @@ def _build_cache(
             f = tempfile.TemporaryFile(buffering=CACHE_WRITE_BUFFER)
             kept, skipped = _decode_rows(f, files, labels, image_size, channels)
         except OSError as e2:
-            raise DataError(f"image folder {root}: no room to decode it, neither in {data_path.parent} ({e.strerror or e}) nor in a temporary file ({e2.strerror or e2})") from None
+            raise DataError(
+                f"image folder {root}: no room to decode it, neither in {data_path.parent} ({e.strerror or e}) "
+                f"nor in a temporary file ({e2.strerror or e2})"
+            ) from None
         data_path = None  # type: ignore[assignment]
     finally:
         if tmp is not None:

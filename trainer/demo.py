@@ -25,16 +25,28 @@ CONV_SCHEDULE = ["--batch-size", "64", "--lr", "2e-3", "--lr-schedule", "cosine"
 DEMO_RUNS: list[tuple[str, str, list[str]]] = [
     ("mnist-conv-vae-z2", "conv VAE, latent 2: the scatter and manifold-grid classic", ["--latent-dim", "2", "--epochs", "30", *CONV_SCHEDULE]),
     ("mnist-conv-vae-z16", "conv VAE, latent 16", ["--latent-dim", "16", "--epochs", "15", *CONV_SCHEDULE]),
-    ("mnist-conv-ae-z2", "conv autoencoder, latent 2: no KL, compare its scatter with the VAE's", ["--kind", "ae", "--latent-dim", "2", "--epochs", "20", *CONV_SCHEDULE]),
-    ("mnist-upsample-vae-z16", "conv VAE with an Upsample + Conv decoder, latent 16", ["--model", "conv-upsample", "--latent-dim", "16", "--epochs", "15", *CONV_SCHEDULE]),
-    ("mnist-mlp-vae-z20", "the classic 784-400-20 MLP VAE", ["--model", "mlp", "--latent-dim", "20", "--epochs", "30", "--batch-size", "128", "--lr", "1e-3", "--weights-dtype", "float16"]),
+    (
+        "mnist-conv-ae-z2", "conv autoencoder, latent 2: no KL, compare its scatter with the VAE's",
+        ["--kind", "ae", "--latent-dim", "2", "--epochs", "20", *CONV_SCHEDULE],
+    ),
+    (
+        "mnist-upsample-vae-z16", "conv VAE with an Upsample + Conv decoder, latent 16",
+        ["--model", "conv-upsample", "--latent-dim", "16", "--epochs", "15", *CONV_SCHEDULE],
+    ),
+    (
+        "mnist-mlp-vae-z20", "the classic 784-400-20 MLP VAE",
+        ["--model", "mlp", "--latent-dim", "20", "--epochs", "30", "--batch-size", "128", "--lr", "1e-3", "--weights-dtype", "float16"],
+    ),
     ("mnist-conv-vae-z2-nokl", "ablation: latent 2 without the KL term (beta 0)", ["--latent-dim", "2", "--beta", "0", "--epochs", "20", *CONV_SCHEDULE]),
     ("mnist-conv-vae-z2-beta4", "ablation: latent 2 with beta 4", ["--latent-dim", "2", "--beta", "4", "--epochs", "20", *CONV_SCHEDULE]),
     (
         BINARIZED_RUN, "the classic 784-400-20 MLP VAE on dynamically binarised MNIST: the literature's benchmark setting, a true NLL",
         ["--model", "mlp", "--latent-dim", "20", "--binarize", "dynamic", "--epochs", "100", "--batch-size", "128", "--lr", "1e-3", "--atlas-size", "500"],
     ),
-    ("fashion-conv-vae-z16", "Fashion-MNIST (full, Debian's dataset-fashion-mnist) conv VAE, latent 16", ["--dataset", "fashion-mnist", "--latent-dim", "16", "--epochs", "3", *CONV_SCHEDULE]),
+    (
+        "fashion-conv-vae-z16", "Fashion-MNIST (full, Debian's dataset-fashion-mnist) conv VAE, latent 16",
+        ["--dataset", "fashion-mnist", "--latent-dim", "16", "--epochs", "3", *CONV_SCHEDULE],
+    ),
 ]
 
 

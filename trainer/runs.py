@@ -237,7 +237,8 @@ class Run:
         except (KeyError, TypeError, ValueError, RecursionError):
             raise RunError(f"{path}: optimiser param_groups metadata missing or invalid") from None
         params = list(self.model.parameters())
-        indices = [i for g in param_groups for i in g.get("params", ())] if isinstance(param_groups, list) and all(isinstance(g, dict) for g in param_groups) else None
+        groups_ok = isinstance(param_groups, list) and all(isinstance(g, dict) for g in param_groups)
+        indices = [i for g in param_groups for i in g.get("params", ())] if groups_ok else None
         if not indices or not all(is_int(i) for i in indices) or sorted(indices) != list(range(len(params))):
             raise RunError(f"{path}: optimiser param_groups do not describe this model's {len(params)} parameters")
         state: dict[int, dict[str, torch.Tensor]] = {}
@@ -308,7 +309,10 @@ def _load_atlas(run_dir: Path, manifest: dict[str, Any], model_config: ModelConf
     arrays = load_npz(images_path, read_regular_file(images_path, MAX_TENSOR_FILE_BYTES), {"images": 4, "labels": 1}, min(images_limit, MAX_TENSOR_FILE_BYTES))
     images, labels = arrays["images"], arrays["labels"]
     if images.dtype != np.uint8 or tuple(images.shape[1:]) != model_config.image_shape or len(labels) != len(images) or not 0 < len(images) <= n_max:
-        raise RunError(f"{images_path}: images must be uint8 of shape (N, {', '.join(map(str, model_config.image_shape))}), 0 < N <= {n_max}, with one label each")
+        raise RunError(
+            f"{images_path}: images must be uint8 of shape (N, {', '.join(map(str, model_config.image_shape))}), "
+            f"0 < N <= {n_max}, with one label each"
+        )
     check_kind(images_path, "labels", labels, "iu", "integers")
     if labels.min() < 0 or labels.max() >= n_classes:
         raise RunError(f"{images_path}: labels must be class indices from 0 to {n_classes - 1}")
@@ -363,7 +367,10 @@ def _load_history(run_dir: Path, manifest: dict[str, Any], model_config: ModelCo
             raise RunError(f"{path}: line {i} lacks an integer 'epoch' or a number for {' / '.join(HISTORY_NUMBERS)}")
         history.append(row)
     if (history[-1]["epoch"] if history else 0) != manifest["epoch"]:
-        raise RunError(f"{path}: ends at epoch {history[-1]['epoch'] if history else 0}, but the manifest names epoch {manifest['epoch']} (a mismatched file set)")
+        raise RunError(
+            f"{path}: ends at epoch {history[-1]['epoch'] if history else 0}, "
+            f"but the manifest names epoch {manifest['epoch']} (a mismatched file set)"
+        )
     return history
 
 
@@ -396,7 +403,10 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
         try:
             weights_path, data = _read_checked(run_dir, manifest, "weights")
             if len(data) < min_weight_bytes:
-                raise RunError(f"{weights_path}: weights do not fit the model in config.json ({len(data)} bytes cannot hold its {min_weight_bytes // 2:,} parameters)")
+                raise RunError(
+                    f"{weights_path}: weights do not fit the model in config.json "
+                    f"({len(data)} bytes cannot hold its {min_weight_bytes // 2:,} parameters)"
+                )
             model = build_model(model_config)
             load_weights(model, weights_path, data)
             history = _load_history(run_dir, manifest, model_config, train_config)

@@ -765,7 +765,11 @@ class Checkpoints:
         """Save the trainer's current epoch (weights, optimiser, history, latents); the run's last save keeps one set."""
         epoch, cfg = trainer.epoch, trainer.config
         final = epoch >= cfg.epochs or early_stop_message(trainer.history, cfg.patience) is not None
-        self.on_main(lambda: self.writer.save_epoch(epoch, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), cfg.weights_dtype, keep, final))
+        self.on_main(
+            lambda: self.writer.save_epoch(
+                epoch, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), cfg.weights_dtype, keep, final
+            )
+        )
         self.saved = epoch
 
 
