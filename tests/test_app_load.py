@@ -132,6 +132,7 @@ def snapshot(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if not p.is_symlink()}
 
 
+@pytest.mark.slow
 def test_app_touches_nothing_outside_the_checkpoints_folder(monkeypatch, runs_root, tmp_path):
     sandbox = tmp_path.resolve()
     root, home, cwd, secret = sandbox / "checkpoints", sandbox / "home", sandbox / "cwd", sandbox / "secret"

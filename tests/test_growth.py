@@ -184,6 +184,7 @@ def long_history_run(tmp_path: Path, epochs: int) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_a_long_latent_512_history_loads_and_a_larger_file_is_refused(tmp_path):
     epochs = 3500
     run_dir = long_history_run(tmp_path, epochs)

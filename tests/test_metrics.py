@@ -218,6 +218,7 @@ def test_without_linear_layers_it_is_the_uniform_distance_not_lpips(tmp_path: Pa
     assert torch.allclose(uniform(x, y), ones(x, y), rtol=1e-5)  # unit linear weights = uniform weights
 
 
+@pytest.mark.slow
 def test_vgg16_from_safetensors(tmp_path: Path) -> None:
     import torchvision
     from safetensors.torch import save_file

@@ -219,6 +219,7 @@ def test_jobs_refuse_to_start_or_stop_in_public_mode(monkeypatch, public):
     assert not (public.root / "new").exists()
 
 
+@pytest.mark.slow
 def test_every_page_reads_only_the_folder_and_starts_no_process(monkeypatch, public, tmp_path):
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     home.mkdir()

@@ -303,6 +303,7 @@ def test_bombs_are_refused_before_decoding(make, monkeypatch):
     assert peak < BOMB_PEAK_BYTES, peak
 
 
+@pytest.mark.slow
 def test_largest_legal_upload_is_processed_in_bounded_memory():
     """A 6.3k x 6.3k PNG of a few kB (just under the pixel limit) is accepted without gigabytes of float arrays."""
     im = Image.new("L", (LARGEST_ACCEPTED_SIDE, LARGEST_ACCEPTED_SIDE), 255)
