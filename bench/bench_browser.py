@@ -191,6 +191,7 @@ def choose_run(page, frame, name: str) -> None:
         return
     previous = frame.locator("canvas#digit").get_attribute("data-run-key")
     page.locator(RUN_PICKER).filter(has_text="Run").click()
+    page.get_by_role("option").first.wait_for()  # typing before the list opens is lost
     page.keyboard.type(name)
     page.keyboard.press("Enter")
     page.wait_for_function("(name) => [...document.querySelectorAll('h3')].some((h) => h.innerText.startsWith(name + ' · '))", arg=name)
