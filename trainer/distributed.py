@@ -7,6 +7,7 @@ rank 0 touches the run folder. The backend follows the device: gloo on CPU, nccl
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,6 +15,8 @@ from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
+
+from . import compat
 
 BACKENDS = {"cpu": "gloo", "cuda": "nccl"}
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
@@ -97,8 +100,15 @@ def device_for(ctx: DistContext, device: torch.device) -> torch.device:
         raise ValueError(f"--device {device} names one GPU, but torchrun runs one process per GPU: pass --device cuda (or auto)")
     count = torch.cuda.device_count()
     if ctx.local_world_size > count:  # checked alike by every process of the machine, so rank 0 reports it
-        raise ValueError(f"this machine has {count} GPU(s) but torchrun started {ctx.local_world_size} processes on it: use --nproc-per-node {count} or fewer")
+        raise ValueError(too_many_processes_message(ctx.local_world_size, count))
     return torch.device("cuda", ctx.local_rank)
+
+
+def too_many_processes_message(processes: int, gpus: int) -> str:
+    """The one line for `processes` torchrun processes on a machine with `gpus` GPUs (one process per GPU)."""
+    fewer = f"--nproc-per-node {gpus}, or " if gpus else ""
+    return (f"asked for {processes} processes on {gpus} GPU{'' if gpus == 1 else 's'} (torchrun --nproc-per-node {processes}), but each process "
+            f"needs a GPU of its own: use {fewer}--device cpu for {processes} CPU processes")
 
 
 def init(ctx: DistContext, device: torch.device) -> DistContext:
@@ -110,10 +120,8 @@ def init(ctx: DistContext, device: torch.device) -> DistContext:
         raise ValueError(f"several processes need a cpu or cuda device, not {device.type}")
     if device.type == "cuda":
         torch.cuda.set_device(device)  # object collectives and nccl use the current device
-    dist.init_process_group(
-        backend, store=_attempt_store(), rank=ctx.rank, world_size=ctx.world_size, timeout=COLLECTIVE_TIMEOUT,
-        device_id=device if device.type == "cuda" else None,
-    )
+    bind = {"device_id": device} if device.type == "cuda" and compat.process_group_device_id() else {}
+    dist.init_process_group(backend, store=_attempt_store(), rank=ctx.rank, world_size=ctx.world_size, timeout=COLLECTIVE_TIMEOUT, **bind)
     return DistContext(ctx.rank, ctx.world_size, ctx.local_rank, ctx.local_world_size, backend)
 
 
@@ -165,6 +173,8 @@ def broadcast_object(ctx: DistContext, obj: Any) -> Any:
     """Rank 0's `obj` on every process; plain data and tensors only (loaded with weights_only)."""
     if not ctx.enabled:
         return obj
+    if not compat.object_collectives_weights_only():
+        return _broadcast_as_bytes(obj if ctx.is_main else None, _object_device(ctx))
     box = [obj if ctx.is_main else None]
     dist.broadcast_object_list(box, src=MAIN_RANK, device=_object_device(ctx), weights_only=True)
     return box[0]
@@ -174,9 +184,51 @@ def gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
     """Every process's `obj`, in rank order (plain data only)."""
     if not ctx.enabled:
         return [obj]
+    if not compat.object_collectives_weights_only():
+        return _gather_as_bytes(obj, ctx.world_size, _object_device(ctx))
     out: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj, weights_only=True)
     return out
+
+
+# Object collectives on a torch without their `weights_only` argument: the objects travel as torch.save
+# bytes in uint8 tensors and are read back by torch.load(weights_only=True), as the native ones do.
+
+def _to_bytes(obj: Any, device: torch.device | None) -> torch.Tensor:
+    """`obj` as torch.save bytes, a uint8 tensor (n,) on `device` (CPU when None)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8).to(device or "cpu")
+
+
+def _from_bytes(data: torch.Tensor) -> Any:
+    """The object in torch.save bytes `data` (n,), loaded with weights_only: plain data and tensors only."""
+    return compat.load_weights(io.BytesIO(data.cpu().numpy().tobytes()))
+
+
+def _broadcast_as_bytes(obj: Any, device: torch.device | None) -> Any:
+    """Rank 0's `obj` (ignored elsewhere) on every process of the default group."""
+    data = _to_bytes(obj, device) if dist.get_rank() == MAIN_RANK else None
+    size = torch.tensor([0 if data is None else len(data)], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=MAIN_RANK)
+    if data is None:
+        data = torch.empty(int(size), dtype=torch.uint8, device=device)
+    dist.broadcast(data, src=MAIN_RANK)
+    return _from_bytes(data)
+
+
+def _gather_as_bytes(obj: Any, world_size: int, device: torch.device | None) -> list[Any]:
+    """Every process's `obj` in rank order (all_gather needs equal sizes: each padded to the longest)."""
+    data = _to_bytes(obj, device)
+    size = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    sizes = [torch.empty_like(size) for _ in range(world_size)]
+    dist.all_gather(sizes, size)
+    longest = max(int(s) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[: len(data)] = data
+    slots = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(slots, padded)
+    return [_from_bytes(slot[: int(n)]) for slot, n in zip(slots, sizes)]
 
 
 def share_main_error(ctx: DistContext, error: BaseException | None, kinds: Sequence[type[BaseException]]) -> None:
@@ -220,10 +272,10 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "off":
         return None
     if amp == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+        if device.type == "cuda" and compat.cuda_bf16_native(device):
             return torch.bfloat16
         return None
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+    if amp == "bf16" and device.type == "cuda" and not compat.cuda_bf16_native(device):
         raise ValueError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no native bfloat16; use --amp fp16 or off")
     return AMP_DTYPES[amp]
 

@@ -1,0 +1,99 @@
+"""What the installed torch can do, detected where it is used: the project runs on any torch from 2.4 up.
+
+Each check looks at the signature or attribute that a feature needs instead of comparing version
+numbers (nightlies, vendor builds and backports make versions a poor guide). Nothing is detected at
+import time; every check is cheap and uncached, so a test can fake an older torch by monkeypatching.
+
+Known differences between the torch versions this covers:
+- object collectives (`broadcast_object_list`, `all_gather_object`) take `weights_only` in some
+  versions only (absent in 2.11); without it `distributed.py` sends the objects itself as bytes
+  loaded with `torch.load(weights_only=True)`, so nothing is ever unpickled either way;
+- `torch.amp.GradScaler` / `torch.amp.autocast` replace the `torch.cuda.amp` names;
+- Adam's `fused` (CPU support since 2.4, not on every device) and `capturable` (CUDA graphs);
+- `torch.cuda.is_bf16_supported(including_emulation=...)`: older versions have no argument;
+- `init_process_group(device_id=...)`.
+"""
+from __future__ import annotations
+
+import inspect
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.distributed as dist
+
+NATIVE_BF16_MAJOR = 8  # CUDA compute capability with native bfloat16 (Ampere and newer)
+
+
+def accepts(fn: Callable[..., Any], name: str) -> bool:
+    """Whether `fn` takes a keyword argument `name` (False when its signature cannot be read)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def object_collectives_weights_only() -> bool:
+    """Whether torch's object collectives can load what they receive with weights_only (no arbitrary unpickling)."""
+    return accepts(dist.broadcast_object_list, "weights_only") and accepts(dist.all_gather_object, "weights_only")
+
+
+def process_group_device_id() -> bool:
+    """Whether init_process_group takes `device_id` (binds a process group to one GPU eagerly)."""
+    return accepts(dist.init_process_group, "device_id")
+
+
+def autocast(device_type: str, dtype: torch.dtype) -> AbstractContextManager:
+    """Autocast to `dtype` on `device_type`: torch.amp.autocast, or torch.autocast where that is missing."""
+    amp_autocast = getattr(torch.amp, "autocast", None)
+    return (amp_autocast or torch.autocast)(device_type, dtype=dtype)
+
+
+def grad_scaler(device_type: str) -> Any:
+    """A gradient scaler for float16 training: torch.amp.GradScaler(device), or torch.cuda.amp's on CUDA."""
+    scaler = getattr(torch.amp, "GradScaler", None)
+    if scaler is not None:
+        return scaler(device_type)
+    if device_type != "cuda":
+        raise ValueError(f"--amp fp16 on {device_type} needs torch.amp.GradScaler, which this torch ({torch.__version__}) lacks: use --amp bf16 or off")
+    return torch.cuda.amp.GradScaler()
+
+
+def adam(params: Iterable[torch.Tensor], lr: float, *, fused: bool = False, capturable: bool = False, **kwargs: Any) -> torch.optim.Adam:
+    """torch.optim.Adam with `fused` / `capturable` where this torch and the parameters' device support them.
+
+    fused: one kernel per step (falls back to the default implementation where torch refuses it for the
+    parameters' device or dtype); capturable: the step count lives on the device, as CUDA graph capture
+    needs (an error if this torch cannot do that: a graph without it would be wrong, not slow)."""
+    params = list(params)
+    options = dict(kwargs)
+    if capturable:
+        if not accepts(torch.optim.Adam.__init__, "capturable"):
+            raise ValueError(f"this torch ({torch.__version__}) has no capturable Adam, which CUDA graph capture needs")
+        options["capturable"] = True
+    if fused and accepts(torch.optim.Adam.__init__, "fused"):
+        try:
+            return torch.optim.Adam(params, lr=lr, fused=True, **options)
+        except (RuntimeError, ValueError):  # e.g. "fused=True requires all the params to be ... of supported devices"
+            pass
+    return torch.optim.Adam(params, lr=lr, **options)
+
+
+def is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer` runs its fused implementation."""
+    return bool(optimizer.defaults.get("fused"))
+
+
+def cuda_bf16_native(device: torch.device | None = None) -> bool:
+    """Whether the CUDA device computes bfloat16 natively (not emulated): Ampere (compute capability 8) and newer."""
+    if not torch.cuda.is_available():
+        return False
+    if accepts(torch.cuda.is_bf16_supported, "including_emulation"):
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    return torch.cuda.get_device_capability(device)[0] >= NATIVE_BF16_MAJOR
+
+
+def load_weights(source: Any, map_location: Any = "cpu") -> Any:
+    """torch.load of tensors and plain containers only (weights_only=True: a pickled object is refused, never run)."""
+    return torch.load(source, map_location=map_location, weights_only=True)
