@@ -51,11 +51,13 @@ CHECK_SEED = 0
 ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"  # read when onnxruntime loads: its Linux wheels otherwise keep a device id
 # under ~/.cache/Microsoft and may post usage events; this app writes only run folders and calls no host
 MAX_DECODER_BYTES = 64 * 2**20  # larger decoders stay on the server: too much to send to a browser
-# The only operators a graph sent to the browser may use (what the conv, conv-upsample and MLP decoders export to).
+# The only operators a graph sent to the browser may use (what the conv, conv-upsample, MLP and resnet decoders export
+# to: the resnet's GroupNorm becomes InstanceNormalization, its self-attention Softmax and Sqrt; the vendored
+# onnxruntime-web's WASM backend runs all of them).
 ALLOWED_OPS = frozenset({
     "Add", "Cast", "Concat", "Constant", "Conv", "ConvTranspose", "Div", "Flatten", "Gather", "Gemm", "Identity",
-    "MatMul", "Mod", "Mul", "Relu", "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Squeeze", "Sub", "Tanh",
-    "Transpose", "Unsqueeze",
+    "InstanceNormalization", "MatMul", "Mod", "Mul", "Relu", "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Softmax",
+    "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
 })
 
 
