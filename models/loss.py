@@ -9,6 +9,14 @@ objective, not a bound. What the reconstruction term is depends on the loss and 
   pixels' binary entropy (44.06 nats per bundled MNIST test digit).
 - mse: the sum of squared errors of sigmoid(logits) over the pixels, not nats (a Gaussian NLL with
   sigma fixed at 1/sqrt(2) minus its constant, 0.5 log(pi) per pixel).
+- l1: the sum of absolute errors of sigmoid(logits) over the pixels, not nats (a Laplace NLL with
+  scale 1 minus its constant, log 2 per pixel); the pixel term of latent-diffusion autoencoders, whose
+  images are in [-1, 1], so theirs is twice this one for the same images.
+
+Every term is a sum over pixels (and latent dimensions), averaged over the batch. Latent diffusion's
+KL autoencoders reduce the same way (sum over elements / batch), so their kl_weight 1e-6 against an L1
+on [-1, 1] images is beta = 5e-7 here with recon_loss='l1' (or recon_weight 2, beta 1e-6). A weight w
+quoted per element of a mean-reduced loss (mean over the C*H*W pixels) is beta = w * C*H*W here.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ import torch.nn.functional as F
 
 from .distributions import DiagonalGaussian
 
-RECON_LOSSES = ("bce", "mse")
+RECON_LOSSES = ("bce", "mse", "l1")
 
 
 class LossTerms(NamedTuple):
@@ -35,11 +43,15 @@ def reconstruction_per_sample(x_hat: torch.Tensor, x: torch.Tensor, recon_loss: 
         in nats; for grayscale x it is not a density (see the module docstring).
     mse: sum of squared errors of sigmoid(x_hat) against x, not nats (a Gaussian NLL with sigma
         1/sqrt(2) up to its constant).
+    l1: sum of absolute errors of sigmoid(x_hat) against x, not nats (a Laplace NLL with scale 1 up to
+        its constant).
     """
     if recon_loss == "bce":
         per_pixel = F.binary_cross_entropy_with_logits(x_hat, x, reduction="none")
     elif recon_loss == "mse":
         per_pixel = (torch.sigmoid(x_hat) - x).pow(2)
+    elif recon_loss == "l1":
+        per_pixel = (torch.sigmoid(x_hat) - x).abs()
     else:
         raise ValueError(f"unknown recon_loss '{recon_loss}': choose one of {', '.join(RECON_LOSSES)}")
     return per_pixel.flatten(1).sum(dim=1)

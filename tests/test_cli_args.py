@@ -53,7 +53,7 @@ BAD_VALUES: dict[str, list[tuple[str, str | None]]] = {
     "lr_gamma": [("0", None), ("1.5", None), ("nan", None), ("abc", "invalid float")],
     "beta": [("-1", None), ("1001", None), ("nan", None), ("abc", "invalid float")],
     "beta_warmup": [("-1", None), ("100001", None), ("abc", "invalid int")],
-    "recon_loss": [("l1", "invalid choice")],
+    "recon_loss": [("huber", "invalid choice"), ("L1", "invalid choice")],
     "recon_weight": [("-1", None), ("1001", None), ("inf", None), ("abc", "invalid float")],
     "seed": [("-1", None), (str(2**63), None), ("abc", "invalid int")],
     "atlas_size": [("0", None), ("100001", None), ("abc", "invalid int")],
@@ -63,6 +63,12 @@ BAD_VALUES: dict[str, list[tuple[str, str | None]]] = {
     "patience": [("-1", None), ("100001", None), ("abc", "invalid int"), ("3", "val.size")],  # 3: without --val-size
     "binarize": [("static", "invalid choice"), ("", "invalid choice")],
     "lpips_weights": [],  # any path: the file is read (and a bad one refused with one line) when training starts
+    "disc_weight": [("-1", None), ("1001", None), ("nan", None), ("abc", "invalid float")],
+    "disc_start": [("-1", None), ("1000000001", None), ("abc", "invalid int"), ("1.5", "invalid int")],
+    "disc_layers": [("0", None), ("7", None), ("abc", "invalid int")],
+    "disc_channels": [("0", None), ("513", None), ("abc", "invalid int")],
+    "perceptual_weight": [("-1", None), ("inf", None), ("abc", "invalid float")],
+    "perceptual_weights": [],  # any path: unused (and said so) without --perceptual-weight; with it a missing file is one line
     "run_name": [("../evil", "invalid run name"), ("", "invalid run name")],  # more in BAD_RUN_NAMES
     "checkpoints_dir": [(CHECKPOINTS_IS_A_FILE, "cannot create run folder")],
     "resume": [("yes", "invalid choice"), ("", "invalid choice")],

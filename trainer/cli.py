@@ -19,10 +19,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from models import CLASSIC_MLP_HIDDEN_DIM, DEFAULT_HIDDEN_DIM, ModelConfig
+from models import CLASSIC_MLP_HIDDEN_DIM, DEFAULT_HIDDEN_DIM, ModelConfig, patch_grid
 from models.config import FieldSpec, field_spec, field_types
 
-from . import distributed, metrics
+from . import adversarial, distributed, metrics
 from .config import TrainConfig
 from .data import DATASETS, FOLDER_PREFIX, DataError, ImageData, default_channels, default_image_size, load_dataset
 from .distributed import AMP_CHOICES, DistContext
@@ -232,6 +232,12 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
         shape = " x ".join(map(str, model_config.latent_shape))
         raise UserError(f"a spatial resnet's latent size follows from --latent-channels and the image size ({shape} = {model_config.latent_dim}): "
                         "leave out --latent-dim, or pass --bottleneck vector")
+    if train_config.disc_weight > 0 and patch_grid(model_config.image_size, train_config.disc_layers) < 1:
+        raise UserError(f"--disc-layers {train_config.disc_layers} is too deep for {model_config.image_size} px images (the discriminator "
+                        "would have no patch left): use fewer --disc-layers")
+    if train_config.perceptual_weight > 0 and train_config.perceptual_weights and not Path(train_config.perceptual_weights).expanduser().is_file():
+        raise UserError(f"--perceptual-weights {train_config.perceptual_weights}: no such file (a local torchvision VGG16 state dict; "
+                        "leave it out to train without the perceptual term)")
     return model_config, train_config, model_kw["in_channels"]
 
 
@@ -513,6 +519,12 @@ def _train(ctx: DistContext, args: argparse.Namespace, device: torch.device, pla
         extras += "" if amp is None else f"  precision: {distributed.precision_name(amp)}"
         extras += "  compile: on" if args.compile else ""
         print(f"run: {run_dir}  device: {device}{extras}", file=sys.stderr)
+    if train_config.disc_weight > 0 and (ctx.enabled or distributed.resolve_amp(args.amp, device) == torch.float16):
+        raise UserError("--disc-weight trains in one process and without --amp fp16 (its adaptive weight takes gradients outside DDP "
+                        "and the gradient scaler): run one process with --amp off, bf16 or auto")
+    note = adversarial.perceptual_note(train_config)
+    if note is not None and ctx.is_main:
+        print(note, file=sys.stderr)
     stop = StopFlag()
     stop.install()
     if not ctx.enabled:

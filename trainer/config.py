@@ -22,6 +22,9 @@ MAX_SEED = 2**63 - 1
 DEFAULT_ATLAS_SIZE = 2000
 MAX_ATLAS_SIZE = 100_000
 MAX_VAL_SIZE = 10_000_000  # validation images carved from the training set; the data set must keep some for training
+MAX_DISC_START = 10**9  # optimiser steps before the discriminator starts
+MAX_DISC_LAYERS = 6  # PatchGAN stride-2 layers (the image must keep a patch: models.patch_grid)
+MAX_DISC_CHANNELS = 512  # the PatchGAN's first-layer channels (ndf)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -43,11 +46,17 @@ class TrainConfig(JSONConfig):
     lr_schedule: str = setting("step", "step: times lr_gamma at each milestone epoch; cosine: to 0 over the run", choices=LR_SCHEDULES)
     lr_milestones: tuple[int, ...] = setting((), "increasing epochs at which the LR is multiplied by lr_gamma, e.g. 2000", min=1)
     lr_gamma: float = setting(0.1, "LR factor at each milestone", min=0, max=1, min_open=True)
-    beta: float = setting(1.0, "weight of the KL term; 0 = no-KL ablation", min=0, max=MAX_LOSS_WEIGHT)
+    beta: float = setting(
+        1.0, "weight of the KL term; 0 = no-KL ablation. Both terms are sums over pixels and latent dims: latent diffusion's kl_weight 1e-6 "
+        "(against an L1 on [-1, 1] images) is beta 5e-7 with --recon-loss l1; a weight w per element of a mean-reduced loss is w x C*H*W",
+        min=0, max=MAX_LOSS_WEIGHT,
+    )
     beta_warmup: int = setting(
         0, "epochs of linear warm-up of beta from 0", min=0, max=MAX_EPOCHS, wording=f"a non-negative integer of epochs, at most {MAX_EPOCHS}"
     )
-    recon_loss: str = setting("bce", "bce (Bernoulli) or mse", choices=RECON_LOSSES)
+    recon_loss: str = setting(
+        "bce", "bce (Bernoulli), mse or l1 (sums over pixels; l1 is latent diffusion's pixel loss)", choices=RECON_LOSSES
+    )
     recon_weight: float = setting(1.0, "weight of the reconstruction term; 0 = KL only", min=0, max=MAX_LOSS_WEIGHT)
     seed: int = setting(0, "random seed", min=0, max=MAX_SEED, wording="a non-negative integer below 2**63")
     atlas_size: int = setting(DEFAULT_ATLAS_SIZE, "test images whose posteriors are recorded every epoch", min=1, max=MAX_ATLAS_SIZE)
@@ -69,6 +78,27 @@ class TrainConfig(JSONConfig):
         "", "a local AlexNet/VGG16 (+ LPIPS linear layers) weights file: record the LPIPS of the test reconstructions each epoch; "
         "read without unpickling; empty = no LPIPS",
     )
+    # Losses for sharpness (off by default): a PatchGAN discriminator and a perceptual loss, as latent diffusion's autoencoders.
+    disc_weight: float = setting(
+        0.0, "weight of the PatchGAN discriminator's hinge loss for the decoder, times the adaptive weight (gradient-norm ratio "
+        "of the reconstruction and adversarial losses at the decoder's last layer, clamped to 1e4); 0 = no discriminator",
+        min=0, max=MAX_LOSS_WEIGHT,
+    )
+    disc_start: int = setting(
+        0, "optimiser steps before the discriminator trains and its loss counts (latent diffusion: 50001)", min=0, max=MAX_DISC_START,
+        wording=f"a non-negative integer of steps, at most {MAX_DISC_START}",
+    )
+    disc_layers: int = setting(3, "PatchGAN discriminator: stride-2 conv layers (taming-transformers' n_layers)", min=1, max=MAX_DISC_LAYERS)
+    disc_channels: int = setting(64, "PatchGAN discriminator: channels of its first layer, doubled per layer up to 8x", min=1, max=MAX_DISC_CHANNELS)
+    perceptual_weight: float = setting(
+        0.0, "weight of the LPIPS-style perceptual loss (VGG16 features of reconstruction and image), added to every pixel's "
+        "reconstruction error as latent diffusion does (their default 1); needs --perceptual-weights; 0 = off",
+        min=0, max=MAX_LOSS_WEIGHT,
+    )
+    perceptual_weights: str = setting(
+        "", "a local torchvision VGG16 state dict (optionally with the lpips package's lin0..lin4) for the perceptual loss; "
+        "read without unpickling; without it the perceptual term is off",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
@@ -88,6 +118,8 @@ class TrainConfig(JSONConfig):
         self.check_fields("weights_dtype", "val_size", "patience")
         self.check_fields("binarize")
         _check(isinstance(self.lpips_weights, str), f"lpips_weights must be a file path (text), got {self.lpips_weights!r}")
+        self.check_fields("disc_weight", "disc_start", "disc_layers", "disc_channels", "perceptual_weight")
+        _check(isinstance(self.perceptual_weights, str), f"perceptual_weights must be a file path (text), got {self.perceptual_weights!r}")
         _check(self.patience == 0 or self.val_size > 0, f"patience {self.patience} needs a validation set: give val_size (--val-size) too")
 
     def lr_at(self, epoch: int, progress: float) -> float:

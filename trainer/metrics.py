@@ -116,12 +116,13 @@ RECON_LABELS = {
     "bernoulli": "Bernoulli NLL (nats)",
     "bce": "BCE on grayscale targets (a bound on randomly binarised images, not a density)",
     "mse": "sum of squared errors (not nats)",
+    "l1": "sum of absolute errors (not nats)",
 }
 
 
 def recon_label(recon_loss: str, binarized: bool) -> str:
     """What a run's reconstruction term is, in words: a true Bernoulli NLL only for BCE on binary targets
-    (`--binarize dynamic`); BCE on grayscale pixels is not a density; MSE is a plain sum of squared errors."""
+    (`--binarize dynamic`); BCE on grayscale pixels is not a density; MSE and L1 are plain sums of squared / absolute errors."""
     if recon_loss == "bce":
         return RECON_LABELS["bernoulli" if binarized else "bce"]
     return RECON_LABELS.get(recon_loss, f"reconstruction term '{recon_loss}'")

@@ -9,6 +9,8 @@ Layout of `checkpoints/<run>/`:
     latents-EEEEEE.npz             posterior mean/log-variance (float16) of the atlas images at the snapshot
                                    epochs up to E (latent_snapshots: every epoch below LATENTS_EVERY_EPOCH,
                                    then log-spaced ones and E, at most MAX_LATENT_SNAPSHOTS in all)
+    disc-EEEEEE.safetensors        with --disc-weight only: the PatchGAN discriminator's weights and its
+    disc-optim-EEEEEE.safetensors  optimiser state after epoch E, for --resume (load_run and the app never read them)
     manifest.json                  names the consistent set above (and their sha256); replaced last
     status.json                    live progress for the app (not part of the set)
     lock                           flock-ed by the training process
@@ -102,6 +104,8 @@ MAX_LATENT_SNAPSHOTS = 200
 HISTORY_TAIL_BYTES = 2**16  # a run saved before manifests named its last numbers: its history's last line is in this tail
 # The files save_epoch writes for every epoch, by manifest key: versioned(key, epoch, suffix).
 VERSIONED_FILES = {"weights": ".safetensors", "optim": ".safetensors", "history": ".jsonl", "latents": ".npz"}
+# Epoch files of some runs only (save_epoch's `extra`): resume-only state of the sharpness losses, never read by load_run.
+OPTIONAL_FILES = {"disc": ".safetensors", "disc-optim": ".safetensors"}
 KEPT_WEIGHTS = "kept-weights"  # the stem of weights kept for good (--keep-epochs)
 EPOCH_DIGITS = 6
 VERSIONED_RE = re.compile(rf"(?P<stem>.+)-(?P<epoch>\d{{{EPOCH_DIGITS},}})(?P<suffix>\.[A-Za-z0-9]+)")
@@ -141,9 +145,10 @@ def parse_versioned(name: str) -> Versioned | None:
 
 
 def epoch_file(name: str) -> Versioned | None:
-    """The parts of `name` if it is one of the files save_epoch writes for an epoch (weights, optim, history, latents)."""
+    """The parts of `name` if it is one of the files save_epoch writes for an epoch (weights, optim, history, latents;
+    the discriminator's weights and optimiser state when the run has them)."""
     parts = parse_versioned(name)
-    return parts if parts is not None and VERSIONED_FILES.get(parts.stem) == parts.suffix else None
+    return parts if parts is not None and (VERSIONED_FILES | OPTIONAL_FILES).get(parts.stem) == parts.suffix else None
 
 
 # ---------------------------------------------------------------- reading the manifest's files
@@ -225,18 +230,21 @@ class Run:
     def class_names(self) -> list[str]:
         return list(self.info.get("class_names") or [])
 
-    def optimizer_state(self) -> dict[str, Any]:
-        """The optimiser's state_dict saved with this epoch (for resuming)."""
-        if "optim" not in self.manifest["files"]:
-            raise RunError(f"{self.path}: this run was exported without optimiser state, so it cannot be resumed; train a new run instead")
-        path, data = _read_checked(self.path, self.manifest, "optim")
+    def optimizer_state(self, key: str = "optim", params: list[torch.nn.Parameter] | None = None) -> dict[str, Any]:
+        """The optimiser's state_dict saved with this epoch (for resuming): the model's, or with key 'disc-optim' and
+        the discriminator's `params`, the discriminator's."""
+        if key not in self.manifest["files"]:
+            if key == "optim":
+                raise RunError(f"{self.path}: this run was exported without optimiser state, so it cannot be resumed; train a new run instead")
+            raise RunError(f"{self.path}: its saved epoch has no '{key}' file, so it cannot be resumed with its discriminator; train a new run instead")
+        path, data = _read_checked(self.path, self.manifest, key)
         tensors = load_safetensors(path, data)
         meta = safetensors_metadata(data)
         try:
             param_groups = json.loads(meta["param_groups"])
         except (KeyError, TypeError, ValueError, RecursionError):
             raise RunError(f"{path}: optimiser param_groups metadata missing or invalid") from None
-        params = list(self.model.parameters())
+        params = list(self.model.parameters()) if params is None else params
         groups_ok = isinstance(param_groups, list) and all(isinstance(g, dict) for g in param_groups)
         indices = [i for g in param_groups for i in g.get("params", ())] if groups_ok else None
         if not indices or not all(is_int(i) for i in indices) or sorted(indices) != list(range(len(params))):
@@ -248,6 +256,13 @@ class Run:
                 raise RunError(f"{path}: optimiser tensor '{key}' does not fit this model")
             state.setdefault(int(idx), {})[name] = value
         return {"state": state, "param_groups": param_groups}
+
+    def load_extra_weights(self, key: str, module: torch.nn.Module) -> None:
+        """Load the epoch's OPTIONAL_FILES weights file `key` (e.g. 'disc') into `module`; RunError if absent or unfit."""
+        if key not in self.manifest["files"]:
+            raise RunError(f"{self.path}: its saved epoch has no '{key}' file, so it cannot be resumed with its discriminator; train a new run instead")
+        path, data = _read_checked(self.path, self.manifest, key)
+        load_weights(module, path, data)
 
 
 @functools.lru_cache(maxsize=256)
@@ -374,10 +389,10 @@ def _load_history(run_dir: Path, manifest: dict[str, Any], model_config: ModelCo
     return history
 
 
-def load_weights(model: VAE, path: Path, data: bytes) -> None:
+def load_weights(model: torch.nn.Module, path: Path, data: bytes) -> None:
     tensors = load_safetensors(path, data)
     try:
-        model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, strict=True)
     except (RuntimeError, TypeError) as e:
         first = str(e).splitlines() or [type(e).__name__]
         detail = "; ".join(s.strip() for s in first[1:3]) or first[0]
@@ -424,8 +439,9 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
 # ---------------------------------------------------------------- writing
 
 def model_state_tensors(model: torch.nn.Module, dtype: str = "float32") -> dict[str, torch.Tensor]:
+    """The module's state on the CPU, floating tensors as `dtype` (integer buffers such as BatchNorm's count kept)."""
     target = getattr(torch, dtype)
-    return {k: v.detach().to("cpu", target).contiguous() for k, v in model.state_dict().items()}
+    return {k: v.detach().to("cpu", target if v.is_floating_point() else v.dtype).contiguous() for k, v in model.state_dict().items()}
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> bytes:
@@ -472,8 +488,11 @@ class RunWriter:
         weights_dtype: str = "float32",
         keep: bool = False,
         final: bool = False,
+        extra: dict[str, bytes] | None = None,
     ) -> None:
         """Write epoch `epoch`'s weights, optimiser, history and latents, then point the manifest at them.
+
+        extra: more files of the set by OPTIONAL_FILES key (the discriminator's state: disc, disc-optim), as bytes.
 
         keep: also keep this epoch's weights for good (--keep-epochs). final: the run's last save (its last
         epoch, or an early stop): the previous set is removed too, so a finished run holds one set.
@@ -485,7 +504,11 @@ class RunWriter:
             "history": "".join(json.dumps(r) + "\n" for r in history).encode(),
             "latents": npz_bytes(latents),
         }
-        blobs = {key: (versioned(key, epoch, VERSIONED_FILES[key]), data) for key, data in contents.items()}
+        if unknown := sorted(set(extra or {}) - set(OPTIONAL_FILES)):
+            raise ValueError(f"save_epoch: unknown extra file '{unknown[0]}' (known: {', '.join(OPTIONAL_FILES)})")
+        contents |= extra or {}
+        suffixes = VERSIONED_FILES | OPTIONAL_FILES
+        blobs = {key: (versioned(key, epoch, suffixes[key]), data) for key, data in contents.items()}
         for name, data in blobs.values():
             safe_io.atomic_write_bytes(self.run_dir / name, data)
         previous = self._manifest_or_none()

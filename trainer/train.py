@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models import VAE, DiagonalGaussian, LossTerms, ModelConfig, build_model, to_float_images, vae_loss
 
-from . import binarize, distributed, metrics, projections
+from . import adversarial, binarize, distributed, metrics, projections
 from .config import TrainConfig
 from .data import ImageData
 from .distributed import DistContext, all_reduce_sum, shard_bounds
@@ -216,6 +216,11 @@ class Trainer:
         self.perceptual: PerceptualDistance | None = load_optional(train_config.lpips_weights)  # LPIPSError for a bad file
         if self.perceptual is not None:
             self.perceptual.to(self.device)
+        # The losses for sharpness (--disc-weight, --perceptual-weight): None keeps the classic objective, untouched.
+        self.sharp = adversarial.SharpLosses(train_config, self.model, self.device) if adversarial.wanted(train_config) else None
+        if self.sharp is not None and self.sharp.disc is not None and (self.dist.enabled or self.scaler is not None):
+            raise ValueError("--disc-weight trains in one process without fp16's gradient scaler: use one process and --amp off, bf16 or auto")
+        self.global_step = 0  # optimiser steps taken before the current one (the discriminator's --disc-start counts them)
         self.val_x = self.train_x[:0]  # (V, C, H, W): training images held out for early stopping (--val-size)
         if train_config.val_size:
             keep, held = validation_split(len(self.train_x), train_config.val_size, train_config.seed)
@@ -263,6 +268,7 @@ class Trainer:
             "channels_last": self.channels_last,
             "data_on_device": self.train_x.device.type == self.device.type,
             **({"validation": self.validation_info()} if len(self.val_x) else {}),
+            **(self.sharp.info() if self.sharp is not None else {}),
         }
 
     def validation_info(self) -> dict[str, Any]:
@@ -333,6 +339,10 @@ class Trainer:
         if b:
             terms = vae_loss(x, x_hat, _float_posterior(mean, logvar), recon_loss=self.config.recon_loss, beta=beta, recon_weight=self.config.recon_weight)
             objective = terms.loss
+            if self.sharp is not None and self.sharp.active:  # + perceptual and adversarial terms (trainer/adversarial.py)
+                objective = objective + self.sharp.generator_terms(x, x_hat, self.config.recon_weight * terms.recon, self.global_step)
+                if not torch.isfinite(objective):
+                    raise TrainingFailed(f"the objective with the sharpness losses became {objective.item()} (recon {terms.recon.item():.4g})")
         else:
             zero = x_hat.new_zeros((), dtype=torch.float32)
             terms, objective = LossTerms(zero, zero, zero), x_hat.float().sum() * 0.0
@@ -353,6 +363,8 @@ class Trainer:
             self.scaler.scale(objective).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        if self.sharp is not None and b:
+            self.sharp.discriminator_step(x, x_hat, self.global_step, self.optimizer.param_groups[0]["lr"])
         return terms
 
     @torch.no_grad()
@@ -495,10 +507,13 @@ class Trainer:
         totals = torch.zeros(3, device=self.device)
         seen = 0
         lr = beta = 0.0
+        if self.sharp is not None:
+            self.sharp.epoch_terms()  # forget the logs of an epoch stopped part-way
         for step, idx in enumerate(order.split(cfg.batch_size)):
             if not self.dist.enabled and should_stop():
                 return None
             lr, beta = self.set_schedule(epoch, step)
+            self.global_step = epoch * self.steps_per_epoch + step
             b = len(idx)
             eps = self.noise(b, g)  # (b, D): the global batch's noise, drawn on every process
             u = torch.rand((b, *self.train_x.shape[1:]), generator=g, device=self.device) if self.binarize else None  # (b, C, H, W)
@@ -515,7 +530,8 @@ class Trainer:
             if on_step is not None:
                 on_step(step + 1, seen)
         loss, recon, kl = (totals / seen).tolist()
-        return {"train_loss": loss, "train_recon": recon, "train_kl": kl, "train_neg_elbo": recon + kl, "lr": lr, "beta": beta}
+        sharp = self.sharp.epoch_terms() if self.sharp is not None else {}
+        return {"train_loss": loss, "train_recon": recon, "train_kl": kl, "train_neg_elbo": recon + kl, "lr": lr, "beta": beta, **sharp}
 
     # ------------------------------------------------------------ state
 
@@ -524,6 +540,8 @@ class Trainer:
         run = load_run(run_dir, device=self.device)
         self.model.load_state_dict(run.model.state_dict())
         self._load_optimizer_state(run.optimizer_state())
+        if self.sharp is not None:
+            self.sharp.load_state(run)  # the discriminator and its optimiser, saved beside the model (not read by load_run)
         self.epoch, self.history = run.epoch, list(run.history)
         atlas = run.atlas
         self.latent_epochs = atlas.epochs.tolist()
@@ -765,9 +783,10 @@ class Checkpoints:
         """Save the trainer's current epoch (weights, optimiser, history, latents); the run's last save keeps one set."""
         epoch, cfg = trainer.epoch, trainer.config
         final = epoch >= cfg.epochs or early_stop_message(trainer.history, cfg.patience) is not None
+        extra = trainer.sharp.state_files(cfg.weights_dtype) if trainer.sharp is not None else None  # the discriminator's state
         self.on_main(
             lambda: self.writer.save_epoch(
-                epoch, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), cfg.weights_dtype, keep, final
+                epoch, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), cfg.weights_dtype, keep, final, extra
             )
         )
         self.saved = epoch
