@@ -288,3 +288,49 @@ def test_demo_runs_cover_the_documented_set():
     assert argv[demo.BINARIZED_RUN][argv[demo.BINARIZED_RUN].index("--binarize") + 1] == "dynamic"  # the literature comparison
     gitignore = (PROJECT_ROOT / ".gitignore").read_text()
     assert all(f"!/checkpoints/{n}/" in gitignore for n in names)
+
+
+# ---------------------------------------------------------------- the study's LR schedule and its cost records
+
+
+def test_a_run_saved_before_a_milestone_resumes_as_the_planned_run(tiny_study, tmp_path):
+    args, _ = tiny_study
+    item = study.sweep_runs(study.build_parser().parse_args(args))[0]  # conv VAE z2, seed 0
+    constant = study.train_config_for(study.build_parser().parse_args([*args, "--lr-milestones", "--max-epochs", "1", "--patience", "0"]), 0)
+    planned = study.train_config_for(study.build_parser().parse_args([*args, "--lr-milestones", "1", "--patience", "0"]), 0)
+    assert constant.lr_milestones == () and planned.lr_milestones == (1,) and planned.epochs == 2
+    resumed, scratch = tmp_path / "resumed", tmp_path / "scratch"
+    fit(item.model_config, constant, tiny_data(), resumed, progress="none")
+    assert study.plan_for(resumed, item.model_config, planned) == "resume"  # its one epoch had the planned rate
+    fit(item.model_config, planned, tiny_data(), resumed, resume=True, progress="none")
+    fit(item.model_config, planned, tiny_data(), scratch, progress="none")
+    a, b = load_run(resumed), load_run(scratch)
+    assert [r["lr"] for r in a.history] == [r["lr"] for r in b.history] == [pytest.approx(1e-3), pytest.approx(1e-4)]
+    assert a.train_config.lr_milestones == (1,)  # config.json now names the schedule the run followed
+    assert [r["val_neg_elbo"] for r in a.history] == [r["val_neg_elbo"] for r in b.history]  # the same run, step for step
+    assert all(torch.equal(a.model.state_dict()[k], v) for k, v in b.model.state_dict().items())
+    assert study.plan_for(resumed, item.model_config, planned) == "skip"
+
+
+def test_a_run_that_trained_past_a_milestone_it_lacked_is_refused(tiny_study, tmp_path):
+    args, _ = tiny_study
+    item = study.sweep_runs(study.build_parser().parse_args(args))[0]
+    constant = study.train_config_for(study.build_parser().parse_args([*args, "--lr-milestones", "--patience", "0"]), 0)
+    planned = study.train_config_for(study.build_parser().parse_args([*args, "--lr-milestones", "1", "--patience", "0"]), 0)
+    fit(item.model_config, constant, tiny_data(), tmp_path / "r", progress="none")  # 2 epochs at 1e-3
+    with pytest.raises(RunError, match=r"learning rate in epoch 2 differs from the planned \[1\]"):
+        study.plan_for(tmp_path / "r", item.model_config, planned)
+
+
+def test_training_invocations_leave_records_the_rewritten_report_states(tiny_study, capsys, tmp_path):
+    args, report = tiny_study
+    assert study.main([*args, "--seeds", "0"]) == 0
+    assert study.main([*args, "--seeds", "1"]) == 0  # a second process's disjoint seeds
+    records = study.read_sweep_records(tmp_path / "ck")
+    assert [r["trained"] for r in records] == [4, 4] and all(r["wall_s"] > 0 for r in records)
+    assert all("--seeds" in r["command"] for r in records)
+    assert study.main([*args, "--report-only"]) == 0
+    text = (report / "results.md").read_text()
+    assert text.count("trained 4 runs in") == 2 and "From the first start to the last end:" in text
+    assert "Of the 8 runs, " in text and "learning rate 0.001, times 0.1 after epoch 40" in text
+    assert len(list(csv.DictReader(open(report / "results.csv")))) == 8
