@@ -129,8 +129,10 @@ def test_loss_terms_per_sample_in_nats():
     assert ablated.loss.item() == pytest.approx(1.0)
     mse = vae_loss(x, logits, posterior, recon_loss="mse", beta=0.0)
     assert mse.loss.item() == pytest.approx(((0.5 - x) ** 2).sum().item() / 4)
+    l1 = vae_loss(x, logits, posterior, recon_loss="l1", beta=0.0)
+    assert l1.loss.item() == pytest.approx((0.5 - x).abs().sum().item() / 4)  # 0.5 per pixel of binary images
     with pytest.raises(ValueError, match="recon_loss"):
-        vae_loss(x, logits, posterior, recon_loss="l1")
+        vae_loss(x, logits, posterior, recon_loss="huber")
 
 
 @pytest.mark.parametrize("arch,kind", itertools.product(ARCHS, KINDS))
