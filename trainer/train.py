@@ -183,6 +183,39 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
+def _ssim_window(like: torch.Tensor) -> torch.Tensor:
+    """The 1-D Gaussian window (SSIM_WINDOW,) of metrics.ssim_per_image, built as pytorch-msssim builds it."""
+    coords = torch.arange(metrics.SSIM_WINDOW, dtype=torch.float)
+    coords -= metrics.SSIM_WINDOW // 2
+    g = torch.exp(-(coords**2) / (2 * metrics.SSIM_SIGMA**2))
+    g /= g.sum()
+    return g.to(like.device, like.dtype)
+
+
+def ssim_per_image(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """metrics.ssim_per_image (B,) with the batch laid out as channels: the same operations on the same numbers
+    (bitwise equal on the CPU), about 4x faster there, as one depthwise convolution over B * C channels runs
+    far faster than B images of C channels. Images smaller than the window go to metrics.ssim_per_image."""
+    b, c, h, w = x.shape
+    size = metrics.SSIM_WINDOW
+    if h < size or w < size:
+        return metrics.ssim_per_image(x_hat, x)
+    X, Y = x_hat.float().reshape(1, b * c, h, w), x.float().reshape(1, b * c, h, w)  # (1, B*C, H, W)
+    g = _ssim_window(X)
+    along_h, along_w = g.view(1, 1, size, 1).repeat(b * c, 1, 1, 1), g.view(1, 1, 1, size).repeat(b * c, 1, 1, 1)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:  # (1, B*C, H - size + 1, W - size + 1): valid filtering, no padding
+        return nn.functional.conv2d(nn.functional.conv2d(t, along_h, groups=b * c), along_w, groups=b * c)
+
+    c1, c2 = (metrics.SSIM_K[0] * metrics.DATA_RANGE) ** 2, (metrics.SSIM_K[1] * metrics.DATA_RANGE) ** 2
+    mu1, mu2 = blur(X), blur(Y)
+    mu1_sq, mu2_sq, mu1_mu2 = mu1.pow(2), mu2.pow(2), mu1 * mu2
+    sigma1_sq, sigma2_sq, sigma12 = blur(X * X) - mu1_sq, blur(Y * Y) - mu2_sq, blur(X * Y) - mu1_mu2
+    cs_map = (2 * sigma12 + c2) / (sigma1_sq + sigma2_sq + c2)
+    ssim_map = ((2 * mu1_mu2 + c1) / (mu1_sq + mu2_sq + c1)) * cs_map
+    return torch.flatten(ssim_map, 2).mean(-1).view(b, c).mean(1)
+
+
 class Trainer:
     def __init__(
         self,
@@ -375,7 +408,9 @@ class Trainer:
         image metrics (MSE, PSNR, SSIM, LPIPS with --lpips-weights) of the mode's reconstructions on the test set.
 
         Each process evaluates its slice of every chunk of the test set; sums and posteriors are added
-        up over processes, so every process returns the whole test set's result.
+        up over processes, so every process returns the whole test set's result. Computed in float32 whatever
+        --amp trains in (the atlas latents and metrics do not depend on the training precision); an autoencoder's
+        sample is its mode, decoded once.
         """
         self.model.eval()
         g = epoch_generator(self.config.seed + EVAL_SEED_OFFSET, 0, self.device)
@@ -394,11 +429,11 @@ class Trainer:
             if lo == hi:
                 continue
             x = self.images(self.test_x, slice(start + lo, start + hi))
-            with self.autocast():
+            with torch.autocast(self.device.type, enabled=False):  # float32, even inside a caller's autocast
                 encoded = self.model.encode(x)
                 z = encoded.sample(eps=None if eps is None else eps[lo:hi])  # (b, D)
                 x_hat = self.model.decode(z)
-                mode_logits = self.model.decode(encoded.mode())
+                mode_logits = x_hat if encoded.deterministic else self.model.decode(encoded.mode())
             posterior = _float_posterior(encoded.mean, None if encoded.deterministic else encoded.logvar)
             terms = vae_loss(x, x_hat, posterior, recon_loss=self.config.recon_loss, beta=beta, recon_weight=self.config.recon_weight)
             images = torch.sigmoid(mode_logits.float())
@@ -409,7 +444,7 @@ class Trainer:
                 terms.kl.double() * b,
                 metrics.mse_per_image(images, x).sum().double(),
                 metrics.psnr_per_image(images, x).sum().double(),
-                metrics.ssim(images, x).double() * b,
+                ssim_per_image(images, x).mean().double() * b,  # metrics.ssim, faster
             ]
             if self.perceptual is not None:
                 parts.append(self.perceptual(images, x.float()).sum().double())
@@ -457,7 +492,7 @@ class Trainer:
             if lo == hi:
                 continue
             x = self.images(self.val_x, slice(start + lo, start + hi))  # (b, C, H, W)
-            with self.autocast():
+            with torch.autocast(self.device.type, enabled=False):  # float32 like evaluate, whatever --amp trains in
                 encoded = self.model.encode(x)
                 x_hat = self.model.decode(encoded.sample(eps=None if eps is None else eps[lo:hi]))
             posterior = _float_posterior(encoded.mean, None if encoded.deterministic else encoded.logvar)
