@@ -39,7 +39,7 @@ def _projection(key: str, _run: Run, method: str, dims: tuple[int, int]) -> late
     if method in latent.CACHED_PROJECTIONS and means.shape[1] > 2:
         with embedding_slot():  # EmbeddingsBusy (not cached) when a public app's slots are all taken
             embedding = cached_embedding(_run.path, _run.epoch, means, method, seed=_run.train_config.seed)
-    return latent.make_projection(means, method, dims, embedding)
+    return latent.make_projection(means, method, dims, embedding, latent_shape=_run.model_config.latent_shape)
 
 
 def projection(key: str, run: Run, method: str, dims: tuple[int, int]) -> latent.Projection:
@@ -70,7 +70,7 @@ def replay_gif(key: str, _run: Run, method: str, dims: tuple[int, int]) -> bytes
     atlas = _run.atlas
     picks = np.unique(np.linspace(0, len(coords) - 1, min(len(coords), MAX_GIF_FRAMES)).round().astype(int))
     colors = class_rgb(max(len(_run.class_names), int(atlas.labels.max()) + 1))
-    titles = latent.replay_axis_titles(method, dims)
+    titles = latent.replay_axis_titles(method, dims, _run.model_config.latent_shape)
     last = int(atlas.epochs[-1])
     frames = [
         images.scatter_frame(coords[i], atlas.labels, colors, x_range, y_range, GIF_SIDE, f"{_run.name} · epoch {int(atlas.epochs[i])} of {last}",

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trainer.emoji import BACKGROUND as EMOJI_BACKGROUND
+from trainer.emoji import EMOJI_DATASET
 from trainer.images import (  # noqa: F401  (decode_uint8, png_bytes, reconstruct_uint8, tile, to_display: the pages use them from here)
     IMAGE_EXTENSIONS,
     LIGHT,
@@ -34,7 +36,7 @@ MNIST_SIZE, MNIST_BOX = 28, 20  # MNIST digits fit a 20x20 box, centred by mass 
 INK_FLOOR = 0.2  # after stretching to [0, 1], fainter pixels are background (paper texture, JPEG noise)
 DISPLAY_PIXELS = 8  # nearest-neighbour upscale of a 28x28 digit for display
 PREVIEW_SIDE = 256  # the uploaded original is shown at most this large
-UPLOAD_STYLES = ("digit", "object", "photo")
+UPLOAD_STYLES = ("digit", "object", "photo", "emoji")
 
 
 class UploadError(ValueError):
@@ -72,8 +74,8 @@ class Upload:
 
 
 def upload_style(dataset: str) -> str:
-    """How to preprocess uploads for a run's dataset: MNIST digits, Fashion-MNIST objects, or photos (folders)."""
-    return {"mnist": "digit", "fashion-mnist": "object"}.get(dataset, "photo")
+    """How to preprocess uploads for a run's dataset: MNIST digits, Fashion-MNIST objects, emoji, or photos (folders)."""
+    return {"mnist": "digit", "fashion-mnist": "object", EMOJI_DATASET: "emoji"}.get(dataset, "photo")
 
 
 def _preview(rgb: np.ndarray) -> np.ndarray:
@@ -82,6 +84,31 @@ def _preview(rgb: np.ndarray) -> np.ndarray:
     im = Image.fromarray(rgb)
     im.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
     return np.asarray(im)
+
+
+def _on_white(im) -> np.ndarray:
+    """A PIL image with its transparency composited on white, as the emoji were drawn: (H, W, 3) uint8."""
+    from PIL import Image
+
+    drawing = im.convert("RGBA")
+    canvas = Image.new("RGB", drawing.size, EMOJI_BACKGROUND)
+    canvas.paste(drawing, (0, 0), mask=drawing)
+    return np.asarray(canvas, np.uint8)
+
+
+def _emoji_square(rgb: np.ndarray, image_size: int, channels: int) -> np.ndarray:
+    """(H, W, 3) on white -> centred in a white square (nothing cropped) and resized with Lanczos, as
+    trainer.emoji.to_square_rgb makes the dataset; gray as the dataset loader makes it (the mean): (C, S, S) uint8."""
+    from PIL import Image
+
+    height, width = rgb.shape[:2]
+    side = max(width, height)
+    canvas = Image.new("RGB", (side, side), EMOJI_BACKGROUND)
+    canvas.paste(Image.fromarray(rgb), ((side - width) // 2, (side - height) // 2))
+    x = np.asarray(canvas.resize((image_size, image_size), Image.Resampling.LANCZOS), np.uint8).transpose(2, 0, 1)  # (3, S, S)
+    if channels == 1:
+        x = np.round(x.astype(np.float32).mean(0, keepdims=True)).astype(np.uint8)
+    return np.ascontiguousarray(x)
 
 
 def _white_on_black(gray: np.ndarray) -> np.ndarray:
@@ -130,6 +157,7 @@ def preprocess_upload(data: bytes, image_size: int, channels: int, style: str = 
     """Upload bytes -> the run's input format (C, S, S) uint8. Raises UploadError with one line.
 
     photo (folder datasets): exactly trainer.images.decode_image, the path every training image of the folder took;
+    emoji: on white, padded to a square and resized, as the emoji dataset renders its glyphs (colour kept for an RGB run);
     digit: decoded the same way, then grayscale, white-on-black, ink scaled into a 20x20 box (for 28x28) and
     centred by mass, like MNIST; object: the same, but the object fills the frame and is centred by its box
     (Fashion-MNIST).
@@ -139,9 +167,13 @@ def preprocess_upload(data: bytes, image_size: int, channels: int, style: str = 
     if len(data) > MAX_UPLOAD_BYTES:
         raise UploadError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB")
     try:
-        rgb = flatten_alpha(open_image(data))  # (H, W, 3): the first steps of trainer.images.decode_image
+        im = open_image(data)
     except ImageError as e:
         raise UploadError(str(e)) from None
+    if style == "emoji":  # composited on white like the emoji were, not on a contrasting background
+        on_white = _on_white(im)
+        return Upload(_preview(on_white), _emoji_square(on_white, image_size, channels))
+    rgb = flatten_alpha(im)  # (H, W, 3): the first steps of trainer.images.decode_image
     if style == "photo":  # the rest of decode_image: an upload becomes what a training image of the folder became
         return Upload(_preview(rgb), fit_square(rgb, image_size, channels))
     ink = _white_on_black(rgb.astype(np.float64).mean(-1))

@@ -208,6 +208,61 @@ def log_density(z: np.ndarray, stats: DimStats, deterministic: bool) -> np.ndarr
     return gaussian_log_density(z, stats.mean, stats.cov) if deterministic else prior_log_density(z)
 
 
+# ---------------------------------------------------------------- spatial latents: a (C_z, h, w) map flattened to D
+
+def is_spatial(latent_shape: tuple[int, ...]) -> bool:
+    """Whether a run's latent shape is a (C_z, h, w) map (a spatial resnet) rather than a vector (D,)."""
+    return len(latent_shape) == 3
+
+
+def dim_position(d: int, latent_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(channel, row, column) of flat latent index d in a (C_z, h, w) map flattened channel-major (d = c*h*w + row*w + col)."""
+    c, row, col = np.unravel_index(int(d), latent_shape)
+    return int(c), int(row), int(col)
+
+
+def dim_name(d: int, latent_shape: tuple[int, ...] = ()) -> str:
+    """How the app names latent dimension d: `z17` in a vector latent, `c2 (3, 5)` (channel 2, row 3, column 5) in a map."""
+    if not is_spatial(latent_shape):
+        return f"z{int(d)}"
+    c, row, col = dim_position(d, latent_shape)
+    return f"c{c} ({row}, {col})"
+
+
+def latent_size_text(latent_shape: tuple[int, ...]) -> str:
+    """The latent's size in words: `16`, or `98 (a 2 × 7 × 7 map)`."""
+    size = int(np.prod(latent_shape))
+    return f"{size} (a {' × '.join(map(str, latent_shape))} map)" if is_spatial(latent_shape) else str(size)
+
+
+def as_maps(values: np.ndarray, latent_shape: tuple[int, ...]) -> np.ndarray:
+    """Per-dimension values (..., D) as the latent's maps (..., C_z, h, w) (channel-major, as the model flattens them)."""
+    values = np.asarray(values)
+    if not is_spatial(latent_shape) or values.shape[-1] != int(np.prod(latent_shape)):
+        raise ValueError(f"values of shape {values.shape} are not latents of a {' x '.join(map(str, latent_shape))} map")
+    return values.reshape(*values.shape[:-1], *latent_shape)
+
+
+def kl_maps(means: np.ndarray, logvars: np.ndarray, latent_shape: tuple[int, ...]) -> np.ndarray:
+    """Mean over images of KL(q(z|x) || N(0, 1)) per latent element, nats: (N, D) posteriors -> (C_z, h, w).
+
+    Summed over every element it is the mean KL term per image (where the code spends its nats)."""
+    posterior = DiagonalGaussian(torch.from_numpy(np.asarray(means, np.float64)), torch.from_numpy(np.asarray(logvars, np.float64)))
+    return as_maps(posterior.kl_per_dim().mean(0).numpy(), latent_shape)
+
+
+def position_totals(maps: np.ndarray) -> np.ndarray:
+    """Per-element maps (C_z, h, w) summed over the channels: (h, w), what each position of the map costs in all."""
+    return np.asarray(maps).sum(axis=0)
+
+
+def symmetric_limit(values: np.ndarray, floor: float = 1e-6) -> float:
+    """The largest |value| (at least `floor`): the bound of a diverging colour scale centred on 0 that clips nothing."""
+    values = np.asarray(values, np.float64)
+    finite = values[np.isfinite(values)]
+    return max(float(np.abs(finite).max()) if finite.size else 0.0, floor)
+
+
 # ---------------------------------------------------------------- the scatter's projection
 
 @dataclass(frozen=True)
@@ -219,6 +274,7 @@ class Projection:
     xy: np.ndarray  # (N, 2) the atlas on this map
     pca: PCA | None  # (method "pca")
     ref: np.ndarray | None  # (N, D) atlas means, for placing new points on a UMAP / t-SNE map
+    latent_shape: tuple[int, ...] = ()  # the run's latent shape: names the raw dims ((C_z, h, w): "c2 (3, 5)")
 
     def transform(self, z: np.ndarray) -> np.ndarray:
         """(B, D) latents -> (B, 2) scatter coordinates."""
@@ -232,26 +288,28 @@ class Projection:
     @property
     def axis_titles(self) -> tuple[str, str]:
         if self.method == "raw":
-            return f"z{self.dims[0]}", f"z{self.dims[1]}"
+            return dim_name(self.dims[0], self.latent_shape), dim_name(self.dims[1], self.latent_shape)
         name = {"pca": "PC", "umap": "UMAP ", "tsne": "t-SNE "}[self.method]
         return f"{name}1", f"{name}2"
 
 
-def make_projection(means: np.ndarray, method: str, dims: tuple[int, int] = (0, 1), embedding: np.ndarray | None = None) -> Projection:
-    """The projection of the atlas means (N, D); `embedding` is the precomputed (N, 2) map for umap / tsne."""
+def make_projection(means: np.ndarray, method: str, dims: tuple[int, int] = (0, 1), embedding: np.ndarray | None = None,
+                    latent_shape: tuple[int, ...] = ()) -> Projection:
+    """The projection of the atlas means (N, D); `embedding` is the precomputed (N, 2) map for umap / tsne;
+    `latent_shape` names the raw dims (dim_name)."""
     means = np.asarray(means, np.float32)
     if means.shape[1] == 1:
         method, dims = "raw", (0, 0)
     elif means.shape[1] == 2 and method != "raw":
         method, dims = "raw", (0, 1)
     if method == "raw":
-        return Projection("raw", dims, means[:, list(dims)].copy(), None, None)
+        return Projection("raw", dims, means[:, list(dims)].copy(), None, None, latent_shape)
     if method == "pca":
         pca = fit_pca(means)
-        return Projection("pca", (0, 1), pca.transform(means), pca, None)
+        return Projection("pca", (0, 1), pca.transform(means), pca, None, latent_shape)
     if embedding is None:
         raise ValueError(f"the {method} projection needs its embedding")
-    return Projection(method, (0, 1), np.asarray(embedding, np.float32), None, means)
+    return Projection(method, (0, 1), np.asarray(embedding, np.float32), None, means, latent_shape)
 
 
 def replay_coords(means: np.ndarray, method: str, dims: tuple[int, int] = (0, 1)) -> np.ndarray:
@@ -264,9 +322,9 @@ def replay_coords(means: np.ndarray, method: str, dims: tuple[int, int] = (0, 1)
     return fit_pca(means[-1]).transform(flat).reshape(e, n, 2)
 
 
-def replay_axis_titles(method: str, dims: tuple[int, int]) -> tuple[str, str]:
-    """The replay's axis titles: the raw dims shown, or the PCA plane's axes."""
-    return (f"z{dims[0]}", f"z{dims[1]}") if method == "raw" else ("PC1", "PC2")
+def replay_axis_titles(method: str, dims: tuple[int, int], latent_shape: tuple[int, ...] = ()) -> tuple[str, str]:
+    """The replay's axis titles: the raw dims shown (named by dim_name), or the PCA plane's axes."""
+    return (dim_name(dims[0], latent_shape), dim_name(dims[1], latent_shape)) if method == "raw" else ("PC1", "PC2")
 
 
 def data_range(xy: np.ndarray, margin: float = 0.05) -> tuple[tuple[float, float], tuple[float, float]]:

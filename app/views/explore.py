@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from app import bounds, images, latent, plots, state
+from app import bounds, images, latent, plots, spatial, state
 from app import explore_cache as cache
 from app.components.latent_sliders import SliderSpec, latent_sliders, reported_error, reported_ready, reported_z
 from app.components.sprite_scatter import clicked_index, sprite_scatter
@@ -37,6 +37,7 @@ UPLOAD_HOW = {
     "digit": "a dark digit on light paper works: it is inverted to white-on-black and centred by mass in a 20×20 box, like MNIST",
     "object": "it is made white-on-black and fitted to the frame, like Fashion-MNIST",
     "photo": "it is resized and centre-cropped like the run's images",
+    "emoji": "it is put on white, padded to a square and resized like the emoji, in colour",
 }
 REPLAY_TICK_S = 0.6
 DIGIT_SIDE = 224  # px of the decoded slider digit
@@ -76,6 +77,15 @@ class View:
     @property
     def latent_dim(self) -> int:
         return self.means.shape[1]
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """(C_z, h, w) for a spatial latent (the means are its flattened maps), else (D,)."""
+        return tuple(self.run.model_config.latent_shape)
+
+    def dim_name(self, d: int) -> str:
+        """`z17`, or `c2 (3, 5)` (channel, row, column) in a spatial latent."""
+        return latent.dim_name(d, self.latent_shape)
 
     def class_name(self, label: int) -> str:
         return plots.class_name(self.class_names, int(label))
@@ -230,7 +240,7 @@ def _projection_controls(view: View) -> None:
         for col, name, default in ((cols[1], state.PROJ_X, dims[0]), (cols[2], state.PROJ_Y, dims[1])):
             k = state.key(name, view.rid)
             state.keep_choice(k, dims, default)
-            col.selectbox(name[-1], dims, format_func=lambda d: f"z{d}", key=k)
+            col.selectbox(name[-1], dims, format_func=view.dim_name, key=k)
 
 
 def density_caption(view: View, z: np.ndarray) -> str:
@@ -265,7 +275,7 @@ def _start_controls(view: View) -> None:
 
 def slider_label(view: View, d: int) -> str:
     unit = "nats" if view.stats.score_name == "KL" else "var"
-    return f"z{d} · {float(view.stats.scores[d]):.2f} {unit}" + (" · inactive" if view.stats.inactive[d] else "")
+    return f"{view.dim_name(d)} · {float(view.stats.scores[d]):.2f} {unit}" + (" · inactive" if view.stats.inactive[d] else "")
 
 
 def slider_help(view: View) -> str:
@@ -295,7 +305,7 @@ def _more_sliders(view: View) -> None:
     if view.latent_dim > latent.MAX_SLIDERS:
         others = [int(d) for d in view.stats.order[latent.MAX_SLIDERS:]]
         st.multiselect(f"More sliders (showing the {latent.MAX_SLIDERS} dims with the highest {view.stats.score_name})", others,
-                       format_func=lambda d: f"z{d} ({view.stats.scores[d]:.3f})", key=state.key(state.EXTRA_DIMS, view.rid))
+                       format_func=lambda d: f"{view.dim_name(d)} ({view.stats.scores[d]:.3f})", key=state.key(state.EXTRA_DIMS, view.rid))
 
 
 @st.cache_data(max_entries=cache.CACHE_ENTRIES, show_spinner=False)
@@ -488,7 +498,7 @@ def _grid_options(view: View) -> tuple[int, str, tuple[int, int]]:
         for name, label, default in ((state.GRID_X, "Horizontal", order[0]), (state.GRID_Y, "Vertical", order[1])):
             k = state.key(name, view.rid)
             state.keep_choice(k, order, default)
-            picked.append(int(st.selectbox(label, order, format_func=lambda d: f"z{d}", key=k)))
+            picked.append(int(st.selectbox(label, order, format_func=view.dim_name, key=k)))
         dims = (picked[0], picked[1])
     lo_q, hi_q = latent.GRID_QUANTILES
     spread = "the codes' mean ± std" if view.deterministic or plane == "pca" else "the prior N(0, 1)"
@@ -521,7 +531,7 @@ def traversal_tab(view: View) -> list[Overlay]:
         st.session_state[k] = order[: min(DEFAULT_TRAVERSAL_DIMS, len(order))]
     unit = "nats" if view.stats.score_name == "KL" else "var"
     # The picker spans the page and names dims briefly: its chips stay on one line, and longer labels were cut off.
-    dims = st.multiselect(f"Dimensions to sweep (in order of {view.stats.score_name}, highest first)", order, format_func=lambda d: f"z{d}", key=k)
+    dims = st.multiselect(f"Dimensions to sweep (in order of {view.stats.score_name}, highest first)", order, format_func=view.dim_name, key=k)
     steps = st.slider("Steps", 5, 15, 11, key="trav_steps", width=TRAVERSAL_STEPS_WIDTH)
     st.caption("Each row sweeps one dimension across its slider range; the others stay at the slider point. "
                f"Inactive dimensions (below {latent.INACTIVE_THRESHOLD} {unit}) barely change the image.")
@@ -535,9 +545,9 @@ def traversal_tab(view: View) -> list[Overlay]:
     for r, d in enumerate(dims):
         row = images.tile(decoded[r * steps : (r + 1) * steps], steps)
         inactive = " · inactive" if view.stats.inactive[d] else ""
-        show_image(images.upscale(row, factor), caption=f"z{d}: {lo[d]:.1f} → {hi[d]:.1f} · {view.stats.scores[d]:.2f} {unit}{inactive}")
+        show_image(images.upscale(row, factor), caption=f"{view.dim_name(d)}: {lo[d]:.1f} → {hi[d]:.1f} · {view.stats.scores[d]:.2f} {unit}{inactive}")
     what = "Mean KL per dimension over the atlas images" if view.stats.score_name == "KL" else "Variance of each code over the atlas images"
-    st.plotly_chart(plots.bar_chart(view.stats.scores[order], [f"z{d}" for d in order], title=what, y_title=unit, threshold=latent.INACTIVE_THRESHOLD,
+    st.plotly_chart(plots.bar_chart(view.stats.scores[order], [view.dim_name(d) for d in order], title=what, y_title=unit, threshold=latent.INACTIVE_THRESHOLD,
                                     threshold_label=f"inactive below {latent.INACTIVE_THRESHOLD:g} {unit}"), key="trav_scores")
     return []
 
@@ -692,7 +702,7 @@ def _replay_player(view: View, method: str, dims: tuple[int, int]) -> None:
     c_play, c_slider = st.columns([1, 8])
     c_play.button("⏸ Pause" if playing else "▶ Play", key="replay_play", on_click=_toggle_play, args=(view, len(epochs)))
     s = c_slider.select_slider("Epoch", options=list(range(len(epochs))), format_func=lambda i: f"epoch {epochs[i]}", key=snap_key)
-    titles = latent.replay_axis_titles(method, dims)
+    titles = latent.replay_axis_titles(method, dims, view.latent_shape)
     fig = plots.latent_scatter(coords[s], view.run.atlas.labels, view.class_names, axis_titles=titles, x_range=x_range, y_range=y_range,
                                title=f"epoch {epochs[s]} of {epochs[-1]}")
     st.plotly_chart(fig, key="replay_chart", config={"displaylogo": False})
@@ -713,7 +723,58 @@ def replay_tab(view: View) -> list[Overlay]:
     return []
 
 
+TAB_SPATIAL = "Spatial latent"  # a tab only for runs whose latent is a (C_z, h, w) map
+SPATIAL_SOURCES = ("the clicked image", "an image chosen here")
+SPATIAL_PICK = "spatial"  # the image pick of the Spatial latent tab
+SPATIAL_SOURCE = "spatial_source"  # per run: which of SPATIAL_SOURCES the tab shows
+
+
+def _spatial_image(view: View) -> int:
+    """The atlas index the Spatial latent tab shows: the image last clicked on the scatter, or one chosen with pickers."""
+    source = st.radio("Show the posterior of", SPATIAL_SOURCES, key=state.key(SPATIAL_SOURCE, view.rid))
+    clicked = selected_index(view)
+    if source == SPATIAL_SOURCES[0] and clicked is not None:
+        return clicked
+    if source == SPATIAL_SOURCES[0]:
+        st.caption("No image clicked on the scatter yet: choose one here.")
+    return pick_atlas_image(view, SPATIAL_PICK)
+
+
+def spatial_tab(view: View) -> list[Overlay]:
+    """A spatial latent as maps: the chosen image's posterior mean per channel, and where the code spends its nats over the atlas."""
+    c, h, w = view.latent_shape
+    st.caption(f"The latent is a {c} × {h} × {w} map ({view.latent_dim} dims): each channel is a {h} × {w} grid over the image, "
+               "and the slider named c (row, column) is that channel's element at that position.")
+    c_image, c_mean = st.columns([1, 4])
+    with c_image:
+        idx = _spatial_image(view)
+        recon = cache.reconstructions(view.cache_key, view.run, (idx,))[0]
+        show_image([images.thumbnail(view.run.atlas.images[idx], THUMB_SIDE), images.thumbnail(recon, THUMB_SIDE)],
+                   caption=[f"image #{idx}, class {view.class_name(view.labels[idx])}", "reconstruction"], width=THUMB_SIDE)
+    with c_mean:
+        st.markdown(f"**Posterior mean of image #{idx}, one map per channel**")
+        st.plotly_chart(spatial.posterior_mean_figure(latent.as_maps(view.means[idx], view.latent_shape)), key="spatial_mean")
+        st.caption("Colours: the mean of each latent element, blue below 0, white at 0 (the prior's mean), red above, "
+                   "on a scale symmetric about 0; row 0 is the top of the image.")
+    kl = view.stats.score_name == "KL"
+    unit = "nats" if kl else "var"
+    maps = latent.as_maps(view.stats.scores, view.latent_shape)  # (C, h, w): for a VAE, latent.kl_maps of the atlas
+    st.markdown("**Where the code spends its nats** (all atlas images)" if kl else "**Where the codes vary** (all atlas images)")
+    c_maps, c_total = st.columns([4, 1])
+    c_maps.plotly_chart(spatial.cost_maps_figure(maps, unit), key="spatial_cost")
+    c_total.plotly_chart(spatial.position_total_figure(latent.position_totals(maps), unit), key="spatial_total")
+    n = plots.number(len(view.means))
+    if kl:
+        st.caption(f"Colours: the mean KL of each latent element over the {n} atlas images, pale at 0 nats to dark red at the most; the map on the right "
+                   f"sums the channels. In all {float(maps.sum()):.1f} nats per image, the KL term.")
+    else:
+        st.caption(f"Colours: an autoencoder has no KL; the variance of each code over the {n} atlas images, pale at 0 to dark red at the "
+                   "most; the map on the right sums the channels.")
+    return []
+
+
 TAB_VIEWS = {
+    TAB_SPATIAL: spatial_tab,
     state.TAB_GRID: grid_tab,
     state.TAB_TRAVERSAL: traversal_tab,
     state.TAB_INTERPOLATION: interpolation_tab,
@@ -725,10 +786,18 @@ TAB_VIEWS = {
 
 # ---------------------------------------------------------------- the page
 
+def tab_names(view: View) -> tuple[str, ...]:
+    """The tabs of this run: the Spatial latent tab only when its latent is a map."""
+    return state.TABS + ((TAB_SPATIAL,) if latent.is_spatial(view.latent_shape) else ())
+
+
 def render_tabs(view: View) -> list[Overlay]:
     """Only the open tab computes anything; it returns what it wants drawn on the scatter."""
     overlays: list[Overlay] = []
-    for tab, name in zip(st.tabs(state.TABS, key=state.TAB_KEY, on_change="rerun"), state.TABS):
+    names = tab_names(view)
+    if st.session_state.get(state.TAB_KEY) not in (None, *names):  # the Spatial latent tab was open on a spatial run
+        st.session_state[state.TAB_KEY] = names[0]
+    for tab, name in zip(st.tabs(names, key=state.TAB_KEY, on_change="rerun"), names):
         with tab:
             if tab.open:
                 overlays += TAB_VIEWS[name](view)
@@ -749,7 +818,7 @@ def render() -> None:
     view = make_view(selection.run)
     kind = "autoencoder (no prior, no KL)" if view.deterministic else bounds.Setting.of_run(view.run).kind_label
     n_inactive = int(view.stats.inactive.sum())
-    st.markdown(f"### {view.run.name} · {kind}, latent {view.latent_dim}, epoch {view.run.epoch}"
+    st.markdown(f"### {view.run.name} · {kind}, latent {latent.latent_size_text(view.latent_shape)}, epoch {view.run.epoch}"
                 + (f" · {n_inactive} inactive dim{'s' if n_inactive != 1 else ''}" if n_inactive else ""))
     st.caption("  \n".join(bounds.run_summary_lines(view.run, read_evaluation(view.run.path, view.run.epoch))))
     top = st.container()
