@@ -334,3 +334,41 @@ def test_training_invocations_leave_records_the_rewritten_report_states(tiny_stu
     assert text.count("trained 4 runs in") == 2 and "From the first start to the last end:" in text
     assert "Of the 8 runs, " in text and "learning rate 0.001, times 0.1 after epoch 40" in text
     assert len(list(csv.DictReader(open(report / "results.csv")))) == 8
+
+
+def test_min_improvement_sets_what_counts_as_better():
+    history = rows(10.0, 9.95, 9.88, 9.83, 9.8)  # 0.03 to 0.07 nats an epoch
+    assert best_validation(history) == (5, 9.8)  # the trainer's default threshold, 0.01: every epoch improves
+    assert best_validation(history, min_improvement=0.1) == (3, 9.88)  # 0.1: only epoch 3 beats epoch 1 by that much
+    assert early_stop_message(history, patience=2) is None
+    message = early_stop_message(history, patience=2, min_improvement=0.1)
+    assert message is not None and "by over 0.1 nats" in message and "after epoch 5" in message
+    with pytest.raises(ValueError, match="min_improvement"):
+        TrainConfig(min_improvement=-1.0)
+
+
+def test_early_stopping_in_fit_uses_the_configs_min_improvement(tmp_path):
+    loose = stopping_config(patience=1, epochs=6, min_improvement=1000.0)  # nothing counts as better: stop after epoch 2
+    fit(TINY_MODEL, loose, tiny_data(), tmp_path / "r", progress="none")
+    run = load_run(tmp_path / "r")
+    assert run.epoch == 2 and "by over 1000 nats" in read_status(tmp_path / "r")["message"]
+
+
+def test_a_run_the_planned_threshold_would_have_stopped_earlier_is_refused(tiny_study, tmp_path):
+    args, _ = tiny_study
+    item = study.sweep_runs(study.build_parser().parse_args(args))[0]
+    strict = study.train_config_for(study.build_parser().parse_args([*args, "--min-improvement", "0", "--patience", "1"]), 0)
+    planned = study.train_config_for(study.build_parser().parse_args([*args, "--min-improvement", "1000", "--patience", "1"]), 0)
+    fit(item.model_config, TrainConfig.from_dict(strict.to_dict() | {"patience": 0}), tiny_data(), tmp_path / "r", progress="none")
+    with pytest.raises(RunError, match="patience 0 \\(planned 1\\)"):  # other fields than the threshold: refused by name
+        study.plan_for(tmp_path / "r", item.model_config, planned)
+    fit(item.model_config, strict, tiny_data(), tmp_path / "s", progress="none")  # 2 epochs; 1000 would have stopped it after 2 too
+    assert study.plan_for(tmp_path / "s", item.model_config, planned) == "resume"  # stopping where it stopped: config follows
+    fit(item.model_config, planned, tiny_data(), tmp_path / "s", resume=True, progress="none")
+    assert load_run(tmp_path / "s").train_config.min_improvement == 1000 and study.plan_for(tmp_path / "s", item.model_config, planned) == "skip"
+    longer = TrainConfig.from_dict(strict.to_dict() | {"epochs": 3, "patience": 1})
+    fit(item.model_config, longer, tiny_data(), tmp_path / "t", progress="none")
+    planned3 = TrainConfig.from_dict(planned.to_dict() | {"epochs": 3})
+    assert load_run(tmp_path / "t").epoch == 3  # trained past epoch 2, where the planned threshold stops every run (patience 1)
+    with pytest.raises(RunError, match="the planned 1000 would have stopped it after epoch 2"):
+        study.plan_for(tmp_path / "t", item.model_config, planned3)

@@ -22,6 +22,8 @@ MAX_SEED = 2**63 - 1
 DEFAULT_ATLAS_SIZE = 2000
 MAX_ATLAS_SIZE = 100_000
 MAX_VAL_SIZE = 10_000_000  # validation images carved from the training set; the data set must keep some for training
+DEFAULT_MIN_IMPROVEMENT = 0.01  # nats per image: early stopping's smallest fall of the validation negative ELBO that counts
+MAX_MIN_IMPROVEMENT = 1000
 MAX_DISC_START = 10**9  # optimiser steps before the discriminator starts
 MAX_DISC_LAYERS = 6  # PatchGAN stride-2 layers (the image must keep a patch: models.patch_grid)
 MAX_DISC_CHANNELS = 512  # the PatchGAN's first-layer channels (ndf)
@@ -67,8 +69,12 @@ class TrainConfig(JSONConfig):
         min=0, max=MAX_VAL_SIZE,
     )
     patience: int = setting(
-        0, "stop early when the validation negative ELBO has not improved (by over 0.01 nats) for this many epochs (needs --val-size); 0 = never",
-        min=0, max=MAX_EPOCHS,
+        0, "stop early when the validation negative ELBO has not improved (by over --min-improvement nats) for this many epochs (needs --val-size); "
+        "0 = never", min=0, max=MAX_EPOCHS,
+    )
+    min_improvement: float = setting(
+        DEFAULT_MIN_IMPROVEMENT, "nats per image: early stopping counts a fall of the validation negative ELBO by this much or less as no improvement",
+        min=0, max=MAX_MIN_IMPROVEMENT,
     )
     binarize: str = setting(
         "none", "dynamic: train on Bernoulli draws of the pixels, resampled every step, and test on a set binarised once "
@@ -115,7 +121,7 @@ class TrainConfig(JSONConfig):
         self.check_fields("seed", "atlas_size")
         keep = field_spec(TrainConfig, "keep_epochs")
         _check(all(keep.in_range(e, integer=True) for e in self.keep_epochs), f"keep_epochs must be epochs {keep.range_text()}, got {list(self.keep_epochs)!r}")
-        self.check_fields("weights_dtype", "val_size", "patience")
+        self.check_fields("weights_dtype", "val_size", "patience", "min_improvement")
         self.check_fields("binarize")
         _check(isinstance(self.lpips_weights, str), f"lpips_weights must be a file path (text), got {self.lpips_weights!r}")
         self.check_fields("disc_weight", "disc_start", "disc_layers", "disc_channels", "perceptual_weight")

@@ -4,7 +4,7 @@
     python -m trainer.study --latent-sizes 2 16 --models conv:vae conv:ae --seeds 0 1 --max-epochs 3 --out /tmp/s
 
 Every run holds out `--val-size` training images as a validation set and stops early when their negative
-ELBO has not improved for `--patience` epochs (`--max-epochs` is the cap). Adam at `--lr`, multiplied by
+ELBO has not improved by more than `--min-improvement` nats for `--patience` epochs (`--max-epochs` is the cap). Adam at `--lr`, multiplied by
 `--lr-gamma` after each epoch of `--lr-milestones` (1e-3, then 1e-4 after epoch 40: the sources' recipe; at a
 constant 1e-3 the runs still gained about 0.1 nats an epoch at epoch 75). Each run is an ordinary run folder (open it in the explorer). A half-done sweep
 resumes: finished runs are skipped, interrupted ones continue from their last epoch. The report holds
@@ -54,6 +54,13 @@ DEFAULT_LR = 1e-3
 # 5 epochs; early stopping then ends each run. (A cosine schedule annealed to 0 made every run look converged at its end.)
 DEFAULT_LR_MILESTONES = (40,)
 DEFAULT_LR_GAMMA = 0.1
+# early stopping's smallest validation gain that counts, nats: at 1e-4 a VAE still gains 0.02-0.03 nats an epoch for
+# many epochs, so the trainer's default (0.01 in 5 epochs) would run every run to the cap; 0.1 nats in 5 epochs is
+# below the smallest sd over seeds (0.18 nats) of the 40-epoch sweep's bound
+DEFAULT_MIN_IMPROVEMENT = 0.1
+# TrainConfig fields a saved run may differ in from the planned one and still be resumed as it: the cap, and the LR
+# milestones and early-stopping threshold when the saved epochs are the start of the planned run (schedule_so_far_differs)
+RESUMABLE_DIFFERENCES = ("epochs", "lr_milestones", "min_improvement")
 DEFAULT_BATCH_SIZE = 128
 DATA_SEED = 0  # the data set is the same for every seed; seeds vary the initialisation, the validation split and the noise
 STRIP_IMAGES = 10
@@ -108,15 +115,16 @@ def result_row(run: Run) -> dict[str, Any]:
     """One run's line of results.csv: the test figures of its last epoch, its early-stopping record and its cost.
     An AE has no KL: its negative ELBO (not a bound) and KL-threshold active units are left empty."""
     last, vae = run.history[-1], run.model_config.kind == "vae"
-    best = best_validation(run.history)
-    gain = validation_gain(run.history, run.train_config.patience or DEFAULT_PATIENCE)
+    tc = run.train_config
+    best = best_validation(run.history, tc.min_improvement)
+    gain = validation_gain(run.history, tc.patience or DEFAULT_PATIENCE)
     burda = last.get("active_units_burda")
     if burda is None:  # a run trained before the trainer recorded it: the atlas is the test set's first images
         burda = metrics.active_units_burda(torch.from_numpy(run.atlas.means[-1].astype(np.float64)))
     return {
         "model": run.model_config.arch, "kind": run.model_config.kind, "latent_dim": run.model_config.latent_dim,
         "seed": run.train_config.seed, "epochs": run.epoch, "best_epoch": "" if best is None else best[0],
-        "stopped_early": early_stop_message(run.history, run.train_config.patience) is not None,
+        "stopped_early": early_stop_message(run.history, tc.patience, tc.min_improvement) is not None,
         "val_neg_elbo": "" if best is None else round(best[1], 3), "val_gain": "" if gain is None else round(gain, 3),
         "neg_elbo": round(metrics.neg_elbo(last), 3) if vae else "",
         "objective": round(last["test_loss"], 3), "recon": round(last["test_recon"], 3), "kl": round(last["test_kl"], 3),
@@ -260,14 +268,19 @@ def train_config_for(args: argparse.Namespace, seed: int) -> TrainConfig:
     return TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr,
         lr_schedule="step", lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma, seed=seed, val_size=args.val_size,
-        patience=args.patience,
+        patience=args.patience, min_improvement=args.min_improvement,
     )
 
 
-def schedule_so_far_differs(saved: TrainConfig, planned: TrainConfig, epochs_done: int) -> str | None:
-    """Why a run saved under `saved` after `epochs_done` epochs is not the start of a run under `planned`'s LR schedule
-    (None when every epoch it trained had the learning rate the planned run gives it, step by step, so resuming it is
-    training the planned run). Only the step schedule, whose rate is a function of the epoch, is compared this way."""
+def schedule_so_far_differs(saved: TrainConfig, planned: TrainConfig, history: list[dict[str, Any]]) -> str | None:
+    """Why a run saved under `saved` with `history` is not the start of a run under `planned` (None when every epoch it
+    trained had the learning rate the planned run gives it, step by step, and the planned early stopping would not have
+    ended it before its last epoch: resuming it is training the planned run). Only the step schedule, whose rate is a
+    function of the epoch, is compared this way."""
+    epochs_done = len(history)
+    stopped = next((k for k in range(1, epochs_done) if early_stop_message(history[:k], planned.patience, planned.min_improvement)), None)
+    if stopped is not None:
+        return f"min_improvement {saved.min_improvement:g}: the planned {planned.min_improvement:g} would have stopped it after epoch {stopped}"
     if (saved.lr_schedule, saved.lr, saved.lr_gamma) != (planned.lr_schedule, planned.lr, planned.lr_gamma) or saved.lr_schedule != "step":
         return "another learning-rate schedule"
     bad = next((e for e in range(epochs_done) if saved.lr_at(e, 0.0) != planned.lr_at(e, 0.0)), None)
@@ -292,10 +305,11 @@ def plan_for(run_dir: Path, model_config: ModelConfig, train_config: TrainConfig
     saved_model, saved_train, _ = read_config(run_dir)
     planned = dataclasses.asdict(model_config) | dataclasses.asdict(train_config)
     saved = dataclasses.asdict(saved_model) | dataclasses.asdict(saved_train)
-    differ = [f"{k} {saved[k]!r} (planned {planned[k]!r})" for k in planned if k not in ("epochs", "lr_milestones") and saved[k] != planned[k]]
-    if not differ and saved_train.lr_milestones != train_config.lr_milestones:
-        # a run saved before a milestone it lacks is the start of the planned run: resume it under the planned schedule
-        why = schedule_so_far_differs(saved_train, train_config, load_run(run_dir).epoch)
+    differ = [f"{k} {saved[k]!r} (planned {planned[k]!r})" for k in planned if k not in RESUMABLE_DIFFERENCES and saved[k] != planned[k]]
+    restart = any(saved[k] != planned[k] for k in RESUMABLE_DIFFERENCES if k != "epochs")
+    if not differ and restart:
+        # e.g. a run saved before a milestone it lacks: the start of the planned run, resumed under the planned settings
+        why = schedule_so_far_differs(saved_train, train_config, load_run(run_dir).history)
         differ = [] if why is None else [why]
     if differ:
         raise RunError(f"{run_dir} holds a run with other settings: {', '.join(differ)}; move it away or pass another --checkpoints-dir")
@@ -305,8 +319,10 @@ def plan_for(run_dir: Path, model_config: ModelConfig, train_config: TrainConfig
     epochs = status.get("epoch")
     if isinstance(epochs, int) and epochs > train_config.epochs:
         raise RunError(f"{run_dir} has trained {epochs} epochs, more than --max-epochs {train_config.epochs}; move it away or raise --max-epochs")
-    same = saved_train.epochs == train_config.epochs and saved_train.lr_milestones == train_config.lr_milestones
-    return "skip" if same or early_stop_message(load_run(run_dir).history, train_config.patience) else "resume"
+    if restart:  # config.json and status.json take the planned settings, and training goes on if they ask for more
+        return "resume"
+    stopped = early_stop_message(load_run(run_dir).history, train_config.patience, train_config.min_improvement)
+    return "skip" if saved_train.epochs == train_config.epochs or stopped else "resume"
 
 
 def lr_text(args: argparse.Namespace) -> str:
@@ -381,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--val-size", type=int, default=DEFAULT_VAL_SIZE, help="training images held out for early stopping")
     parser.add_argument("--patience", type=int, default=DEFAULT_PATIENCE, help="epochs without a better validation negative ELBO before stopping")
+    parser.add_argument("--min-improvement", type=float, default=DEFAULT_MIN_IMPROVEMENT,
+                        help="nats: a smaller fall of the validation negative ELBO is no improvement (early stopping)")
     parser.add_argument("--max-epochs", type=int, default=DEFAULT_MAX_EPOCHS, help="the cap on epochs per run")
     parser.add_argument("--widths", type=int, nargs=3, default=list(DEFAULT_WIDTHS), help="conv channels of the three stages")
     parser.add_argument("--hidden-dim", type=int, default=None,
@@ -438,13 +456,13 @@ def main(argv: list[str] | None = None) -> int:
         write_sweep_record(root, {"command": " ".join(["python -m trainer.study", *given]), "trained": trained, "started": t_start,
                                   "wall_s": round(wall, 1), "load_samples": load_samples, "threads": torch.get_num_threads()})
     epoch_seconds = sum(r["seconds"] for run in runs for r in run.history)
-    early = sum(early_stop_message(run.history, run.train_config.patience) is not None for run in runs)
+    early = sum(early_stop_message(run.history, run.train_config.patience, run.train_config.min_improvement) is not None for run in runs)
     epochs_run = [run.epoch for run in runs]
     notes = [
         f"Data: {data.source.get('note', args.dataset)}.", "",
         f"Training: Adam, {lr_text(args)}, batch {args.batch_size}; {args.val_size} training images held out per run "
         f"(a choice seeded by the run's seed) as a validation set; early stopping when its negative ELBO has not improved by over "
-        f"0.01 nats for {args.patience} epochs, at most {args.max_epochs} epochs; seeds {', '.join(map(str, args.seeds))}.", "",
+        f"{args.min_improvement:g} nats for {args.patience} epochs, at most {args.max_epochs} epochs; seeds {', '.join(map(str, args.seeds))}.", "",
         "Models: " + "; ".join(sorted({describe_model(item.model_config) for item in plan})) + ".", "",
         f"Of the {len(runs)} runs, {early} stopped early and {len(runs) - early} ran to the cap of {args.max_epochs} epochs "
         f"(epochs per run: {min(epochs_run, default=0)} to {max(epochs_run, default=0)}).", "",

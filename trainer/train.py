@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from models import VAE, DiagonalGaussian, LossTerms, ModelConfig, build_model, to_float_images, vae_loss
 
 from . import adversarial, binarize, distributed, metrics, projections
-from .config import TrainConfig
+from .config import DEFAULT_MIN_IMPROVEMENT, TrainConfig
 from .data import ImageData
 from .distributed import DistContext, all_reduce_sum, shard_bounds
 from .errors import one_line
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 1000
 EVAL_SEED_OFFSET = 7919  # evaluation noise is seeded apart from training noise
 VAL_SEED_OFFSET = 104_729  # the validation split and its posterior noise are seeded apart from both
-VAL_MIN_IMPROVEMENT = 0.01  # nats per image: a smaller fall of the validation negative ELBO is no improvement (early stopping)
+VAL_MIN_IMPROVEMENT = DEFAULT_MIN_IMPROVEMENT  # nats per image: a smaller fall of the validation negative ELBO is no improvement (early stopping)
 EVAL_SUMS = ("loss", "recon", "kl", "mse", "psnr", "ssim")  # test metrics summed over images, then averaged
 STOP_SLOT = len(LossTerms._fields)  # index of the stop flag after the loss terms in a step's all-reduce
 STATUS_EVERY_S = 2.0  # status.json's step counter: first written this far into an epoch, then at most this often
@@ -107,27 +107,27 @@ def validation_split(n_train: int, val_size: int, seed: int) -> tuple[np.ndarray
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
-def best_validation(history: list[dict[str, Any]]) -> tuple[int, float] | None:
+def best_validation(history: list[dict[str, Any]], min_improvement: float = VAL_MIN_IMPROVEMENT) -> tuple[int, float] | None:
     """(epoch, value) of the history's best `val_neg_elbo`: the last epoch that improved on every earlier one
-    by more than VAL_MIN_IMPROVEMENT nats; None without a validation score."""
+    by more than `min_improvement` nats (TrainConfig.min_improvement); None without a validation score."""
     best: tuple[int, float] | None = None
     for row in history:
         value = row.get("val_neg_elbo")
-        if value is not None and (best is None or value < best[1] - VAL_MIN_IMPROVEMENT):
+        if value is not None and (best is None or value < best[1] - min_improvement):
             best = (row["epoch"], value)
     return best
 
 
-def early_stop_message(history: list[dict[str, Any]], patience: int) -> str | None:
+def early_stop_message(history: list[dict[str, Any]], patience: int, min_improvement: float = VAL_MIN_IMPROVEMENT) -> str | None:
     """Why training stops early after the history's last epoch (None: it goes on). A function of the
-    history alone, so a resumed run stops where the uninterrupted one did."""
-    best = best_validation(history) if patience > 0 else None
+    history (and the config's patience and min_improvement) alone, so a resumed run stops where the uninterrupted one did."""
+    best = best_validation(history, min_improvement) if patience > 0 else None
     if best is None:
         return None
     epoch, last = best[0], history[-1]["epoch"]
     if last - epoch < patience:
         return None
-    return (f"stopped early after epoch {last}: the validation negative ELBO has not improved (by over {VAL_MIN_IMPROVEMENT} nats) for {last - epoch} epochs "
+    return (f"stopped early after epoch {last}: the validation negative ELBO has not improved (by over {min_improvement:g} nats) for {last - epoch} epochs "
             f"(patience {patience}); the best, {best[1]:.2f}, was at epoch {epoch}")
 
 
@@ -817,7 +817,7 @@ class Checkpoints:
     def save_epoch(self, trainer: Trainer, keep: bool = False) -> None:
         """Save the trainer's current epoch (weights, optimiser, history, latents); the run's last save keeps one set."""
         epoch, cfg = trainer.epoch, trainer.config
-        final = epoch >= cfg.epochs or early_stop_message(trainer.history, cfg.patience) is not None
+        final = epoch >= cfg.epochs or early_stop_message(trainer.history, cfg.patience, cfg.min_improvement) is not None
         extra = trainer.sharp.state_files(cfg.weights_dtype) if trainer.sharp is not None else None  # the discriminator's state
         self.on_main(
             lambda: self.writer.save_epoch(
@@ -898,7 +898,7 @@ def _fit_locked(model_config: ModelConfig, train_config: TrainConfig, data: Imag
         if failure is e:
             raise
         raise failure from None
-    early = early_stop_message(trainer.history, train_config.patience)
+    early = early_stop_message(trainer.history, train_config.patience, train_config.min_improvement)
     if opts.projections and (early is not None or trainer.epoch >= train_config.epochs):
         _cache_projections(trainer, status, opts)
     if early is not None:
@@ -957,7 +957,7 @@ def _train_epochs(trainer: Trainer, checkpoints: Checkpoints, status: StatusWrit
     with ProgressReporter(opts.progress, total, trainer.epoch, len(trainer.train_x)) as progress:
         status.seconds = sum(r.get("seconds", 0.0) for r in trainer.history)
         status.write("running", trainer.epoch, eta=None)
-        while trainer.epoch < total and early_stop_message(trainer.history, patience) is None:
+        while trainer.epoch < total and early_stop_message(trainer.history, patience, trainer.config.min_improvement) is None:
             done = _train_epoch(trainer, opts.stop, _step_reporter(trainer, status, progress))
             if done is None:
                 return
