@@ -134,11 +134,23 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).replace(f" (see {PROG} --help)", "").split())
 
 
+def _fits_model(model: list[str], one: str) -> bool:
+    """Whether flag `one`, refused beside the default model, is accepted beside the chosen `model` flag (if any)."""
+    if not model or one in model:
+        return False
+    try:
+        configs_from_args(_parse([*model, one]))
+    except UserError:
+        return False
+    return True
+
+
 def validate_options(options: Mapping[str, Any], checkpoints_dir: str | os.PathLike) -> list[str]:
     """Every problem with `options` as one line each; [] means the trainer will accept them.
 
     Each option is first checked alone (parser type/choice, then the config's range rule, other
-    options at their defaults) so several mistakes are reported at once; then all together
+    options at their defaults, or beside the chosen model where that model allows it, as resnet widths)
+    so several mistakes are reported at once; then all together
     (rules that involve two options, such as the mlp model needing a hidden layer)."""
     errors: list[str] = []
     name_problem = run_name_problem(options.get("run_name"))
@@ -150,11 +162,13 @@ def validate_options(options: Mapping[str, Any], checkpoints_dir: str | os.PathL
         flags = option_flags({k: v for k, v in options.items() if k != "run_name"})
     except JobError as e:
         return errors + e.errors
+    model = [f for f in flags if f.startswith(f"{flag('model')}=")]
     for one in flags:
         try:
             configs_from_args(_parse([one]))
         except UserError as e:
-            errors.append(_one_line(e))
+            if not _fits_model(model, one):  # wrong alone, and not a value that the chosen model allows (resnet widths)
+                errors.append(_one_line(e))
     if errors:
         return errors
     try:

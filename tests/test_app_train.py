@@ -183,3 +183,43 @@ def test_an_exported_run_offers_no_resume(monkeypatch, runs_root: Path, tmp_path
     export_run(root / "ae2", drop_optimizer=True)  # as the bundled runs ship: no optimiser state
     at = ok(start_app(monkeypatch, root).switch_page(TRAIN_PAGE).run())
     assert [b.key for b in at.button if (b.key or "").startswith("resume_")] == ["resume_vae2"]
+
+
+def test_resnet_and_sharpness_options_validate_and_build_the_command(train_page: AppTest, tmp_path: Path, monkeypatch) -> None:
+    """The resnet model and the losses for sharpness from the form: checked by the trainer's rules, then the command
+    names them (the spatial resnet's latent size is derived, so --latent-dim is left out); nothing is trained here."""
+    from trainer import cli
+
+    launched: list[list[str]] = []
+
+    def fake_launch(argv: list[str], run_dir: Path) -> jobs.StartedJob:
+        launched.append(argv)
+        return jobs.StartedJob(run_dir.name, run_dir, 4242, run_dir / jobs.LOG_FILE, argv)
+
+    monkeypatch.setattr(jobs, "_launch", fake_launch)
+    options = jobs.trainer_options()
+    for name in ("disc_weight", "disc_start", "disc_layers", "disc_channels", "perceptual_weight", "latent_channels", "res_blocks"):
+        widget, option = train_page.number_input(key=f"train_{name}"), options[name]
+        assert widget.value == option.default and widget.help == option.help, name
+    assert train_page.selectbox(key="train_bottleneck").options == list(options["bottleneck"].choices)
+    assert train_page.selectbox(key="train_recon_loss").options == ["bce", "mse", "l1"]
+
+    at = submit(train_page, run_name="bad-disc", model="resnet", disc_weight=0.5, disc_layers=4)  # 28 px: no patch left
+    assert [e.value for e in at.error] == ["--disc-layers 4 is too deep for 28 px images (the discriminator would have no patch left): "
+                                           "use fewer --disc-layers"]
+    at = submit(at, run_name="bad-weight", disc_layers=2, disc_weight=-1.0)  # float inputs are unbounded: the trainer says what is wrong
+    assert [e.value for e in at.error] == ["disc_weight must be a number from 0 to 1000, got -1.0"]
+    assert not launched
+
+    at = submit(at, run_name="sharp", model="resnet", bottleneck="spatial", latent_channels=2, res_blocks=1, widths="8,8", recon_loss="l1",
+                beta=5e-7, disc_weight=0.5, disc_start=10, disc_layers=2, disc_channels=8, epochs=1, atlas_size=20)
+    assert not at.error, [e.value for e in at.error]
+    assert "Started sharp" in at.success[0].value
+    (argv,) = launched
+    flags = argv[argv.index("trainer") + 1:]
+    for expected in ("--model=resnet", "--bottleneck=spatial", "--latent-channels=2", "--res-blocks=1", "--widths=8,8", "--recon-loss=l1",
+                     "--beta=5e-07", "--disc-weight=0.5", "--disc-start=10", "--disc-layers=2", "--disc-channels=8"):
+        assert expected in flags, (expected, flags)
+    assert not any(f.startswith(("--latent-dim", "--perceptual-weights")) for f in flags)
+    model_config, train_config, _ = cli.configs_from_args(cli.build_parser().parse_args(flags))
+    assert model_config.latent_shape == (2, 14, 14) and train_config.disc_weight == 0.5 and train_config.perceptual_weight == 0.0

@@ -82,7 +82,7 @@ def test_valid_options_pass(tmp_path: Path) -> None:
         ("beta", "x", "--beta: invalid float value: 'x'"),
         ("beta_warmup", -1, "beta_warmup must be a non-negative integer"),
         ("beta_warmup", 1.5, "--beta-warmup: invalid int value: '1.5'"),
-        ("recon_loss", "l1", "invalid choice: 'l1'"),
+        ("recon_loss", "huber", "invalid choice: 'huber'"),
         ("seed", -1, "seed must be a non-negative integer"),
         ("seed", "abc", "--seed: invalid int value: 'abc'"),
         ("widths", [4, 8], "widths must be 3 channel counts from 1 to"),

@@ -97,18 +97,50 @@ def training_form() -> dict[str, Any] | None:
                 channels = choice_box("Channels", o["channels"], "train_channels")
             with a3:
                 atlas_size = int_input("Atlas size", o["atlas_size"], "train_atlas_size")
+            st.caption("Model **resnet** only (residual blocks, self-attention mid block). A spatial bottleneck's latent size follows from "
+                       "the latent channels and the image size, so the latent size above is not sent for it.")
+            r1, r2, r3 = st.columns(3)
+            with r1:
+                bottleneck = choice_box("Bottleneck (resnet)", o["bottleneck"], "train_bottleneck")
+            with r2:
+                latent_channels = int_input("Latent channels (resnet)", o["latent_channels"], "train_latent_channels")
+            with r3:
+                res_blocks = int_input("Residual blocks (resnet)", o["res_blocks"], "train_res_blocks")
+        sharp = sharpness_inputs(o)
         run_name = st.text_input("Run name", key=NAME_KEY, help="The run's folder name: letters, digits, '.', '_' or '-'.")
         submitted = st.form_submit_button("Start training", type="primary", key="train_submit")
     if not submitted:
         return None
+    spatial = model == "resnet" and bottleneck == "spatial"  # its latent size is derived: --latent-dim would be refused
     return {
-        "model": model, "kind": kind, "latent_dim": latent_dim,
+        "model": model, "kind": kind, "latent_dim": None if spatial else latent_dim,
         "dataset": f"{FOLDER_PREFIX}{folder.strip()}" if dataset == "folder" else dataset,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "beta": beta, "beta_warmup": beta_warmup,
         "recon_loss": recon_loss, "seed": seed, "run_name": run_name,
         "widths": blank_to_none(widths), "hidden_dim": hidden_dim, "image_size": image_size, "channels": channels,
-        "atlas_size": atlas_size,
+        "atlas_size": atlas_size, "bottleneck": bottleneck, "latent_channels": latent_channels, "res_blocks": res_blocks, **sharp,
     }
+
+
+def sharpness_inputs(o: dict[str, OptionSpec]) -> dict[str, Any]:
+    """The "Sharpness" expander: the discriminator and perceptual-loss options (all off by default), by option name."""
+    with st.expander("Sharpness: adversarial and perceptual losses"):
+        st.caption("A PatchGAN discriminator (hinge loss, weighted adaptively at the decoder's last layer) and an LPIPS-style "
+                   "perceptual loss, as latent-diffusion autoencoders train; both off at weight 0. Pair them with a small beta and "
+                   "the l1 reconstruction loss (latent diffusion's kl_weight 1e-6 is beta 5e-7 here: see the beta help).")
+        s1, s2, s3 = st.columns(3)
+        with s1:
+            disc_weight = float_input("Discriminator weight", o["disc_weight"], "train_disc_weight", step=0.1)
+            disc_start = int_input("Discriminator start (steps)", o["disc_start"], "train_disc_start")
+        with s2:
+            disc_layers = int_input("Discriminator layers", o["disc_layers"], "train_disc_layers")
+            disc_channels = int_input("Discriminator channels", o["disc_channels"], "train_disc_channels")
+        with s3:
+            perceptual_weight = float_input("Perceptual weight", o["perceptual_weight"], "train_perceptual_weight", step=0.1)
+            perceptual_weights = st.text_input("Perceptual weights file (VGG16)", placeholder="/path/to/vgg16.safetensors",
+                                               help=o["perceptual_weights"].help, key="train_perceptual_weights")
+    return {"disc_weight": disc_weight, "disc_start": disc_start, "disc_layers": disc_layers, "disc_channels": disc_channels,
+            "perceptual_weight": perceptual_weight, "perceptual_weights": blank_to_none(perceptual_weights)}
 
 
 def start(options: dict[str, Any], root: Path) -> None:
