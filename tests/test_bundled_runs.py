@@ -58,3 +58,20 @@ def test_compare_page_on_the_bundle(monkeypatch):
     at = ok(start_app(monkeypatch, CHECKPOINTS))
     ok(at.switch_page(COMPARE_PAGE).run())
     assert at.dataframe, "no metrics table"
+
+
+def test_compare_ranks_the_bundled_latent_2_runs_by_the_bound():
+    """Issue 10 on the bundled runs: the no-KL run's low objective does not put it first; beta-4 and no-KL show both numbers."""
+    from app import compare
+
+    names = ["mnist-conv-vae-z2-nokl", "mnist-conv-ae-z2", "mnist-conv-vae-z2-beta4", "mnist-conv-vae-z2"]
+    rows = {r["run"]: r for r in compare.metrics_table([load_run(CHECKPOINTS / n) for n in names])}
+    vaes = sorted((r for r in rows.values() if r["rank"] is not None), key=lambda r: r["rank"])
+    assert [r["run"] for r in vaes] == sorted((n for n in names if "-ae-" not in n), key=lambda n: rows[n]["neg. ELBO"])
+    assert vaes[-1]["run"] == "mnist-conv-vae-z2-nokl"  # the worst bound, though the lowest objective
+    assert rows["mnist-conv-vae-z2-nokl"]["objective"] == min(r["objective"] for r in rows.values())
+    for name, beta in (("mnist-conv-vae-z2-beta4", 4.0), ("mnist-conv-vae-z2-nokl", 0.0)):
+        row = rows[name]
+        assert row["β"] == beta and row["neg. ELBO"] is not None and row["objective"] is not None
+        assert abs(row["neg. ELBO"] - row["objective"]) > 1  # two different numbers, both shown
+    assert rows["mnist-conv-ae-z2"]["rank"] is None and rows["mnist-conv-ae-z2"]["neg. ELBO"] is None
