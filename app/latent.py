@@ -396,11 +396,12 @@ def pca_grid(z_base: np.ndarray, pca: PCA, n: int) -> ManifoldGrid:
 
 
 def manifold_grid(z_base: np.ndarray, means: np.ndarray, stats: DimStats, deterministic: bool, plane: str,
-                  dims: tuple[int, int], n: int) -> ManifoldGrid:
-    """The Explore page's grid: over the PCA plane of the codes `means` (N, D) (plane "pca"), or over two raw
-    dims at the quantiles of the prior N(0, 1) (a VAE) or of the codes' mean and std (an AE)."""
+                  dims: tuple[int, int], n: int, pca: PCA | None = None) -> ManifoldGrid:
+    """The Explore page's grid: over the PCA plane of the codes `means` (N, D) (plane "pca"; `pca` is their PCA when the
+    caller has it, as fitting one takes seconds for a large spatial latent), or over two raw dims at the quantiles of
+    the prior N(0, 1) (a VAE) or of the codes' mean and std (an AE)."""
     if plane == "pca":
-        return pca_grid(z_base, fit_pca(means), n)
+        return pca_grid(z_base, pca if pca is not None else fit_pca(means), n)
     d = len(stats.mean)
     centre = stats.mean if deterministic else np.zeros(d, np.float32)
     scale = stats.std if deterministic else np.ones(d, np.float32)

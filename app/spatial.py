@@ -18,7 +18,7 @@ from app.latent import symmetric_limit
 
 DIVERGING_SCALE = "RdBu_r"  # blue below 0, white at 0, red above
 SEQUENTIAL_SCALE = "YlOrRd"  # pale at 0, dark red where the code spends the most
-PANEL_PX = 130  # height of one row of heat-maps
+PANEL_PX = 170  # height of one row of heat-maps
 MAX_COLUMNS = 8  # heat-maps per row before wrapping
 TITLE_PX = 24  # room above a row for the panels' titles
 MARGIN = dict(l=10, r=10, t=TITLE_PX, b=10)

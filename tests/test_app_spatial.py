@@ -248,3 +248,13 @@ def test_compare_two_spatial_runs(app, spatial_root):
     captions = [c for im in at.image for c in im.captions]
     for what in ("Interpolation", "Reconstructions", "Prior samples"):
         assert sum(c.startswith(what) for c in captions) == 2, (what, captions)
+
+
+def test_the_grid_reuses_a_given_pca():
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(60, 98)).astype(np.float32)
+    stats = latent.dimension_stats(means, None)
+    z = means[0]
+    fresh = latent.manifold_grid(z, means, stats, False, "pca", (0, 1), 5)
+    given = latent.manifold_grid(z, means[:0], stats, False, "pca", (0, 1), 5, latent.fit_pca(means))  # no means needed
+    np.testing.assert_array_equal(fresh.z, given.z)

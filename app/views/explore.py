@@ -517,7 +517,8 @@ def grid_tab(view: View) -> list[Overlay]:
     c_opts, c_grid = st.columns([1, 3])
     with c_opts:
         n, plane, dims = _grid_options(view)
-    grid = latent.manifold_grid(current_z(view), view.means, view.stats, view.deterministic, plane, dims, n)
+    pca = cache.projection(view.cache_key, view.run, "pca", (0, 1)).pca if plane == "pca" else None  # the scatter's PCA, fitted once
+    grid = latent.manifold_grid(current_z(view), view.means, view.stats, view.deterministic, plane, dims, n, pca)
     tiles = images.tile(view.decode(grid.z), n, pad=0)
     with c_grid:
         show_image(images.enlarge(tiles, GRID_SIDE), caption=f"{n}×{n} decodes of the manifold grid (decoded in one batch)")
@@ -727,6 +728,7 @@ TAB_SPATIAL = "Spatial latent"  # a tab only for runs whose latent is a (C_z, h,
 SPATIAL_SOURCES = ("the clicked image", "an image chosen here")
 SPATIAL_PICK = "spatial"  # the image pick of the Spatial latent tab
 SPATIAL_SOURCE = "spatial_source"  # per run: which of SPATIAL_SOURCES the tab shows
+SPATIAL_THUMB_SIDE = 112  # px of the image and its reconstruction beside the maps
 
 
 def _spatial_image(view: View) -> int:
@@ -745,12 +747,12 @@ def spatial_tab(view: View) -> list[Overlay]:
     c, h, w = view.latent_shape
     st.caption(f"The latent is a {c} × {h} × {w} map ({view.latent_dim} dims): each channel is a {h} × {w} grid over the image, "
                "and the slider named c (row, column) is that channel's element at that position.")
-    c_image, c_mean = st.columns([1, 4])
+    c_image, c_mean = st.columns([2, 5])
     with c_image:
         idx = _spatial_image(view)
         recon = cache.reconstructions(view.cache_key, view.run, (idx,))[0]
-        show_image([images.thumbnail(view.run.atlas.images[idx], THUMB_SIDE), images.thumbnail(recon, THUMB_SIDE)],
-                   caption=[f"image #{idx}, class {view.class_name(view.labels[idx])}", "reconstruction"], width=THUMB_SIDE)
+        show_image([images.thumbnail(view.run.atlas.images[idx], SPATIAL_THUMB_SIDE), images.thumbnail(recon, SPATIAL_THUMB_SIDE)],
+                   caption=[f"image #{idx}, class {view.class_name(view.labels[idx])}", "reconstruction"], width=SPATIAL_THUMB_SIDE)
     with c_mean:
         st.markdown(f"**Posterior mean of image #{idx}, one map per channel**")
         st.plotly_chart(spatial.posterior_mean_figure(latent.as_maps(view.means[idx], view.latent_shape)), key="spatial_mean")
@@ -760,7 +762,7 @@ def spatial_tab(view: View) -> list[Overlay]:
     unit = "nats" if kl else "var"
     maps = latent.as_maps(view.stats.scores, view.latent_shape)  # (C, h, w): for a VAE, latent.kl_maps of the atlas
     st.markdown("**Where the code spends its nats** (all atlas images)" if kl else "**Where the codes vary** (all atlas images)")
-    c_maps, c_total = st.columns([4, 1])
+    c_maps, c_total = st.columns([3, 1.3])
     c_maps.plotly_chart(spatial.cost_maps_figure(maps, unit), key="spatial_cost")
     c_total.plotly_chart(spatial.position_total_figure(latent.position_totals(maps), unit), key="spatial_total")
     n = plots.number(len(view.means))
