@@ -22,26 +22,28 @@ BETA_ZERO_SAMPLES_NOTE = (BETA_ZERO_NOTE + ". Nothing pulled its posteriors towa
 AE_NOTE = ("an autoencoder has no KL term and so no bound: its reconstruction term is not comparable with a VAE's negative ELBO, "
            "so it is not ranked among them")
 BOUND_NOTE = ("neg. ELBO: reconstruction + KL at β = 1, the bound on −log p(x), lower is better; it is in nats only for a Bernoulli "
-              "NLL on binary (binarised) images; on grayscale targets it is BCE-based (not a density), with mse SSE-based (not nats). "
+              "NLL on binary (binarised) images; on grayscale targets it is BCE-based (not a density), with mse SSE-based and with l1 "
+              "L1-based (sums of squared / absolute errors, not nats). "
               "objective: what training minimised, recon weight × reconstruction + β × KL.")
+RECON_UNITS = {"mse": "SSE-based", "l1": "L1-based"}  # how a bound over a sum of squared / absolute errors is read
+RECON_SHORT = {"mse": "SSE", "l1": "L1, sum of absolute errors"}  # table cells (metrics.recon_label says it in full)
 EVALUATE_HINT = "python -m trainer.evaluate {name}"  # a run name under the default checkpoints folder, or its path
 
 
 def bound_unit(recon_loss: str, binarized: bool) -> str:
     """How to read a negative ELBO: "nats" only where the reconstruction term is a true log-density (BCE on binary
-    images, a Bernoulli NLL); "BCE-based bound" for BCE on grayscale targets; "SSE-based" for a sum of squared errors."""
+    images, a Bernoulli NLL); "BCE-based bound" for BCE on grayscale targets; "SSE-based" for a sum of squared errors;
+    "L1-based" for a sum of absolute errors (both not densities)."""
     if recon_loss == "bce":
         return "nats" if binarized else "BCE-based bound"
-    if recon_loss == "mse":
-        return "SSE-based"
-    return f"{recon_loss}-based"
+    return RECON_UNITS.get(recon_loss, f"{recon_loss}-based")
 
 
 def recon_short(recon_loss: str, binarized: bool) -> str:
     """A table cell naming the reconstruction term (metrics.recon_label says it in full)."""
     if recon_loss == "bce":
         return "Bernoulli NLL" if binarized else "BCE, grayscale"
-    return {"mse": "SSE"}.get(recon_loss, recon_loss)
+    return RECON_SHORT.get(recon_loss, recon_loss)
 
 
 def objective_label(beta: float, recon_weight: float = 1.0) -> str:

@@ -158,6 +158,7 @@ def test_ranks_count_within_a_dataset_and_reconstruction_term(runs: dict[str, Ru
     ("bce", False, "BCE-based bound", "BCE, grayscale"),
     ("mse", False, "SSE-based", "SSE"),
     ("mse", True, "SSE-based", "SSE"),
+    ("l1", False, "L1-based", "L1, sum of absolute errors"),
 ])
 def test_labels_per_reconstruction_loss(recon_loss: str, binarized: bool, unit: str, short: str) -> None:
     setting = bounds.Setting("vae", 4.0, 1.0, recon_loss, binarized)
@@ -168,6 +169,8 @@ def test_labels_per_reconstruction_loss(recon_loss: str, binarized: bool, unit: 
     assert text.startswith("neg. ELBO 149.5") and "objective (β=4) 162.0" in text and "PSNR 14.6 dB" in text
     assert ("nats" in text) == (unit == "nats")  # nats only where the reconstruction term is a true log-density
     assert "test loss" not in text
+    if recon_loss == "l1":  # its own wording, not the generic fallback's "l1-based"
+        assert "sum of absolute errors (not nats)" in setting.recon_label and "l1-based" not in text
     ae = bounds.numbers_text(dataclasses.replace(setting, kind="ae"), objective=137.4, bound=137.4, psnr=14.8)
     assert "neg. ELBO" not in ae and "no bound" in ae and "137.4" in ae
     assert bounds.objective_label(1.0, 0.5) == "objective (β=1, recon ×0.5)"

@@ -147,6 +147,8 @@ def test_binary_targets_and_labels():
     assert "not a density" in likelihood_label("bce", False)
     assert "not a density" not in likelihood_label("bce", True)
     assert likelihood_label("mse", True) == "sum of squared errors: not a likelihood"
+    for binary in (True, False):  # l1 has its own wording, not the generic "minus the 'l1' reconstruction term"
+        assert likelihood_label("l1", binary) == "sum of absolute errors, not nats: not a likelihood"
 
 
 # ---------------------------------------------------------------- a tiny trained run

@@ -50,6 +50,8 @@ LIKELIHOOD_LABELS = {
     ("bce", False): "BCE on grayscale targets: a bound on randomly binarised images, not a density",
     ("mse", True): "sum of squared errors: not a likelihood",
     ("mse", False): "sum of squared errors: not a likelihood",
+    ("l1", True): "sum of absolute errors, not nats: not a likelihood",
+    ("l1", False): "sum of absolute errors, not nats: not a likelihood",
 }
 RESULT_NUMBERS = ("nll_iwae", "neg_elbo")  # what read_evaluation insists on, besides the integers below
 RESULT_INTEGERS = ("epoch", "samples", "images")

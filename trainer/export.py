@@ -2,7 +2,9 @@
 
     python -m trainer.export checkpoints/RUN [--drop-optimizer]
 
-A run exported with --drop-optimizer still opens everywhere (app, load_run) but cannot be resumed.
+--drop-optimizer also drops the discriminator's weights and optimiser state (disc-E, disc-optim-E) of a run
+trained with --disc-weight: only resuming reads them. A run exported so still opens everywhere (app,
+load_run) but cannot be resumed.
 """
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import sys
 from pathlib import Path
 
 from . import safe_io
-from .runs import LOCK_FILE, MANIFEST_FILE, RunError, epoch_file, load_run, read_manifest
+from .runs import LOCK_FILE, MANIFEST_FILE, OPTIONAL_FILES, RunError, epoch_file, load_run, read_manifest
+
+RESUME_ONLY = ("optim", *OPTIONAL_FILES)  # the set's files only --resume reads: the model's optimiser, the discriminator's state
 
 
 def export_run(run_dir: Path, drop_optimizer: bool) -> int:
@@ -19,8 +23,9 @@ def export_run(run_dir: Path, drop_optimizer: bool) -> int:
     load_run(run_dir)  # refuse to slim a run that does not load
     manifest = read_manifest(run_dir)
     if drop_optimizer:
-        name = manifest["files"].pop("optim", None)
-        manifest.get("sha256", {}).pop(name, None)
+        for key in RESUME_ONLY:
+            name = manifest["files"].pop(key, None)
+            manifest.get("sha256", {}).pop(name, None)
         manifest["optimizer_dropped"] = True
     safe_io.atomic_write_json(run_dir / MANIFEST_FILE, manifest)
     live = set(manifest["files"].values()) | set(manifest.get("kept", []))
@@ -35,7 +40,7 @@ def export_run(run_dir: Path, drop_optimizer: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--drop-optimizer", action="store_true", help="remove the optimiser state (the run can no longer be resumed)")
+    parser.add_argument("--drop-optimizer", action="store_true", help="remove the optimiser and discriminator state (the run can no longer be resumed)")
     args = parser.parse_args(argv)
     for run_dir in args.runs:
         try:
