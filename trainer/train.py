@@ -44,6 +44,9 @@ from .runs import MANIFEST_FILE, RunError, RunLock, RunWriter, discard_after, la
 
 log = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 1000
+# CPU test pass: the model runs on pieces of each chunk this big and the outputs are joined (the same numbers:
+# every model maps each image alone); the conv's activations of 250 images stay in cache, ~1.5x faster than 1,000.
+EVAL_PIECE_ROWS = 250
 EVAL_SEED_OFFSET = 7919  # evaluation noise is seeded apart from training noise
 VAL_SEED_OFFSET = 104_729  # the validation split and its posterior noise are seeded apart from both
 VAL_MIN_IMPROVEMENT = DEFAULT_MIN_IMPROVEMENT  # nats per image: a smaller fall of the validation negative ELBO is no improvement (early stopping)
@@ -181,6 +184,22 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
+
+
+def encode_in_pieces(model: VAE, x: torch.Tensor, rows: int | None) -> DiagonalGaussian:
+    """model.encode(x) run on pieces of `rows` images (None: at once), the posteriors joined, (B, D)."""
+    if rows is None or len(x) <= rows:
+        return model.encode(x)
+    pieces = [model.encode(p) for p in x.split(rows)]
+    mean = torch.cat([p.mean for p in pieces])
+    return DiagonalGaussian(mean, None if pieces[0].deterministic else torch.cat([p.logvar for p in pieces]))
+
+
+def decode_in_pieces(model: VAE, z: torch.Tensor, rows: int | None) -> torch.Tensor:
+    """model.decode(z) run on pieces of `rows` latents (None: at once), the logits joined, (B, C, H, W)."""
+    if rows is None or len(z) <= rows:
+        return model.decode(z)
+    return torch.cat([model.decode(p) for p in z.split(rows)])
 
 
 def _ssim_window(like: torch.Tensor) -> torch.Tensor:
@@ -422,6 +441,7 @@ class Trainer:
         kl_dim = torch.zeros(dim, device=self.device)
         means = torch.zeros(n, dim, device=self.device)  # (M, D)
         logvars = None if deterministic else torch.zeros(n, dim, device=self.device)
+        piece = EVAL_PIECE_ROWS if self.device.type == "cpu" else None  # a GPU takes the chunk at once
         for start in range(0, n, EVAL_BATCH_SIZE):
             size = min(EVAL_BATCH_SIZE, n - start)
             eps = self.noise(size, g)  # the whole chunk's noise on every process
@@ -430,10 +450,10 @@ class Trainer:
                 continue
             x = self.images(self.test_x, slice(start + lo, start + hi))
             with torch.autocast(self.device.type, enabled=False):  # float32, even inside a caller's autocast
-                encoded = self.model.encode(x)
+                encoded = encode_in_pieces(self.model, x, piece)
                 z = encoded.sample(eps=None if eps is None else eps[lo:hi])  # (b, D)
-                x_hat = self.model.decode(z)
-                mode_logits = x_hat if encoded.deterministic else self.model.decode(encoded.mode())
+                x_hat = decode_in_pieces(self.model, z, piece)
+                mode_logits = x_hat if encoded.deterministic else decode_in_pieces(self.model, encoded.mode(), piece)
             posterior = _float_posterior(encoded.mean, None if encoded.deterministic else encoded.logvar)
             terms = vae_loss(x, x_hat, posterior, recon_loss=self.config.recon_loss, beta=beta, recon_weight=self.config.recon_weight)
             images = torch.sigmoid(mode_logits.float())
