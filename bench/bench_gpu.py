@@ -1,0 +1,287 @@
+"""The GPU table: training images/s of the MLP and conv VAEs by batch size, precision and how the step runs.
+
+    .venv/bin/python -m bench.bench_gpu                      # on a CUDA machine: the whole table
+    .venv/bin/python -m bench.bench_gpu --quick              # fewer steps: checks it runs
+    .venv/bin/python -m bench.bench_gpu --models conv --batches 64 --modes eager,graph
+    .venv/bin/python -m bench.bench_gpu --dry-run            # any machine: the eager steps on the CPU, nothing timed
+
+Models: MLP 784-400-20 and the conv VAE (default widths, latent 20), on the bundled MNIST subset held on the
+GPU as uint8. Each step draws a random batch and its noise on the device, then runs forward, BCE + KL
+(`vae_loss`), backward and Adam (lr 1e-3) in one of three ways:
+- trainer: Trainer.train_step, the project's step as it is (it checks the loss for NaN on the host every step);
+- eager: the same step without any host synchronisation (fused Adam);
+- graph: forward, backward and the optimiser step captured once in a CUDA graph (torch.cuda.graph) and replayed,
+  the batch and noise copied into static input buffers (Adam capturable=True);
+- compile: the forward and loss through torch.compile (default mode); its compile time is reported apart.
+amp off is float32; bf16 autocasts the forward (the loss in float32, as the trainer does). Images/s are
+timed over a fixed number of steps after warm-up steps, the GPU synchronised at both ends. For each model the
+graph's weights after a few steps are compared with eager's from the same start (floating-point reordering
+only). This script measures; the trainer itself does not capture graphs.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from models import CLASSIC_MLP_HIDDEN_DIM, DiagonalGaussian, ModelConfig, build_model, to_float_images, vae_loss
+from trainer import compat
+from trainer.config import TrainConfig
+from trainer.data import ImageData, load_dataset
+
+MODELS = {
+    "mlp": ModelConfig(arch="mlp", latent_dim=20, hidden_dim=CLASSIC_MLP_HIDDEN_DIM),  # 784-400-20
+    "conv": ModelConfig(arch="conv", latent_dim=20),  # the default widths, the issue's goals
+}
+BATCHES = (64, 512, 4096)
+AMPS = {"off": None, "bf16": torch.bfloat16}
+MODES = ("trainer", "eager", "graph", "compile")
+LR = 1e-3
+WARMUP_STEPS = 10  # before timing: cuDNN autotuning, allocator growth, graph warm-up
+TIMED_STEPS = {64: 300, 512: 150, 4096: 60}  # per batch size; --quick takes a fifth
+QUICK_DIVISOR = 5
+EQUIVALENCE_STEPS = 5  # graph against eager from the same start, same batches
+DRY_RUN_BATCH = 8
+NO_CUDA = ("bench_gpu: no CUDA GPU here (torch {version}, torch.cuda.is_available() is False): nothing to measure; "
+           "run it on a GPU machine (--dry-run checks the script on the CPU)")
+
+
+@dataclass
+class Setup:
+    """One model on one device, its data and how its forward runs."""
+
+    name: str
+    config: ModelConfig
+    device: torch.device
+    amp: torch.dtype | None
+    images: torch.Tensor  # (N, C, H, W) uint8 on the device
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type == "cuda" and self.config.arch != "mlp"  # as the trainer lays conv data out on CUDA
+
+    def model(self) -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = build_model(self.config).to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def batch(self, b: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch (b, C, H, W) float in [0, 1] and its noise (b, D), drawn on the device."""
+        idx = torch.randint(0, len(self.images), (b,), generator=generator, device=self.device)
+        x = to_float_images(self.images[idx])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, torch.randn((b, self.config.latent_dim), generator=generator, device=self.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if self.amp is None else compat.autocast(self.device.type, self.amp)
+
+
+def loss_of(setup: Setup, model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The training objective of one batch: forward under autocast when asked, the loss in float32."""
+    with setup.autocast():
+        posterior = model.encode(x)
+        logits = model.decode(posterior.sample(eps=eps))
+    return vae_loss(x, logits, DiagonalGaussian(posterior.mean.float(), posterior.logvar.float())).loss
+
+
+def eager_step(setup: Setup, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               loss: Callable[..., torch.Tensor] | None = None) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """step(x, eps): zero the gradients, the loss, backward, Adam; nothing waits for the GPU."""
+    loss = loss or (lambda x, eps: loss_of(setup, model, x, eps))
+
+    def step(x: torch.Tensor, eps: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss(x, eps).backward()
+        optimizer.step()
+
+    return step
+
+
+def graph_step(setup: Setup, model: torch.nn.Module, optimizer: torch.optim.Optimizer, b: int,
+               generator: torch.Generator) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """step(x, eps): copy into static buffers and replay the captured step (warm-up on a side stream, then capture)."""
+    static_x, static_eps = setup.batch(b, generator)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the graph: lazy state (Adam's moments) must exist before capture
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            loss_of(setup, model, static_x, static_eps).backward()
+            optimizer.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        loss_of(setup, model, static_x, static_eps).backward()
+        optimizer.step()
+
+    def step(x: torch.Tensor, eps: torch.Tensor) -> None:
+        static_x.copy_(x)
+        static_eps.copy_(eps)
+        graph.replay()
+
+    return step
+
+
+def trainer_step(setup: Setup, b: int) -> tuple[Callable[[torch.Tensor, torch.Tensor], None], torch.nn.Module]:
+    """step(x, eps) through the project's Trainer.train_step (its host-side NaN check included)."""
+    from trainer.train import Trainer
+
+    one, label = setup.images[:1].cpu(), torch.zeros(1, dtype=torch.long)  # the trainer's own data sets are not used here
+    data = ImageData(one, label, one, label, [str(i) for i in range(10)], {"name": "bench"})
+    trainer = Trainer(setup.config, TrainConfig(batch_size=b, lr=LR, atlas_size=1), data, setup.device,
+                      amp="off" if setup.amp is None else "bf16")
+    return (lambda x, eps: trainer.train_step(x, 1.0, eps=eps)), trainer.model
+
+
+def make_step(setup: Setup, mode: str, b: int, generator: torch.Generator) -> tuple[Callable[[torch.Tensor, torch.Tensor], None], torch.nn.Module, float]:
+    """The step of `mode`, its model, and the seconds it took to make (compile: its first calls)."""
+    t0 = time.perf_counter()
+    if mode == "trainer":
+        step, model = trainer_step(setup, b)
+        return step, model, 0.0
+    model = setup.model()
+    cuda = setup.device.type == "cuda"
+    optimizer = compat.adam(model.parameters(), LR, fused=cuda, capturable=mode == "graph")
+    if mode == "graph":
+        step = graph_step(setup, model, optimizer, b, generator)
+    elif mode == "compile":
+        compiled = torch.compile(lambda x, eps: loss_of(setup, model, x, eps))
+        step = eager_step(setup, model, optimizer, compiled)
+        for _ in range(2):  # compile here, not in the timed steps
+            step(*setup.batch(b, generator))
+        _sync(setup.device)
+    else:
+        step = eager_step(setup, model, optimizer)
+    return step, model, time.perf_counter() - t0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(setup: Setup, step: Callable[[torch.Tensor, torch.Tensor], None], b: int, steps: int, warmup: int,
+               generator: torch.Generator) -> float:
+    """Seconds per step over `steps` steps after `warmup` ones (the batches drawn inside the timing, as training does)."""
+    for _ in range(warmup):
+        step(*setup.batch(b, generator))
+    _sync(setup.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(*setup.batch(b, generator))
+    _sync(setup.device)
+    return (time.perf_counter() - t0) / max(1, steps)
+
+
+@torch.no_grad()
+def _restart(model: torch.nn.Module, optimizer: torch.optim.Optimizer, start: dict[str, torch.Tensor]) -> None:
+    """Back to the weights `start` and a fresh Adam, in place: a captured graph reads and writes these very tensors."""
+    model.load_state_dict(start)  # copies into the parameters' storage
+    for state in optimizer.state.values():
+        for value in state.values():
+            if torch.is_tensor(value):
+                value.zero_()  # moments and the step count (on the device, capturable)
+
+
+def graph_equivalence(setup: Setup, b: int) -> float:
+    """Max |weight difference| between eager and graph-replayed steps from the same start on the same batches."""
+    weights = []
+    for mode in ("eager", "graph"):
+        g = torch.Generator(device=setup.device).manual_seed(1)
+        model = setup.model()
+        optimizer = compat.adam(model.parameters(), LR, fused=True, capturable=True)  # the same Adam for both
+        if mode == "graph":
+            step = graph_step(setup, model, optimizer, b, torch.Generator(device=setup.device).manual_seed(2))
+            _restart(model, optimizer, setup.model().state_dict())  # the warm-up and capture stepped it
+        else:
+            step = eager_step(setup, model, optimizer)
+        for _ in range(EQUIVALENCE_STEPS):
+            step(*setup.batch(b, g))
+        _sync(setup.device)
+        weights.append([p.detach().float().clone() for p in model.parameters()])
+    return max(float((a - c).abs().max()) for a, c in zip(*weights))
+
+
+def run(models: list[str], batches: list[int], amps: list[str], modes: list[str], device: torch.device, quick: bool,
+        dry_run: bool) -> list[dict[str, Any]]:
+    data = load_dataset("mnist")
+    images = data.train_x.to(device)
+    rows = []
+    for name in models:
+        for amp in amps:
+            setup = Setup(name, MODELS[name], device, AMPS[amp], images)
+            for b in batches:
+                for mode in modes:
+                    generator = torch.Generator(device=device).manual_seed(0)
+                    steps = 2 if dry_run else TIMED_STEPS.get(b, 100) // (QUICK_DIVISOR if quick else 1)
+                    try:
+                        step, _, made_s = make_step(setup, mode, b, generator)
+                        seconds = time_steps(setup, step, b, steps, 1 if dry_run else WARMUP_STEPS, generator)
+                    except (RuntimeError, ValueError) as e:  # e.g. a compile or capture that fails on this torch
+                        rows.append({"model": name, "batch": b, "amp": amp, "mode": mode, "error": str(e).splitlines()[0][:160]})
+                        print(f"  {name:<5} batch {b:>5}  amp {amp:<4} {mode:<8} failed: {rows[-1]['error']}", flush=True)
+                        continue
+                    rows.append({"model": name, "batch": b, "amp": amp, "mode": mode, "ms_per_step": round(seconds * 1e3, 3),
+                                 "images_per_s": round(b / seconds), "setup_s": round(made_s, 1)})
+                    extra = f"  (compiled in {made_s:.1f} s)" if mode == "compile" else ""
+                    print(f"  {name:<5} batch {b:>5}  amp {amp:<4} {mode:<8} {seconds * 1e3:9.3f} ms/step  {b / seconds:12,.0f} images/s{extra}", flush=True)
+    return rows
+
+
+def dry_run_modes(modes: list[str]) -> list[str]:
+    """The modes that can run on the CPU (graph capture needs CUDA; compile is left to a GPU run: minutes on a CPU)."""
+    return [m for m in modes if m in ("trainer", "eager")]
+
+
+def _choices(text: str, allowed: tuple[str, ...] | dict[str, Any], what: str) -> list[str]:
+    picked = [t for t in text.split(",") if t]
+    bad = [t for t in picked if t not in allowed]
+    if bad:
+        raise SystemExit(f"bench_gpu: unknown {what} {', '.join(bad)}: choose from {', '.join(allowed)}")
+    return picked
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    parser.add_argument("--amp", default=",".join(AMPS), help="off, bf16")
+    parser.add_argument("--modes", default=",".join(MODES), help=", ".join(MODES))
+    parser.add_argument("--quick", action="store_true", help="a fifth of the timed steps")
+    parser.add_argument("--dry-run", action="store_true", help=f"on the CPU, batch {DRY_RUN_BATCH}, 2 steps of the eager modes: checks the script")
+    args = parser.parse_args(argv)
+    models, amps = _choices(args.models, MODELS, "model"), _choices(args.amp, AMPS, "amp")
+    modes = _choices(args.modes, MODES, "mode")
+    batches = [int(b) for b in args.batches.split(",") if b]
+    if args.dry_run:
+        device, batches, modes = torch.device("cpu"), [DRY_RUN_BATCH], dry_run_modes(modes)
+        print(f"dry run on the CPU (torch {torch.__version__}): batch {DRY_RUN_BATCH}, modes {', '.join(modes)}; nothing here is a measurement")
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit(NO_CUDA.format(version=torch.__version__))
+        device = torch.device("cuda")
+        props = torch.cuda.get_device_properties(device)
+        print(f"GPU: {props.name} ({props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, CUDA {torch.version.cuda}, "
+              f"cuDNN {torch.backends.cudnn.version()}; native bf16: {compat.cuda_bf16_native(device)}; load average {os.getloadavg()[0]:.2f}")
+    rows = run(models, batches, amps, modes, device, args.quick, args.dry_run)
+    out: dict[str, Any] = {"device": "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(device), "torch": torch.__version__, "rows": rows}
+    if not args.dry_run and "graph" in modes:
+        out["graph_vs_eager_max_abs_weight_diff"] = {}
+        for name in models:
+            diff = graph_equivalence(Setup(name, MODELS[name], device, None, load_dataset("mnist").train_x.to(device)), batches[0])
+            out["graph_vs_eager_max_abs_weight_diff"][name] = diff
+            print(f"  {name}: graph against eager after {EQUIVALENCE_STEPS} steps of batch {batches[0]}: max |weight difference| {diff:.3g}")
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
