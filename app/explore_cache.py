@@ -32,6 +32,13 @@ def dim_stats(key: str, _run: Run) -> latent.DimStats:
     return latent.dimension_stats(atlas.means[-1], None if atlas.logvars is None else atlas.logvars[-1])
 
 
+@st.cache_resource(max_entries=CACHE_ENTRIES, show_spinner=False)
+def fitted_gaussian(key: str, _run: Run) -> latent.FittedGaussian:
+    """The Gaussian fitted to the atlas codes at the latest snapshot, factored once per run epoch (an autoencoder's
+    samples and densities; Explore's come with dim_stats). One shared read-only object: no copy per rerun."""
+    return latent.fit_gaussian(_run.atlas.means[-1])
+
+
 @st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)
 def _projection(key: str, _run: Run, method: str, dims: tuple[int, int]) -> latent.Projection:
     means = _run.atlas.means[-1]

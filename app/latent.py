@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
-from models import DiagonalGaussian, standard_normal_log_density
+from models import DiagonalGaussian, ModelConfig, standard_normal_log_density
 from trainer.metrics import ACTIVE_UNIT_THRESHOLD
 from trainer.projections import EMBEDDINGS, PCA, as_latents, cached_embedding, fit_pca, knn_place, projection_path  # noqa: F401  (re-exported)
 
@@ -81,14 +81,9 @@ def prior_log_density(z: np.ndarray) -> np.ndarray:
 
 
 def gaussian_log_density(z: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    """log N(z; mean, cov) per row in nats, (B,): the stand-in prior of an autoencoder."""
-    z = as_latents(z).astype(np.float64)
-    d = z.shape[1]
-    cov = np.asarray(cov, np.float64) + 1e-6 * np.eye(d)
-    sign, logdet = np.linalg.slogdet(cov)
-    diff = z - np.asarray(mean, np.float64)
-    maha = np.einsum("bi,ij,bj->b", diff, np.linalg.inv(cov), diff)
-    return (-0.5 * (maha + logdet + d * np.log(2.0 * np.pi))).astype(np.float32)
+    """log N(z; mean, cov) per row in nats, (B,): the stand-in prior of an autoencoder (factored on every call:
+    a page that asks again keeps the FittedGaussian of factor_gaussian instead)."""
+    return factor_gaussian(mean, cov).log_density(z)
 
 
 def traversal_values(lo: np.ndarray, hi: np.ndarray, steps: int) -> np.ndarray:
@@ -122,6 +117,7 @@ class DimStats:
     hi: np.ndarray  # (D,) slider maximum
     score_name: str  # "KL" or "variance"
     cov: np.ndarray  # (D, D) covariance of the atlas means (the AE's fitted Gaussian)
+    gaussian: FittedGaussian | None = None  # an AE's fitted Gaussian, factored once (None for a VAE: it has its prior)
 
 
 def dimension_stats(means: np.ndarray, logvars: np.ndarray | None) -> DimStats:
@@ -138,8 +134,9 @@ def dimension_stats(means: np.ndarray, logvars: np.ndarray | None) -> DimStats:
     lo = np.minimum(mean - SLIDER_STDS * spread, 0.0)  # zero is always a reachable starting point
     hi = np.maximum(mean + SLIDER_STDS * spread, 0.0)
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
-    _, cov = fitted_gaussian(means)
-    return DimStats(f32(scores), order, scores < INACTIVE_THRESHOLD, f32(mean), f32(std), f32(lo), f32(hi), name, cov)
+    code_mean, cov = fitted_gaussian(means)
+    gaussian = factor_gaussian(code_mean, cov) if logvars is None else None  # once per run epoch (the page caches the stats)
+    return DimStats(f32(scores), order, scores < INACTIVE_THRESHOLD, f32(mean), f32(std), f32(lo), f32(hi), name, cov, gaussian)
 
 
 def fitted_gaussian(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,6 +145,61 @@ def fitted_gaussian(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     d = means.shape[1]
     cov = np.cov(means, rowvar=False).reshape(d, d) if len(means) > 1 else np.zeros((d, d))
     return means.mean(0).astype(np.float32), cov.astype(np.float32)
+
+
+GAUSSIAN_JITTER = 1e-6  # added to the fitted covariance's diagonal: an AE's codes may span fewer than D directions
+
+
+@dataclass(frozen=True)
+class FittedGaussian:
+    """N(mean, cov + GAUSSIAN_JITTER I), an autoencoder's stand-in prior, with the covariance's eigendecomposition
+    done once: a density or a batch of samples then costs a (D, D) product, not an inverse or a factorisation
+    (about 0.3 s and 0.5 s at D = 1,024 on this CPU). Its arrays are read-only: one object may be shared by sessions."""
+
+    mean: np.ndarray  # (D,) float32
+    vecs: np.ndarray  # (D, D) float64 eigenvectors (columns) of the jittered covariance
+    vals: np.ndarray  # (D,) float64 its eigenvalues, ascending
+
+    @property
+    def dim(self) -> int:
+        return len(self.mean)
+
+    @property
+    def logdet(self) -> float:
+        """log det of the jittered covariance (every eigenvalue at least the jitter: cov is positive semi-definite)."""
+        return float(np.log(np.maximum(self.vals, GAUSSIAN_JITTER)).sum())
+
+    def log_density(self, z: np.ndarray) -> np.ndarray:
+        """log N(z; mean, cov) per row in nats: (B, D) or (D,) -> (B,)."""
+        diff = as_latents(z).astype(np.float64) - np.asarray(self.mean, np.float64)  # (B, D)
+        maha = ((diff @ self.vecs) ** 2 / np.maximum(self.vals, GAUSSIAN_JITTER)).sum(axis=1)
+        return (-0.5 * (maha + self.logdet + self.dim * np.log(2.0 * np.pi))).astype(np.float32)
+
+    def sample(self, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
+        """z ~ N(mean, T^2 cov), seeded (the eps of prior_samples for this seed): (n, D)."""
+        root = self.vecs * np.sqrt(np.clip(self.vals, 0.0, None))  # root @ root.T == cov, robust to a singular cov
+        eps = prior_samples(n, self.dim, 1.0, seed).astype(np.float64)
+        return (self.mean[None] + temperature * eps @ root.T).astype(np.float32)
+
+
+def factor_gaussian(mean: np.ndarray, cov: np.ndarray) -> FittedGaussian:
+    """The FittedGaussian of a mean (D,) and covariance (D, D) (fitted_gaussian's float32 pair)."""
+    mean = np.array(mean, np.float32)
+    cov = np.asarray(cov, np.float64) + GAUSSIAN_JITTER * np.eye(len(mean))
+    vals, vecs = np.linalg.eigh(cov)
+    for a in (mean, vals, vecs):
+        a.setflags(write=False)
+    return FittedGaussian(mean, vecs, vals)
+
+
+def fit_gaussian(means: np.ndarray) -> FittedGaussian:
+    """The Gaussian fitted to codes (N, D), factored: what Explore and Compare sample an autoencoder from."""
+    return factor_gaussian(*fitted_gaussian(means))
+
+
+def stats_gaussian(stats: DimStats) -> FittedGaussian:
+    """The fitted Gaussian of these statistics: the one factored with them, or factored now (a VAE's stats carry none)."""
+    return stats.gaussian if stats.gaussian is not None else factor_gaussian(stats.mean, stats.cov)
 
 
 def slider_dims(stats: DimStats, extra: list[int] | None = None) -> list[int]:
@@ -165,13 +217,8 @@ def prior_samples(n: int, latent_dim: int, temperature: float = 1.0, seed: int =
 
 
 def fitted_gaussian_samples(mean: np.ndarray, cov: np.ndarray, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
-    """z ~ N(mean, T^2 cov): the stand-in prior of an autoencoder, fitted to its codes: (n, D)."""
-    d = len(mean)
-    cov = np.asarray(cov, np.float64) + 1e-6 * np.eye(d)
-    vals, vecs = np.linalg.eigh(cov)
-    root = vecs * np.sqrt(np.clip(vals, 0.0, None))  # root @ root.T == cov, robust to a singular cov
-    eps = prior_samples(n, d, 1.0, seed).astype(np.float64)
-    return (mean[None] + temperature * eps @ root.T).astype(np.float32)
+    """z ~ N(mean, T^2 cov): the stand-in prior of an autoencoder, fitted to its codes, factored on every call: (n, D)."""
+    return factor_gaussian(mean, cov).sample(n, temperature, seed)
 
 
 def posterior_samples(mean: np.ndarray, std: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -185,16 +232,17 @@ def posterior_samples(mean: np.ndarray, std: np.ndarray, n: int, seed: int = 0) 
 def code_samples(stats: DimStats, deterministic: bool, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
     """n seeded samples of the prior N(0, T^2 I), or for an AE (no prior) of N(mean, T^2 cov) fitted to its codes: (n, D)."""
     if deterministic:
-        return fitted_gaussian_samples(stats.mean, stats.cov, n, temperature, seed)
+        return stats_gaussian(stats).sample(n, temperature, seed)
     return prior_samples(n, len(stats.mean), temperature, seed)
 
 
-def atlas_code_samples(means: np.ndarray, deterministic: bool, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
+def atlas_code_samples(means: np.ndarray, deterministic: bool, n: int, temperature: float = 1.0, seed: int = 0,
+                       gaussian: FittedGaussian | None = None) -> np.ndarray:
     """code_samples for a run given its atlas codes `means` (N, D): a VAE's prior samples (the same z for every run of
-    this latent size and seed), or an AE's samples of the Gaussian fitted to `means` (AE_SAMPLES_NOTE): (n, D)."""
+    this latent size and seed), or an AE's samples of the Gaussian fitted to `means` (AE_SAMPLES_NOTE; `gaussian` is
+    fit_gaussian(means) when the caller keeps it): (n, D)."""
     if deterministic:
-        mean, cov = fitted_gaussian(means)
-        return fitted_gaussian_samples(mean, cov, n, temperature, seed)
+        return (gaussian if gaussian is not None else fit_gaussian(means)).sample(n, temperature, seed)
     return prior_samples(n, np.shape(means)[1], temperature, seed)
 
 
@@ -205,7 +253,7 @@ def random_start(stats: DimStats, deterministic: bool, seed: int) -> np.ndarray:
 
 def log_density(z: np.ndarray, stats: DimStats, deterministic: bool) -> np.ndarray:
     """log N(z; 0, I) per row in nats, or for an AE the log density under the Gaussian fitted to its codes: (B,)."""
-    return gaussian_log_density(z, stats.mean, stats.cov) if deterministic else prior_log_density(z)
+    return stats_gaussian(stats).log_density(z) if deterministic else prior_log_density(z)
 
 
 # ---------------------------------------------------------------- spatial latents: a (C_z, h, w) map flattened to D
@@ -233,6 +281,17 @@ def latent_size_text(latent_shape: tuple[int, ...]) -> str:
     """The latent's size in words: `16`, or `98 (a 2 × 7 × 7 map)`."""
     size = int(np.prod(latent_shape))
     return f"{size} (a {' × '.join(map(str, latent_shape))} map)" if is_spatial(latent_shape) else str(size)
+
+
+def latent_text(model: Mapping[str, Any], shape: tuple[int, ...] | None = None) -> str:
+    """latent_size_text of a run from its loaded latent `shape`, or else from its config.json's model section (a map's
+    shape follows from a resnet's config; a config that does not build gives its size as written, or '?')."""
+    if shape is None and model.get("arch") == "resnet":
+        try:
+            shape = ModelConfig.from_dict(dict(model)).latent_shape
+        except (AttributeError, TypeError, ValueError):
+            shape = None
+    return latent_size_text(shape) if shape is not None else str(model.get("latent_dim", "?"))
 
 
 def as_maps(values: np.ndarray, latent_shape: tuple[int, ...]) -> np.ndarray:

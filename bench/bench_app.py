@@ -128,12 +128,74 @@ def run_switch(root: Path, names: list[str]) -> float:
     return statistics.median(times)
 
 
+GAUSSIAN_CHANNELS, GAUSSIAN_SIZE = 16, 32  # a tiny spatial AE's 16 x 8 x 8 = 1,024-dim map at 32 px (widths 4, 8, 8)
+GAUSSIAN_ATLAS = 2000
+GAUSSIAN_SAMPLES = 64  # Explore's 8 x 8 sample grid
+
+
+def fitted_gaussian_bench(repeats: int = 5) -> list[tuple[str, float]]:
+    """An autoencoder's fitted Gaussian at a 1,024-dim spatial latent: the density caption of a slider move and a batch
+    of samples, factored on every call as the pages did before (inverse + slogdet per density, eigh per batch) and
+    from the FittedGaussian factored once per run epoch (latent.fit_gaussian, cached by the pages), with its one-off
+    costs. Codes of an untrained tiny spatial resnet AE on the MNIST subset (only the linear algebra is timed)."""
+    import pickle
+
+    import torch
+
+    from models import ModelConfig, build_model
+    from trainer.data import load_dataset
+
+    torch.manual_seed(0)
+    config = ModelConfig(arch="resnet", kind="ae", bottleneck="spatial", latent_channels=GAUSSIAN_CHANNELS, image_size=GAUSSIAN_SIZE,
+                         widths=(4, 8, 8), hidden_dim=0)
+    model = build_model(config).eval()
+    x = load_dataset("mnist", image_size=GAUSSIAN_SIZE, channels=1).test_x[:GAUSSIAN_ATLAS]
+    means = model.encode_batches(x).mean.numpy()  # (N, 1024)
+    mean, cov = latent.fitted_gaussian(means)
+    z = means[:1]  # (1, D): a code, as Explore's sliders start
+
+    def density_before() -> np.ndarray:  # the formula of gaussian_log_density before the factor was kept
+        c = np.asarray(cov, np.float64) + latent.GAUSSIAN_JITTER * np.eye(len(mean))
+        _, logdet = np.linalg.slogdet(c)
+        diff = z.astype(np.float64) - mean
+        return -0.5 * (np.einsum("bi,ij,bj->b", diff, np.linalg.inv(c), diff) + logdet + len(mean) * np.log(2.0 * np.pi))
+
+    t0 = time.perf_counter()
+    stats = latent.dimension_stats(means, None)  # what Explore caches per run epoch, the factor included
+    stats_ms = (time.perf_counter() - t0) * 1e3
+    gaussian = stats.gaussian
+    # The same density up to the eigenvalues float32 rounding pushed below the jitter (floored there now): ~1e-4 relative.
+    assert gaussian is not None and np.allclose(density_before(), gaussian.log_density(z), rtol=1e-3)
+    blob = pickle.dumps(stats)  # st.cache_data hands every rerun an unpickled copy
+    return [
+        (f"latent {means.shape[1]} (a {' x '.join(map(str, config.latent_shape))} map), {len(means):,} codes: dimension stats + factor, once", stats_ms),
+        ("  the factor alone (latent.fit_gaussian), once", median_ms(lambda: latent.fit_gaussian(means), repeats)),
+        (f"  DimStats copy per rerun (unpickle {len(blob) / 1e6:.1f} MB)", median_ms(lambda: pickle.loads(blob), repeats)),
+        ("  density caption, before (inverse + slogdet)", median_ms(density_before, repeats)),
+        ("  density caption, factored each call", median_ms(lambda: latent.gaussian_log_density(z, mean, cov), repeats)),
+        ("  density caption, cached factor", median_ms(lambda: latent.log_density(z, stats, True), REPEATS)),
+        (f"  {GAUSSIAN_SAMPLES} AE samples, before (eigh each call)", median_ms(lambda: latent.fitted_gaussian_samples(mean, cov, GAUSSIAN_SAMPLES), repeats)),
+        (f"  {GAUSSIAN_SAMPLES} AE samples, cached factor", median_ms(lambda: latent.code_samples(stats, True, GAUSSIAN_SAMPLES), REPEATS)),
+        ("  Compare's 8 AE samples, before (fit + eigh)", median_ms(lambda: latent.atlas_code_samples(means, True, 8), repeats)),
+        ("  Compare's 8 AE samples, cached factor", median_ms(lambda: latent.atlas_code_samples(means, True, 8, gaussian=gaussian), REPEATS)),
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="a run folder (default: the largest-latent run in the checkpoints folder)")
     parser.add_argument("--checkpoints-dir", help="where to look for runs and for runs to switch between")
     parser.add_argument("--skip-umap", action="store_true", help="skip the UMAP timing (tens of seconds on 2 cores)")
+    parser.add_argument("--fitted-gaussian", action="store_true", help="only time an AE's fitted Gaussian at a 1,024-dim spatial latent")
     args = parser.parse_args(argv)
+    if args.fitted_gaussian:
+        configure_torch()
+        rows = fitted_gaussian_bench()
+        width = max(len(name) for name, _ in rows)
+        print(f"torch threads 1, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        for name, ms in rows:
+            print(f"  {name:<{width}}  {ms:9.1f} ms")
+        return
     if args.checkpoints_dir:
         os.environ["VAE_CHECKPOINTS_DIR"] = args.checkpoints_dir
     configure_torch()  # as the app does
