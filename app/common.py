@@ -13,6 +13,7 @@ import streamlit as st
 
 from app import bounds
 from app.deploy import CHECKPOINTS_ENV, is_public, public_checkpoints_dir, resolve_checkpoints_dir  # noqa: F401  (re-exported)
+from app.latent import latent_text
 from trainer.runs import Run, RunError, RunSummary, list_runs, load_run
 
 RUN_CACHE_ENTRIES = 16  # loaded runs kept in memory: the selected run of each session and the Compare page's
@@ -97,7 +98,8 @@ def describe_run(summary: RunSummary, run: Run | None = None) -> str:
     parts = [str(train.get("dataset", "?"))]
     if data.get("kind") == "subset":
         parts[0] += " (offline subset)"
-    parts.append(f"{model.get('arch', '?')} {setting.kind_label if model.get('kind') else '?'}, latent {model.get('latent_dim', '?')}")
+    shape = run.model_config.latent_shape if run is not None else None
+    parts.append(f"{model.get('arch', '?')} {setting.kind_label if model.get('kind') else '?'}, latent {latent_text(model, shape)}")
     parts.append(f"epoch {summary.epoch if summary.epoch is not None else '-'} / {train.get('epochs', '?')}")
     if run is not None and run.history:
         row = run.history[-1]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from app import bounds
-from app.latent import INTERPOLATIONS, atlas_code_samples, make_projection
+from app.latent import INTERPOLATIONS, FittedGaussian, atlas_code_samples, is_spatial, latent_size_text, latent_text, make_projection
 from app.latent import interpolate as latent_path
 from app.plots import RowValue
 from trainer.images import decode_uint8, reconstruct_uint8
@@ -122,11 +122,24 @@ def interpolate(run: Run, pair: np.ndarray, steps: int, method: str = INTERPOLAT
     return decode_uint8(run.model, latent_path(means[0], means[1], steps, method))
 
 
-def prior_samples(run: Run, count: int, seed: int) -> np.ndarray:
-    """Decoded uint8 samples for the shared seed: a VAE's from N(0, I) (runs with the same latent size decode the very
-    same z), an AE's from the Gaussian fitted to its codes, as Explore samples it (latent.AE_SAMPLES_NOTE)."""
-    z = atlas_code_samples(run.atlas.means[-1], run.atlas.logvars is None, count, 1.0, seed)  # (count, D)
+def prior_samples(run: Run, count: int, seed: int, gaussian: FittedGaussian | None = None) -> np.ndarray:
+    """Decoded uint8 samples for the shared seed: a VAE's from N(0, I) (runs with the same latent shape decode the very
+    same z), an AE's from the Gaussian fitted to its codes, as Explore samples it (latent.AE_SAMPLES_NOTE; `gaussian`
+    is latent.fit_gaussian of its atlas codes when the page keeps it)."""
+    z = atlas_code_samples(run.atlas.means[-1], run.atlas.logvars is None, count, 1.0, seed, gaussian)  # (count, D)
     return decode_uint8(run.model, z)
+
+
+def latent_cell(run: Run) -> int | str:
+    """The table's latent column: a vector latent's size, or a map's size and shape (`98 (a 2 × 7 × 7 map)`)."""
+    shape = run.model_config.latent_shape
+    return latent_size_text(shape) if is_spatial(shape) else run.model_config.latent_dim
+
+
+def same_latents(runs: Sequence[Run]) -> bool:
+    """Whether the runs' latents have one shape: then a seed's prior sample is the very same z in every run (a
+    98-dim vector and a 2 x 7 x 7 map draw the same numbers, but they are not the same code)."""
+    return len({r.model_config.latent_shape for r in runs}) == 1
 
 
 # ---------------------------------------------------------------- which runs, which images
@@ -147,16 +160,16 @@ def comparable_key(config: Mapping[str, Any] | None) -> tuple[str, Any, Any]:
 
 def default_runs(summaries: Sequence[RunSummary], preferred: str | None = None) -> list[str]:
     """The names Compare opens on: `preferred` (the sidebar's run) or else the first run that opens, and a second run
-    of the same dataset and image shape (one of the same latent size first), so the two are comparable; a run of
+    of the same dataset and image shape (one of the same latent size and shape first), so the two are comparable; a run of
     another dataset only when no run shares the first one's."""
     openable = [s for s in summaries if not s.error]
     if not openable:
         return []
     first = next((s for s in openable if s.name == preferred), openable[0])
     others = [s for s in openable if s is not first]
-    key, latent = comparable_key(first.config), ((first.config or {}).get("model") or {}).get("latent_dim")
+    key, latent = comparable_key(first.config), latent_text((first.config or {}).get("model") or {})
     same = [s for s in others if comparable_key(s.config) == key]
-    same.sort(key=lambda s: ((s.config or {}).get("model") or {}).get("latent_dim") != latent)  # stable: listing order within
+    same.sort(key=lambda s: latent_text((s.config or {}).get("model") or {}) != latent)  # stable: listing order within
     partner = (same or others)[: MIN_RUNS - 1]
     return [first.name] + [s.name for s in partner]
 
@@ -207,7 +220,7 @@ def metrics_table(runs: Sequence[Run], evaluations: Sequence[Mapping[str, Any] |
         }
         row |= {column: last.get(key) for column, key in TABLE_METRICS.items()}
         row |= {
-            "latent": run.model_config.latent_dim,
+            "latent": latent_cell(run),
             "params": run.model.num_parameters(),
             "epochs": run.epoch,
             "time (s)": training_seconds(run),
@@ -239,7 +252,7 @@ TABLE_FORMATS = {  # printf formats of the number columns (st.column_config.Numb
     "rank": "%d", "β": "%g", "neg. ELBO": "%.2f", "objective": "%.2f", "recon": "%.2f", "KL": "%.2f", "MSE": "%.4f", "PSNR (dB)": "%.2f",
     "SSIM": "%.3f", "params": "localized", "time (s)": "%.1f",
 }
-TEXT_NUMBERS = ("IWAE NLL",)  # numbers shown as text ("102.87 ± 0.64"), aligned like the number columns
+TEXT_NUMBERS = ("IWAE NLL", "latent")  # numbers shown as text ("102.87 ± 0.64", "98 (a 2 × 7 × 7 map)"), aligned like the number columns
 CHAR_PX = 7.5  # about one character of the table font (14 px Source Sans), digits and capitals included
 CELL_PAD_PX = 24  # a cell's padding and the header's sort arrow
 MIN_COLUMN_PX = 44

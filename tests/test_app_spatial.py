@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -241,13 +242,105 @@ def test_a_colour_upload_is_reconstructed_in_colour(app, spatial_root):
     assert not app.error
 
 
-def test_compare_two_spatial_runs(app, spatial_root):
+MAP_TEXT = "98 (a 2 × 7 × 7 map)"  # the 2 x 7 x 7 runs' latent, worded as Explore's header words it
+
+
+def compare_page(app, names: list[str]):
     at = ok(app.switch_page(COMPARE_PAGE).run())
-    at.multiselect(key="compare_runs").set_value(["spatial", "spatial-ae"]).run()
-    assert not ok(at).warning, [w.value for w in at.warning]
+    at.multiselect(key="compare_runs").set_value(names).run()
+    assert not ok(at).warning and not at.error, [w.value for w in [*at.warning, *at.error]]
     captions = [c for im in at.image for c in im.captions]
     for what in ("Interpolation", "Reconstructions", "Prior samples"):
         assert sum(c.startswith(what) for c in captions) == 2, (what, captions)
+    return at
+
+
+def test_compare_two_spatial_runs(app, spatial_root):
+    at = compare_page(app, ["spatial", "spatial-ae"])
+    quality = at.dataframe[1].value
+    assert list(quality["latent"]) == [MAP_TEXT, MAP_TEXT]  # the map's shape, not a bare 98
+    assert any("the same z in every run" in c.value for c in at.caption)
+    assert sum(f"latent {MAP_TEXT}" in c.value for c in at.caption) >= 2  # each column's run line
+    scatters = [str(c.proto.spec) for c in at.get("plotly_chart") if "compare_scatter" in str(c.proto.id)]
+    assert len(scatters) == 2 and "aligned to spatial" in scatters[1]
+
+
+def test_compare_a_spatial_and_a_vector_run(app, spatial_root):
+    """A 2 x 7 x 7 map beside a 2-D vector on the same atlas images: every column renders, the scatters are aligned
+    (Procrustes on each run's 2-D PCA plane, so the latent sizes need not match), the table words both latents, and the
+    prior samples do not claim to share z."""
+    at = compare_page(app, ["spatial", "conv"])
+    ranking, quality = at.dataframe[0].value, at.dataframe[1].value
+    assert list(quality["latent"]) == [MAP_TEXT, "2"]
+    assert sorted(ranking["run"]) == ["conv", "spatial"] and list(ranking["rank"]) == [1, 2]  # one dataset, one bound: ranked together
+    assert all(np.isfinite(ranking["neg. ELBO"])) and all(np.isfinite(ranking["KL"]))
+    assert any(f"the latents differ ({MAP_TEXT} vs 2)" in c.value for c in at.caption)
+    assert not any("the same z in every run" in c.value for c in at.caption)
+    scatters = [str(c.proto.spec) for c in at.get("plotly_chart") if "compare_scatter" in str(c.proto.id)]
+    assert len(scatters) == 2 and "aligned to spatial" in scatters[1]
+
+
+def test_compare_table_and_run_lines_word_a_map(spatial_root):
+    from app import compare
+    from app.common import describe_run
+    from app.sidebar import run_label
+    from trainer.runs import summarize_run
+
+    runs = {name: load_run(spatial_root / name) for name in ("spatial", "spatial-ae", "conv")}
+    rows = {r["run"]: r for r in compare.metrics_table(list(runs.values()))}
+    assert rows["spatial"]["latent"] == rows["spatial-ae"]["latent"] == MAP_TEXT and rows["conv"]["latent"] == 2
+    for name, run in runs.items():  # KL and active units as the history has them; a map counts its 98 elements
+        last = run.history[-1]
+        assert rows[name]["KL"] == last["test_kl"] and rows[name]["active units"] == last["active_units"] <= run.model_config.latent_dim
+    assert rows["spatial"]["rank"] is not None and rows["spatial-ae"]["rank"] is None
+    widths = compare.column_widths(list(rows.values()), compare.QUALITY_COLUMNS)
+    assert widths["latent"] >= compare.CHAR_PX * len(MAP_TEXT)  # the wording is never cut
+    # Alignment: both runs' 2-D PCA planes of the same 40 atlas images, whatever their latent sizes.
+    out = compare.aligned_projections([runs["spatial"], runs["conv"]])
+    assert [aligned for _, aligned in out] == [True, True] and out[1][0].shape == (40, 2)
+    assert compare.same_latents([runs["spatial"], runs["spatial-ae"]]) and not compare.same_latents([runs["spatial"], runs["conv"]])
+    vector98 = ModelConfig(arch="resnet", bottleneck="vector", latent_dim=98, widths=TINY_WIDTHS, hidden_dim=0)
+    assert vector98.latent_dim == runs["spatial"].model_config.latent_dim
+    assert not compare.same_latents([runs["spatial"], SimpleNamespace(model_config=vector98)])  # same size, not the same code
+    # The sidebar's label (from the small files) and its line (from the loaded run) say the same.
+    summary = summarize_run(spatial_root / "spatial")
+    assert f"resnet VAE, latent {MAP_TEXT}" in describe_run(summary) == describe_run(summary, runs["spatial"])
+    assert f"latent {MAP_TEXT}" in run_label(summary)
+    assert "latent 2 ·" in describe_run(summarize_run(spatial_root / "conv"))
+    assert latent.latent_text({"arch": "resnet", "bottleneck": "spatial", "widths": "bad", "latent_dim": 98}) == "98"  # unbuildable: as written
+    assert latent.latent_text({"arch": "resnet", "bottleneck": "vector", "latent_dim": 64}) == "64" and latent.latent_text({}) == "?"
+
+
+def test_the_cached_gaussian_gives_the_uncached_numbers(spatial_root):
+    """An AE's fitted Gaussian factored once (DimStats for Explore, explore_cache.fitted_gaussian for Compare) gives
+    bit for bit the densities and samples of the one factored on every call, and the density of the textbook formula."""
+    from app import compare
+    from app import explore_cache as cache
+
+    run = load_run(spatial_root / "spatial-ae")
+    means = run.atlas.means[-1]  # (40, 98): fewer codes than dims, a singular covariance
+    stats = latent.dimension_stats(means, None)
+    assert stats.gaussian is not None and latent.dimension_stats(means, run.atlas.means[-1] * 0).gaussian is None  # a VAE has its prior
+    z = np.concatenate([means[:3], latent.prior_samples(2, means.shape[1], 1.0, 7)])  # codes and points off them
+    np.testing.assert_array_equal(latent.log_density(z, stats, True), latent.gaussian_log_density(z, stats.mean, stats.cov))
+    np.testing.assert_array_equal(latent.code_samples(stats, True, 6, 0.7, 5), latent.fitted_gaussian_samples(stats.mean, stats.cov, 6, 0.7, 5))
+    kept = cache.fitted_gaussian(cache.run_key(run), run)
+    assert cache.fitted_gaussian(cache.run_key(run), run) is kept  # one object per run epoch
+    assert not kept.vecs.flags.writeable and not kept.mean.flags.writeable
+    np.testing.assert_array_equal(kept.vecs, stats.gaussian.vecs)
+    np.testing.assert_array_equal(latent.atlas_code_samples(means, True, 6, 1.0, 3, kept), latent.atlas_code_samples(means, True, 6, 1.0, 3))
+    np.testing.assert_array_equal(latent.atlas_code_samples(means, True, 6, 1.0, 3), latent.code_samples(stats, True, 6, 1.0, 3))
+    np.testing.assert_array_equal(compare.prior_samples(run, 4, 3, kept), compare.prior_samples(run, 4, 3))
+    # Against inverse and log-determinant on a well-conditioned covariance (more codes than dims).
+    rng = np.random.default_rng(0)
+    codes = (rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))).astype(np.float32)
+    g = latent.fit_gaussian(codes)
+    mean, cov = latent.fitted_gaussian(codes)
+    c = cov.astype(np.float64) + latent.GAUSSIAN_JITTER * np.eye(6)
+    diff = codes[:5].astype(np.float64) - mean
+    textbook = -0.5 * (np.einsum("bi,ij,bj->b", diff, np.linalg.inv(c), diff) + np.linalg.slogdet(c)[1] + 6 * np.log(2 * np.pi))
+    np.testing.assert_allclose(g.log_density(codes[:5]), textbook, rtol=1e-5)
+    np.testing.assert_allclose(np.cov(g.sample(20000, 1.0, 1), rowvar=False), cov, atol=0.1 * np.abs(cov).max())
 
 
 def test_the_grid_reuses_a_given_pca():

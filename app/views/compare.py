@@ -5,6 +5,7 @@ import numpy as np
 import streamlit as st
 
 from app import bounds, compare, latent, plots
+from app import explore_cache as cache
 from app.common import cached_run_list, checkpoints_dir, describe_run, open_run
 from app.images import display_scale, tile, upscale
 from app.latent import INTERPOLATION_STEPS, INTERPOLATIONS, MAX_SEED, robust_range
@@ -29,7 +30,7 @@ COLUMN_HELP = {
     "recon": "Test reconstruction term per image (see recon loss for what it is).",
     "KL": "Test KL(q(z|x) || N(0, I)) per image, nats.",
     "active units": "Dimensions whose mean KL exceeds 0.01 nats (for an AE: whose code variance does).",
-    "latent": "Latent dimensions.",
+    "latent": "Latent dimensions; a spatial latent gives its map's shape, channels × rows × columns.",
     "params": "Trainable parameters of the model.",
     "time (s)": plots.WALL_SECONDS_HELP,
 }
@@ -91,11 +92,12 @@ def render_columns(chosen: list[tuple[RunSummary, Run]], inputs: dict) -> None:
     x_range, y_range = robust_range(np.concatenate([p for p, aligned in projections if aligned]))
     pair = reference.atlas.images[inputs["pair"]]
     originals = reference.atlas.images[: inputs["recon"]]
-    same_z = len({r.model_config.latent_dim for r in runs}) == 1
+    same_z = compare.same_latents(runs)
+    sizes = " vs ".join(dict.fromkeys(latent.latent_size_text(r.model_config.latent_shape) for r in runs))
     st.caption(
         f"Scatters: atlas latents at each run's last epoch (PCA for more than 2 dimensions), turned onto "
         f"{reference.name}'s by orthogonal Procrustes (rotation/reflection, scale, shift). Prior samples: seed "
-        f"{inputs['seed']}, " + ("the same z in every run" if same_z else "same seed; latent sizes differ, so z differs")
+        f"{inputs['seed']}, " + ("the same z in every run" if same_z else f"same seed; the latents differ ({sizes}), so z is not the same code")
         + ("." + " " + latent.AE_SAMPLES_NOTE if any(r.model_config.kind == "ae" for r in runs) else ".")
     )
     ref_data = compare.dataset_of(reference.info)
@@ -118,7 +120,8 @@ def render_columns(chosen: list[tuple[RunSummary, Run]], inputs: dict) -> None:
                 show_strip(compare.interpolate(run, pair, inputs["steps"], inputs["method"]), "Interpolation" + fed)
                 show_strip(compare.reconstruct(run, originals), "Reconstructions" + fed)
             beta_zero = bounds.Setting.of_run(run).beta_zero
-            show_strip(compare.prior_samples(run, inputs["samples"], inputs["seed"]),
+            gaussian = cache.fitted_gaussian(cache.run_key(run), run) if run.atlas.logvars is None else None  # an AE's, factored once
+            show_strip(compare.prior_samples(run, inputs["samples"], inputs["seed"], gaussian),
                        "Prior samples" + (f" · {bounds.BETA_ZERO_NOTE}" if beta_zero else ""))
     if all(compare.accepts_images(r, originals) for r in runs):
         show_strip(originals, "Originals of the reconstructions")
@@ -137,7 +140,8 @@ def column_config(column: str, width: int):
 def table(rows: list[dict], columns: tuple[str, ...], key: str) -> None:
     """The columns of the metrics rows, each wide enough for its header and cells (run names in full)."""
     widths = compare.column_widths(rows, columns)
-    st.dataframe([{c: r.get(c) for c in columns} for r in rows], hide_index=True, key=key, column_order=columns, placeholder=bounds.NO_VALUE,
+    cells = [{c: str(r[c]) if c in compare.TEXT_NUMBERS and r.get(c) is not None else r.get(c) for c in columns} for r in rows]
+    st.dataframe(cells, hide_index=True, key=key, column_order=columns, placeholder=bounds.NO_VALUE,
                  width="content", column_config={c: column_config(c, widths[c]) for c in columns})
 
 
