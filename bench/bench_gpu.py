@@ -80,7 +80,8 @@ class Setup:
         return x, torch.randn((b, self.config.latent_dim), generator=generator, device=self.device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext() if self.amp is None else compat.autocast(self.device.type, self.amp)
+        # no cast cache: a captured graph must not keep casts made outside it (the same in every mode, to compare alike)
+        return contextlib.nullcontext() if self.amp is None else compat.autocast(self.device.type, self.amp, cache_enabled=False)
 
 
 def loss_of(setup: Setup, model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -15,14 +15,16 @@ Known differences between the torch versions this covers:
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from contextlib import AbstractContextManager
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
 
 NATIVE_BF16_MAJOR = 8  # CUDA compute capability with native bfloat16 (Ampere and newer)
+DENORMAL_PROBE = 1e-39  # a float32 subnormal (the smallest normal float32 is 1.18e-38)
 
 
 def accepts(fn: Callable[..., Any], name: str) -> bool:
@@ -44,10 +46,11 @@ def process_group_device_id() -> bool:
     return accepts(dist.init_process_group, "device_id")
 
 
-def autocast(device_type: str, dtype: torch.dtype) -> AbstractContextManager:
-    """Autocast to `dtype` on `device_type`: torch.amp.autocast, or torch.autocast where that is missing."""
+def autocast(device_type: str, dtype: torch.dtype, **kwargs: Any) -> AbstractContextManager:
+    """Autocast to `dtype` on `device_type` (kwargs: e.g. cache_enabled=False, which CUDA graph capture needs):
+    torch.amp.autocast, or torch.autocast where that is missing."""
     amp_autocast = getattr(torch.amp, "autocast", None)
-    return (amp_autocast or torch.autocast)(device_type, dtype=dtype)
+    return (amp_autocast or torch.autocast)(device_type, dtype=dtype, **kwargs)
 
 
 def grad_scaler(device_type: str) -> Any:
@@ -97,3 +100,23 @@ def cuda_bf16_native(device: torch.device | None = None) -> bool:
 def load_weights(source: Any, map_location: Any = "cpu") -> Any:
     """torch.load of tensors and plain containers only (weights_only=True: a pickled object is refused, never run)."""
     return torch.load(source, map_location=map_location, weights_only=True)
+
+
+def denormals_flushed() -> bool:
+    """Whether this thread's CPU arithmetic flushes subnormal floats to zero (torch.set_flush_denormal), by trying it."""
+    return float(torch.tensor([DENORMAL_PROBE]) * 1.0) == 0.0
+
+
+@contextlib.contextmanager
+def flushed_denormals() -> Iterator[bool]:
+    """Flush subnormal floats to zero on the CPU inside the block, then restore this thread's setting; yields whether
+    the CPU can (x86 with SSE3, arm64). Training on subnormals can be many times slower (weights decaying towards 0).
+
+    The setting is per thread and copied by the threads the process starts later: set first thing in a process
+    (the trainer's main), it holds for torch's intra-op threads too; their setting is not restored."""
+    before = denormals_flushed()
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield supported
+    finally:
+        torch.set_flush_denormal(before)
