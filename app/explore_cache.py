@@ -5,10 +5,13 @@ the run itself as the unhashed `_run`, so a new epoch of a run is a new entry an
 """
 from __future__ import annotations
 
+import gc
+import hashlib
+
 import numpy as np
 import streamlit as st
 
-from app import images, latent
+from app import images, latent, plots
 from app.common import EmbeddingsBusy, embedding_slot
 from trainer.images import class_rgb, decode_uint8
 from trainer.projections import cached_embedding
@@ -18,6 +21,22 @@ CACHE_ENTRIES = 32
 DECODE_CACHE_ENTRIES = 256
 GIF_SIDE = 420
 MAX_GIF_FRAMES = 60
+UI_REVISION_CHARS = 16
+
+
+def settle_heap(key: str) -> None:
+    """Move the objects alive now out of the cyclic garbage collector's scans (gc.freeze), once per run epoch `key`.
+
+    Streamlit runs a full collection after every script run (runner.postScriptGC), holding the GIL: with torch,
+    plotly and a model loaded that is some 300,000 long-lived objects, 0.1-0.4 s in which the run's last messages
+    wait to be sent (a slider release's scatter update among them). Frozen objects are still freed by reference
+    counting; only cycles already unreachable now stay, so this runs after a run's data is loaded, not per rerun."""
+    if key not in _SETTLED:
+        _SETTLED.add(key)
+        gc.freeze()
+
+
+_SETTLED: set[str] = set()  # run keys whose loaded objects settle_heap has frozen
 
 
 def run_key(run: Run) -> str:
@@ -59,6 +78,20 @@ def projection(key: str, run: Run, method: str, dims: tuple[int, int]) -> latent
     except EmbeddingsBusy as e:
         st.warning(f"Busy: {e}. Showing the PCA map instead; try again in a moment.")
         return _projection(key, run, "pca", dims)
+
+
+@st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)
+def scatter_figure(key: str, method: str, dims: tuple[int, int], _projection: latent.Projection, _labels: np.ndarray,
+                   class_names: tuple[str, ...]) -> str:
+    """The Explore page's scatter of the atlas points on a map (WebGL, one trace per class) as Plotly JSON text, built
+    once per run epoch and map: a slider release then sends this text unchanged and adds only its own marker.
+
+    Its uirevision (a hash: no server path reaches the browser) is this run epoch and map, so pan and zoom persist
+    across reruns and a new run or map starts from its own extent."""
+    fig = plots.latent_scatter(_projection.xy, _labels, list(class_names), axis_titles=_projection.axis_titles, webgl=True)
+    revision = hashlib.sha256(f"{key}|{method}|{dims}".encode()).hexdigest()[:UI_REVISION_CHARS]
+    fig.update_layout(template=plots.PAGE_TEMPLATE, uirevision=revision, clickmode="event")
+    return plots.figure_json(fig)
 
 
 @st.cache_data(max_entries=CACHE_ENTRIES, show_spinner=False)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from trainer.images import class_colors
 from trainer.runs import Run
@@ -24,6 +25,7 @@ OVERLAY_COLOR = "#111111"
 PATH_COLOR = "#d62728"
 OUTLINE_COLOR = "#444444"
 OVERLAY_MARKER_SIZE = 12
+CROSS_WIDTH, CROSS_HALO = 2.5, 1.5  # px of the slider point's cross and of the white line around it
 CHART_MARGIN = dict(l=10, r=10, t=10, b=10)
 CURVES_MARGIN = dict(l=10, r=10, t=30, b=10)
 CURVES_LEGEND = dict(orientation="h", yanchor="bottom", y=1.02, x=0)
@@ -35,6 +37,16 @@ SVG_TRACE, WEBGL_TRACE = "scatter", "scattergl"
 LEGEND_BELOW = dict(orientation="h", yref="container", yanchor="bottom", y=0.0, x=0.0)
 LEGEND_RIGHT = dict(orientation="v", yanchor="top", y=1.0, x=1.02)
 THRESHOLD_COLOR = PATH_COLOR
+# Streamlit's light theme for a chart Streamlit does not draw itself (app.components.scatter_chart; st.plotly_chart
+# themes its own): its font and text colour, white paper, horizontal grid lines only.
+TEXT_COLOR, GRID_COLOR = "#31333F", "#E6EAF1"
+PAGE_TEMPLATE = dict(layout=dict(
+    font=dict(family='"Source Sans", "Source Sans Pro", sans-serif', size=12, color=TEXT_COLOR),
+    paper_bgcolor="white", plot_bgcolor="white",
+    xaxis=dict(showgrid=False, zeroline=False, automargin=True, ticks="outside", tickcolor=GRID_COLOR, linecolor=GRID_COLOR),
+    yaxis=dict(gridcolor=GRID_COLOR, zeroline=False, automargin=True),
+    hoverlabel=dict(bgcolor="white", bordercolor=GRID_COLOR, font=dict(color=TEXT_COLOR)),
+))
 
 
 # Where a run's training time is shown (the Compare table, the Train page's job cards).
@@ -103,32 +115,66 @@ def trace_type(fig: go.Figure) -> str:
     return WEBGL_TRACE if any(t.type == WEBGL_TRACE for t in fig.data) else SVG_TRACE
 
 
+def _columns(xy: np.ndarray) -> tuple[list[float], list[float]]:
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    return xy[:, 0].tolist(), xy[:, 1].tolist()
+
+
+def marker_trace(xy: np.ndarray, name: str, symbol: str = "x", color: str = OVERLAY_COLOR, size: int = 16, *, webgl: bool = False) -> dict:
+    """A highlighted point (2,) or points (B, 2) as a plain-JSON trace (lists, not arrays)."""
+    x, y = _columns(xy)
+    return dict(type=WEBGL_TRACE if webgl else SVG_TRACE, x=x, y=y, mode="markers", name=name, hovertemplate=f"{name}<extra></extra>",
+                marker=dict(symbol=symbol, size=size, color=color, line=dict(width=2, color="white")))
+
+
+def path_trace(xy: np.ndarray, name: str, color: str = PATH_COLOR, *, webgl: bool = False) -> dict:
+    """A path (B, 2) with its frames marked, as a plain-JSON trace."""
+    x, y = _columns(xy)
+    return dict(type=WEBGL_TRACE if webgl else SVG_TRACE, x=x, y=y, mode="lines+markers", name=name, line=dict(color=color, width=2),
+                marker=dict(size=7, color=color), hovertemplate=f"{name} frame %{{pointNumber}}<extra></extra>")
+
+
+def outline_trace(xy: np.ndarray, name: str, color: str = OUTLINE_COLOR, *, webgl: bool = False) -> dict:
+    """A closed outline (B, 2) such as the manifold grid's extent, as a plain-JSON trace."""
+    x, y = _columns(xy)
+    return dict(type=WEBGL_TRACE if webgl else SVG_TRACE, x=x, y=y, mode="lines", name=name, line=dict(color=color, width=2, dash="dash"),
+                hoverinfo="skip")
+
+
 def add_marker(fig: go.Figure, xy: np.ndarray, name: str, symbol: str = "x", color: str = OVERLAY_COLOR, size: int = 16) -> go.Figure:
     """A highlighted point (2,) or points (B, 2) drawn over the scatter."""
-    xy = np.asarray(xy).reshape(-1, 2)
-    fig.add_trace(dict(
-        type=trace_type(fig), x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, hovertemplate=f"{name}<extra></extra>",
-        marker=dict(symbol=symbol, size=size, color=color, line=dict(width=2, color="white")),
-    ))
+    fig.add_trace(marker_trace(xy, name, symbol, color, size, webgl=trace_type(fig) == WEBGL_TRACE))
     return fig
 
 
 def add_path(fig: go.Figure, xy: np.ndarray, name: str, color: str = PATH_COLOR) -> go.Figure:
     """A path (B, 2) with its frames marked, drawn over the scatter."""
-    fig.add_trace(dict(
-        type=trace_type(fig), x=xy[:, 0], y=xy[:, 1], mode="lines+markers", name=name, line=dict(color=color, width=2),
-        marker=dict(size=7, color=color), hovertemplate=f"{name} frame %{{pointNumber}}<extra></extra>",
-    ))
+    fig.add_trace(path_trace(xy, name, color, webgl=trace_type(fig) == WEBGL_TRACE))
     return fig
 
 
 def add_outline(fig: go.Figure, xy: np.ndarray, name: str, color: str = OUTLINE_COLOR) -> go.Figure:
     """A closed outline (B, 2) such as the manifold grid's extent."""
-    fig.add_trace(dict(
-        type=trace_type(fig), x=xy[:, 0], y=xy[:, 1], mode="lines", name=name, line=dict(color=color, width=2, dash="dash"),
-        hoverinfo="skip",
-    ))
+    fig.add_trace(outline_trace(xy, name, color, webgl=trace_type(fig) == WEBGL_TRACE))
     return fig
+
+
+def cross_shapes(xy: np.ndarray, name: str, color: str = OVERLAY_COLOR, size: int = 16) -> list[dict]:
+    """A point (2,) marked by an × of `size` px as layout shapes (a white halo under a dark cross), listed in the legend as `name`.
+
+    A shape, not a trace: moving it redraws the shape alone (app.components.scatter_chart), where moving a trace
+    redraws every point. Its arms keep their pixel size at any zoom (xsizemode / ysizemode "pixel")."""
+    x, y = (float(v) for v in np.asarray(xy, np.float64).reshape(2))
+    r = size / 2
+    cross = dict(type="path", path=f"M{-r},{-r}L{r},{r}M{-r},{r}L{r},{-r}", xref="x", yref="y", xsizemode="pixel", ysizemode="pixel",
+                 xanchor=x, yanchor=y, layer="above")
+    return [dict(cross, line=dict(color="white", width=CROSS_WIDTH + 2 * CROSS_HALO)),
+            dict(cross, line=dict(color=color, width=CROSS_WIDTH), name=name, showlegend=True)]
+
+
+def figure_json(fig: go.Figure) -> str:
+    """The figure as Plotly JSON text (numpy arrays written as lists), unvalidated: the figures here are built from dicts."""
+    return pio.to_json(fig, validate=False)
 
 
 @dataclass
@@ -141,23 +187,32 @@ class Overlay:
     style: dict = field(default_factory=dict)  # marker symbol, color, size
 
 
-def add_overlays(fig: go.Figure, overlays: Sequence[Overlay], to_xy: Callable[[np.ndarray], np.ndarray], *, linear: bool = True) -> go.Figure:
-    """Draw each overlay at to_xy(overlay.z) (B, 2): paths and outlines as lines, the rest as markers.
+def overlay_traces(overlays: Sequence[Overlay], to_xy: Callable[[np.ndarray], np.ndarray], *, linear: bool = True,
+                   webgl: bool = False) -> list[dict]:
+    """Each overlay at to_xy(overlay.z) (B, 2) as a plain-JSON trace: paths and outlines as lines, the rest as markers.
 
     `linear`: whether to_xy is a linear map (PCA, raw dims). An outline (a region's border, like the manifold
     grid's extent) is drawn only then: a UMAP / t-SNE map places its border points one by one, and the polygon
     they make encloses nothing in particular."""
+    traces = []
     for ov in overlays:
         if ov.kind == "outline" and not linear:
             continue
         xy = to_xy(ov.z)
         if ov.kind == "path":
-            add_path(fig, xy, ov.name)
+            traces.append(path_trace(xy, ov.name, webgl=webgl))
         elif ov.kind == "outline":
-            add_outline(fig, xy, ov.name)
+            traces.append(outline_trace(xy, ov.name, webgl=webgl))
         else:
-            add_marker(fig, xy, ov.name, symbol=ov.style.get("symbol", "diamond"), color=ov.style.get("color", PATH_COLOR),
-                       size=ov.style.get("size", OVERLAY_MARKER_SIZE))
+            traces.append(marker_trace(xy, ov.name, symbol=ov.style.get("symbol", "diamond"), color=ov.style.get("color", PATH_COLOR),
+                                       size=ov.style.get("size", OVERLAY_MARKER_SIZE), webgl=webgl))
+    return traces
+
+
+def add_overlays(fig: go.Figure, overlays: Sequence[Overlay], to_xy: Callable[[np.ndarray], np.ndarray], *, linear: bool = True) -> go.Figure:
+    """Draw each overlay at to_xy(overlay.z) (B, 2) over the scatter (see `overlay_traces`)."""
+    for trace in overlay_traces(overlays, to_xy, linear=linear, webgl=trace_type(fig) == WEBGL_TRACE):
+        fig.add_trace(trace)
     return fig
 
 
@@ -226,19 +281,3 @@ def loss_figure(history: Sequence[dict[str, Any]], curves: Sequence[tuple[str, s
     fig.update_layout(xaxis_title="epoch", yaxis_title=y_title, height=LOSS_HEIGHT, margin=CURVES_MARGIN, legend=CURVES_LEGEND)
     return epoch_axis(fig, max((int(r.get("epoch", 0)) for r in history), default=0))
 
-
-# ---------------------------------------------------------------- reading a selection
-
-def selected_atlas_index(state: Any) -> int | None:
-    """The atlas index of the first clicked scatter point in a plotly selection state, if any."""
-    try:
-        points = state["selection"]["points"]
-    except (KeyError, TypeError):
-        return None
-    for p in points or []:
-        custom = p.get("customdata") if isinstance(p, dict) else None
-        if isinstance(custom, (list, tuple)):
-            custom = custom[0] if custom else None
-        if isinstance(custom, (int, float)) and not isinstance(custom, bool):
-            return int(custom)
-    return None

@@ -34,7 +34,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SERVER_START_S = 45.0
 LIVE_FRAME = "iframe[title$='latent_sliders']"  # the latent-slider component (app/components/latent_sliders)
 SLIDER_INPUT = ".sliders input[type=range]"  # its sliders, highest KL first
-MARKER_NAME = "slider point"  # the scatter trace that marks the slider point
+MARKER_NAME = "slider point"  # the scatter's mark of the slider point: a layout shape (app.plots.cross_shapes), or a trace
 RUN_PICKER = "[data-testid='stSidebar'] [data-testid='stSelectbox']"
 DEFAULT_SECONDS = 2.0
 DEFAULT_RELEASES = 10
@@ -45,6 +45,8 @@ MOVE_PAUSE_MS = 5  # between mouse moves: a steady stream of input events
 RELEASE_PX = 30  # each timed release drags the thumb this far, alternately right and left
 MARKER_JS = f"""() => {{
   for (const el of document.querySelectorAll('.js-plotly-plot')) {{
+    const s = ((el._fullLayout || {{}}).shapes || []).find((s) => s.name === {MARKER_NAME!r});
+    if (s) return [Number(s.xanchor), Number(s.yanchor)];
     const t = (el._fullData || []).find((t) => t.name === {MARKER_NAME!r});
     if (t && t.x && t.x.length) return [Number(t.x[0]), Number(t.y[0])];
   }}

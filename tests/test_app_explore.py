@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from app.components.scatter_chart import drawn_figure
 from app.state import TABS
 from trainer.runs import load_run
 
@@ -53,6 +55,22 @@ def test_moving_a_slider_changes_the_decoded_image(app):
     assert after != before
     by_key_prefix(app.slider, "z0:").set_value(float(slider.min)).run()
     assert image_with_caption(ok(app), "Decoded z").value != after
+
+
+def scatter_figure(at) -> dict:
+    """The main scatter as the browser draws it (app.components.scatter_chart): points, overlays, shapes."""
+    return drawn_figure(json.loads(next(c for c in at.get("bidi_component") if "slider point" in c.proto.json).proto.json))
+
+
+def test_the_scatter_moves_only_its_slider_point_when_a_slider_moves(app, runs_root):
+    first = json.loads(next(c for c in app.get("bidi_component") if "slider point" in c.proto.json).proto.json)
+    assert str(runs_root) not in json.dumps(first)  # no server path reaches the browser (the chart's revisions are hashes)
+    cross = [s for s in scatter_figure(app)["layout"]["shapes"] if s.get("name") == "slider point"]
+    by_key_prefix(app.slider, "z0:").set_value(float(by_key_prefix(app.slider, "z0:").max)).run()
+    moved = json.loads(next(c for c in ok(app).get("bidi_component") if "slider point" in c.proto.json).proto.json)
+    assert moved["base"] == first["base"] and moved["revision"] == first["revision"]  # the points are not redrawn
+    assert [s for s in scatter_figure(app)["layout"]["shapes"] if s.get("name") == "slider point"] != cross
+    assert {t["type"] for t in scatter_figure(app)["data"]} == {"scattergl"}
 
 
 def test_start_buttons_move_the_sliders(app):
@@ -140,7 +158,7 @@ def test_umap_map_is_cached_in_the_run_folder_and_the_replay_writes_nothing(monk
     before = {p for p in Path.cwd().rglob("projection-*.npz")}
     at = ok(start_app(monkeypatch, root))
     at.selectbox(key="projection").set_value("umap").run()
-    assert any("UMAP 1" in str(c.proto) for c in ok(at).get("plotly_chart"))
+    assert any("UMAP 1" in str(c.proto) for c in ok(at).get("bidi_component"))  # the scatter (app.components.scatter_chart)
     run = load_run(root / "vae5")
     cached = projection_path(root / "vae5", "umap", run.epoch)
     with np.load(cached, allow_pickle=False) as npz:

@@ -23,6 +23,16 @@ DRAG_MOVES = 40  # mouse moves while the slider thumb is held
 VIEWPORT = {"width": 1400, "height": 1000}
 TALL_VIEWPORT = {"width": 1400, "height": 2600}  # streamlit scrolls inside the page: a tall window shows it all
 
+SCATTER_CHART = ".scatter-chart"  # the points scatter's Plotly div (app.components.scatter_chart, in the page itself)
+# Page coordinates and atlas index of the atlas point farthest from any other, so that a click there hits it alone.
+LONE_POINT_JS = f"""() => {{
+  const gd = document.querySelector({SCATTER_CHART!r}), box = gd.getBoundingClientRect(), L = gd._fullLayout;
+  const pts = gd._fullData.filter((t) => t.customdata).flatMap((t) => Array.from(t.x, (x, i) =>
+    [box.left + L._size.l + L.xaxis.l2p(x), box.top + L._size.t + L.yaxis.l2p(t.y[i]), Number(t.customdata[i])]));
+  const gap = (p) => Math.min(...pts.filter((q) => q !== p).map((q) => Math.hypot(p[0] - q[0], p[1] - q[1])));
+  return pts.reduce((best, p) => (gap(p) > gap(best) ? p : best));
+}}"""
+
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium): no real-browser test")]
 
@@ -50,6 +60,8 @@ def test_explore_compare_train_in_chromium(server: str) -> None:
             # Explore: the live sliders decode in the browser while a thumb is dragged; letting go moves the scatter marker.
             frame = live_sliders(page, timeout_ms=STEP_MS)
             page.screenshot(path=str(ARTIFACTS / "browser-explore.png"))
+            chart = page.locator(SCATTER_CHART)
+            chart.evaluate("(el) => { el.dataset.kept = 'yes'; }")
             before = marker_xy(page)
             held = drag(page, frame, moves=DRAG_MOVES)
             page.screenshot(path=str(ARTIFACTS / "browser-explore-dragging.png"))
@@ -57,6 +69,12 @@ def test_explore_compare_train_in_chromium(server: str) -> None:
             assert held.frames > 0, f"no decoded image was drawn during a drag of {held.moves} mouse moves"
             wait_until(lambda: marker_xy(page) not in (None, before), "the scatter marker to follow the released slider")
             page.screenshot(path=str(ARTIFACTS / "browser-explore-moved.png"))
+            assert chart.get_attribute("data-kept") == "yes", "the scatter was mounted anew for a moved marker, not updated in place"
+
+            # A click on a point of the scatter picks its image (the component's click, as Streamlit's plotly selection did).
+            x, y, idx = page.evaluate(LONE_POINT_JS)
+            page.mouse.click(x, y)
+            page.get_by_text(f"Clicked: image #{idx},").wait_for()
             foreign = [url for url in requests if urlsplit(url).netloc != urlsplit(server).netloc]
             assert not foreign, f"the live sliders fetched from another host: {foreign[:3]}"
 

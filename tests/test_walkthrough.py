@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from app import images, latent, plots
+from app.components.scatter_chart import drawn_figure
 from trainer import projections
 from trainer.images import class_rgb
 from trainer.runs import load_run
@@ -151,7 +152,7 @@ def test_a_map_made_when_training_ended_opens_without_computing(monkeypatch, run
     at = ok(at.run())
     computing = [t for t in texts if "Computing the UMAP map" in t]
     assert bool(computing) is not made_in_training
-    chart = json.loads(next(c for c in at.get("plotly_chart") if "UMAP 1" in c.proto.spec).proto.spec)
+    chart = drawn_figure(json.loads(next(c for c in at.get("bidi_component") if "UMAP 1" in c.proto.json).proto.json))  # the scatter component
     assert chart["data"][0]["type"] == plots.WEBGL_TRACE  # the main scatter: the one WebGL chart
     assert "grid extent" not in {t.get("name") for t in chart["data"]}  # a UMAP map bends the grid's plane
     assert any("not on a UMAP / t-SNE map" in c.value for c in at.caption)
@@ -162,7 +163,7 @@ def test_explore_labels_its_sliders_charts_and_pickers(monkeypatch, runs_root, t
     shutil.copytree(runs_root / "vae5", root / "vae5")
     at = ok(start_app(monkeypatch, root))
     assert any(c.value.startswith("Sliders for all 5 dimensions, highest KL first") for c in at.caption)  # the server sliders
-    chart = json.loads(next(c for c in at.get("plotly_chart") if "PC1" in c.proto.spec).proto.spec)
+    chart = drawn_figure(json.loads(next(c for c in at.get("bidi_component") if "PC1" in c.proto.json).proto.json))  # the scatter component
     assert "grid extent" in {t.get("name") for t in chart["data"]}  # PCA: the grid's plane is the map's
     at = open_tab(at, "Traversal")
     picker = next(w for w in at.multiselect if (w.key or "").startswith("trav_dims"))

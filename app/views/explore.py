@@ -16,6 +16,8 @@ import streamlit as st
 from app import bounds, images, latent, plots, spatial, state
 from app import explore_cache as cache
 from app.components.latent_sliders import SliderSpec, latent_sliders, reported_error, reported_ready, reported_z
+from app.components.scatter_chart import clicked_index as scatter_clicked_index
+from app.components.scatter_chart import scatter_chart
 from app.components.sprite_scatter import clicked_index, sprite_scatter
 from app.plots import Overlay
 from app.sidebar import current_selection
@@ -29,6 +31,9 @@ CLICK_MODES = ("slider origin", "interpolation end A", "interpolation end B")
 SCATTER_MODES = ("points", "thumbnails")  # Plotly's WebGL markers, or every atlas image drawn at its point
 SCATTER_MODE_KEY = "scatter_mode"  # page-wide: which of SCATTER_MODES the scatter draws
 THUMBNAILS_KEY = "scatter_thumbnails"  # the thumbnail scatter component's value (one browser frame kept across runs)
+SCATTER_KEY = "scatter_points"  # the points scatter component's value (one chart, one WebGL context, kept across runs)
+SCATTER_CONFIG = {"scrollZoom": True, "displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+SLIDER_POINT = "slider point"  # the scatter's name of the slider point (a layout shape; bench.bench_browser finds it by name)
 PROJECTION_LABELS = {"pca": "PCA", "umap": "UMAP", "tsne": "t-SNE", "raw": "two raw dimensions"}
 GRID_PLANES = {"pca": "PCA plane of the codes", "raw": "two raw dimensions"}
 REPLAY_MAPS = {"pca": "PCA (fitted on the last epoch)", "raw": "the scatter's two raw dims"}
@@ -176,10 +181,10 @@ def _start_selected(view: View) -> None:
     set_point(view, view.means[idx if idx is not None else 0])
 
 
-def _on_scatter_select(view: View, chart_key: str) -> None:
-    """A click on the Plotly scatter."""
-    idx = plots.selected_atlas_index(st.session_state.get(chart_key))
-    if idx is not None and 0 <= idx < len(view.means):
+def _on_scatter_select(view: View) -> None:
+    """A click on the points scatter."""
+    idx = scatter_clicked_index(st.session_state.get(SCATTER_KEY), len(view.means))
+    if idx is not None:
         select_atlas_image(view, idx)
 
 
@@ -324,16 +329,18 @@ def _thumbnail_scatter(view: View, projection: latent.Projection) -> None:
 
 
 def _points_scatter(view: View, projection: latent.Projection, z: np.ndarray, overlays: list[Overlay]) -> None:
-    """The Plotly scatter with the tabs' overlays, the clicked image and the slider point."""
-    fig = plots.latent_scatter(projection.xy, view.labels, view.class_names, axis_titles=projection.axis_titles, webgl=True)
-    plots.add_overlays(fig, overlays, projection.transform, linear=projection.method not in latent.CACHED_PROJECTIONS)
+    """The Plotly scatter with the tabs' overlays, the clicked image and the slider point.
+
+    Drawn by app.components.scatter_chart, which keeps the chart in the browser: the points are one cached JSON text
+    and the slider point a layout shape, so a slider release redraws the cross alone (st.plotly_chart would mount
+    a new WebGL chart for every move)."""
+    base = cache.scatter_figure(view.cache_key, projection.method, projection.dims, projection, view.labels, tuple(view.class_names))
+    traces = plots.overlay_traces(overlays, projection.transform, linear=projection.method not in latent.CACHED_PROJECTIONS, webgl=True)
     idx = selected_index(view)
     if idx is not None:
-        plots.add_marker(fig, projection.xy[idx], "clicked image", symbol="circle-open", color=plots.OVERLAY_COLOR, size=14)
-    plots.add_marker(fig, projection.transform(z), "slider point", symbol="x")
-    chart_key = state.key(state.SCATTER, view.rid)
-    st.plotly_chart(fig, key=chart_key, on_select=functools.partial(_on_scatter_select, view, chart_key), selection_mode="points",
-                    config={"scrollZoom": True, "displaylogo": False})
+        traces.append(plots.marker_trace(projection.xy[idx], "clicked image", symbol="circle-open", color=plots.OVERLAY_COLOR, size=14, webgl=True))
+    scatter_chart(base, traces, plots.cross_shapes(projection.transform(z), SLIDER_POINT), key=SCATTER_KEY, count=len(view.means),
+                  height=plots.SCATTER_HEIGHT, config=SCATTER_CONFIG, on_click=functools.partial(_on_scatter_select, view))
 
 
 def _scatter_column(view: View, z: np.ndarray, overlays: list[Overlay]) -> None:
@@ -407,6 +414,7 @@ def explorer(view: View, overlays: list[Overlay]) -> None:
     they are Streamlit sliders decoded on the server, with the component loading the decoder unseen above them.
     """
     state.rerun_if_requested()
+    cache.settle_heap(view.cache_key)  # this run's model and data, loaded by now: out of the post-run collection's scans
     c_chart, c_right = st.columns([5, 5], gap="medium")
     dims = latent.slider_dims(view.stats, st.session_state.get(state.key(state.EXTRA_DIMS, view.rid)) or [])
     lo, hi = slider_bounds(view)
