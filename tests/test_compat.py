@@ -5,7 +5,10 @@ object-collective fallback runs for real in two gloo processes.
 """
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import torch.multiprocessing as mp
 
 from trainer import cli, compat, distributed
 from trainer.distributed import DistContext
+from trainer.paths import PROJECT_ROOT
 
 
 class Opaque:
@@ -226,3 +230,25 @@ def test_cli_says_it_in_one_line(monkeypatch, capsys, tmp_path):
     assert code == 2
     assert err.count("\n") == 0 and "asked for 2 processes on 1 GPU" in err
     assert not any(tmp_path.iterdir())  # refused before any run folder was made
+
+
+# ---------------------------------------------------------------- denormals
+
+
+def test_the_trainer_flushes_denormals_while_it_runs(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "_main", lambda argv: seen.append(compat.denormals_flushed()) or 0)
+    torch.set_flush_denormal(False)  # torch's default
+    assert cli.main([]) == 0
+    assert seen == [True]
+    assert not compat.denormals_flushed()  # put back for an in-process caller
+
+
+@pytest.mark.slow
+def test_the_trainer_process_flushes_denormals_in_every_thread():
+    """Set first thing in `python -m trainer`, the setting reaches torch's intra-op threads, started later."""
+    code = ("import sys, torch; from trainer import cli; "
+            "cli._main = lambda argv: print(int((torch.full((1 << 20,), 1e-38) * 0.01 == 0).sum())) or 0; sys.exit(cli.main([]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "2"}, check=True)
+    assert int(out.stdout.strip()) == 1 << 20  # every product (1e-40, subnormal) flushed, whichever thread made it

@@ -110,7 +110,7 @@ def denormals_flushed() -> bool:
 @contextlib.contextmanager
 def flushed_denormals() -> Iterator[bool]:
     """Flush subnormal floats to zero on the CPU inside the block, then restore this thread's setting; yields whether
-    the CPU can (x86 with SSE3, arm64). Training on subnormals can be many times slower (weights decaying towards 0).
+    the CPU can (x86 with SSE3, arm64). Arithmetic on subnormals is many times slower on x86.
 
     The setting is per thread and copied by the threads the process starts later: set first thing in a process
     (the trainer's main), it holds for torch's intra-op threads too; their setting is not restored."""
