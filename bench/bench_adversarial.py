@@ -7,7 +7,8 @@
 Both runs share every setting (model, data, epochs, batch, seed, learning rate, --recon-loss l1, --beta); the
 second adds `--disc-weight W --disc-start S` (hinge PatchGAN, adaptive weight: trainer/adversarial.py). Steps
 before S are bit-for-bit the first run's, so the comparison isolates what the adversarial term does after S.
-Each run's training CPU time (this process's, all threads), wall time and the 1-minute load average at its start
+Each run trains in this process with --threads intra-op threads (default 1, see DEFAULT_THREADS). Its CPU time
+(this process's, all threads), wall time and the 1-minute load average at its start
 and end go to `<runs-dir>/<name>.cost.json`.
 
 Measured on the whole test set, each image reconstructed through its posterior mean (the decoder's sigmoid),
@@ -40,11 +41,12 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
 
-from trainer import cli, metrics
+from trainer import cli, distributed, metrics
 from trainer.data import load_dataset
 from trainer.images import png_bytes, tile
 from trainer.runs import MANIFEST_FILE, Run, load_run, read_status
@@ -57,6 +59,9 @@ STRIP_IMAGES = 12
 STRIP_SCALE = 4  # nearest-neighbour upscaling of the strips
 LABEL_WIDTH = 120  # pixels of row labels left of the strips
 EVAL_BATCH = 250
+# Intra-op threads of each training process. The CLI would take os.cpu_count() (2 here); on this shared machine a
+# second thread spun in OpenMP barriers and cost 10x the CPU time per image (32 against 3 ms at load ~15).
+DEFAULT_THREADS = 1
 
 # The comparison (MNIST 28 px): a small spatial resnet (4 x 7 x 7 latent), L1 pixels and latent diffusion's small
 # beta (their kl_weight 1e-6 on [-1, 1] images is 5e-7 here, README "Sharp models"); the discriminator joins at
@@ -202,14 +207,15 @@ def load_1min() -> float:
     return os.getloadavg()[0]
 
 
-def train(name: str, argv: list[str], runs_dir: Path) -> dict[str, Any]:
-    """Train one run in this process (skipped if finished) and write its cost record."""
+def train(name: str, argv: list[str], runs_dir: Path, threads: int = DEFAULT_THREADS) -> dict[str, Any]:
+    """Train one run in this process (skipped if finished) with `threads` intra-op threads; write its cost record."""
     cost_file = runs_dir / f"{name}.cost.json"
     if (runs_dir / name / MANIFEST_FILE).exists() and (read_status(runs_dir / name) or {}).get("state") == "finished" and cost_file.exists():
         print(f"{name}: finished, skipped")
         return json.loads(cost_file.read_text())
     load0, cpu0, wall0 = load_1min(), time.process_time(), time.perf_counter()
-    code = cli.main(argv)
+    with mock.patch.object(distributed, "cpu_threads", lambda ctx: threads):  # the CLI takes every core otherwise
+        code = cli.main(argv)
     if code != 0:
         raise SystemExit(f"{name}: training failed (exit {code})")
     record = {"command": "python -m trainer " + shlex.join(argv), "cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0,
@@ -269,13 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/adversarial"))
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--only", choices=tuple(VARIANTS), help="train only this run")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="intra-op threads per training process (default 1)")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     if not args.report_only:
         for key, extra in VARIANTS.items():
             if args.only in (None, key):
-                train(RUN_NAMES[key], train_command(RUN_NAMES[key], args.runs_dir, args.epochs, extra), args.runs_dir)
+                train(RUN_NAMES[key], train_command(RUN_NAMES[key], args.runs_dir, args.epochs, extra), args.runs_dir, args.threads)
     if args.no_report:
         return 0
     results = report(args.runs_dir, args.out)
