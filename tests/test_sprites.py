@@ -293,6 +293,10 @@ def test_component_in_chromium(tmp_path: Path) -> None:
             page.mouse.move(cx + 60, cy + 1)
             page.wait_for_function("() => document.querySelector('#component').contentDocument.querySelector('#caption').textContent.endsWith('#4')")
             assert frames(canvas) > before, "panning redraws"
+            if "SwiftShader" in (canvas.get_attribute("data-renderer") or ""):  # software GL: motion at half resolution, then sharp
+                assert int(canvas.get_attribute("data-motion-frames") or 0) > 0
+            page.wait_for_function("() => document.querySelector('#component').contentDocument.querySelector('#gl').dataset.res === '1'")
+            assert canvas.evaluate("(c) => c.width === Math.round(c.clientWidth * devicePixelRatio)"), "the settled view is drawn at full resolution"
             clicks = len([m for m in page.evaluate("window.received") if m["type"] == "streamlit:setComponentValue"])
             assert clicks == 1, "a drag is not a click"
 

@@ -3,6 +3,9 @@
 // expanded once per data set, not instanced, because software GL (SwiftShader: headless Chromium, machines
 // without a GPU) runs an instanced draw one instance at a time, about 20 µs each: 0.2 s a frame for 10,000.
 // Frames are drawn in requestAnimationFrame only after something changed; the canvas counts them in data-frames.
+// In software GL a frame's cost is its pixels (clearing, shading, and the compositor's read-back of the canvas),
+// not its points: while the view pans or zooms there, frames are drawn at half the resolution (a quarter of the
+// pixels, about twice the frame rate) and the full-resolution frame follows SETTLE_MS after the last motion.
 // Streamlit components v1 protocol by hand (postMessage), so there is no library to fetch.
 "use strict";
 (function () {
@@ -26,6 +29,9 @@
   const TIP_OFFSET_PX = 16;
   const SELECT_RING_PX = 3;
   const HOVER_RING_PX = 2;
+  const MOTION_RES = 0.5;             // resolution of the frames drawn while panning or zooming in software GL
+  const SETTLE_MS = 150;              // after the last pan or zoom input, the view is drawn at full resolution
+  const SOFTWARE_GL = /swiftshader|llvmpipe|softpipe|software/i;   // renderers that rasterise on the CPU
 
   const canvas = document.getElementById("gl");
   const hoverBox = document.getElementById("hover-box");
@@ -45,6 +51,7 @@
     selected: -1, thumbPx: 0, height: 0, size: 0, sizeView: "",
     cx: 0, cy: 0, fit: 1, zoom: 1,          // view: data centre, px per data unit at zoom 1, zoom
     width: 0, heightPx: 0, dpr: 1,          // CSS size of the drawing area and device pixel ratio
+    res: 1, software: false, lastMotion: -Infinity, settleTimer: 0,   // drawing resolution (of dpr), motion
     pick: null, hover: -1, mouse: null, drag: null, clicks: 0,
     dirty: false, raf: 0, frames: 0, theme: null,
   };
@@ -139,6 +146,7 @@
     canvas.dataset.gl = webgl2 ? "webgl2" : "webgl1";
     const dbg = gl.getExtension("WEBGL_debug_renderer_info");
     canvas.dataset.renderer = String(dbg ? gl.getParameter(dbg.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER));
+    state.software = SOFTWARE_GL.test(canvas.dataset.renderer);
   }
 
   const CORNERS = [[0, 0], [1, 0], [0, 1], [0, 1], [1, 0], [1, 1]];   // two triangles per quad
@@ -296,8 +304,7 @@
     const hadView = state.width > 0;
     const oldW = state.width, oldH = state.heightPx;
     Object.assign(state, { width: w, heightPx: h, dpr: dpr });
-    canvas.width = Math.round(w * dpr);
-    canvas.height = Math.round(h * dpr);
+    setResolution(state.res);
     if (!hadView) fitView();
     else state.fit *= Math.min(w / oldW, h / oldH) || 1;
     requestDraw();
@@ -310,10 +317,28 @@
     if (!state.raf) state.raf = requestAnimationFrame(frame);
   }
 
+  // The drawing buffer at `res` of the device pixels (CSS stretches it over the drawing area).
+  function setResolution(res) {
+    const w = Math.max(1, Math.round(state.width * state.dpr * res)), h = Math.max(1, Math.round(state.heightPx * state.dpr * res));
+    if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
+    state.res = res;
+    canvas.dataset.res = String(res);
+  }
+
+  // A pan or zoom input: frames are drawn at MOTION_RES (software GL) until SETTLE_MS after the last one.
+  function motion() {
+    state.lastMotion = performance.now();
+    clearTimeout(state.settleTimer);
+    state.settleTimer = setTimeout(() => { if (state.res !== 1) requestDraw(); }, SETTLE_MS);
+  }
+
   function frame() {
     state.raf = 0;
     if (!state.dirty) return;
     state.dirty = false;
+    const moving = state.software && performance.now() - state.lastMotion < SETTLE_MS;
+    setResolution(moving ? MOTION_RES : 1);
+    if (moving) canvas.dataset.motionFrames = String(Number(canvas.dataset.motionFrames || 0) + 1);
     drawGL();
     drawOverlay();
     state.frames += 1;
@@ -329,14 +354,14 @@
     gl.clear(gl.COLOR_BUFFER_BIT);
     if (!state.textureReady || !state.n) return;
     const size = thumbSize();
-    const L = state.loc, dpr = state.dpr, px = Math.max(1, Math.round(size * dpr)), level = levelFor(px);
+    const L = state.loc, dpr = state.dpr * state.res, px = Math.max(1, Math.round(size * dpr)), level = levelFor(px);
     gl.activeTexture(gl.TEXTURE0);
     gl.bindTexture(gl.TEXTURE_2D, level.tex);
     gl.uniform2f(L.u_center, state.cx, state.cy);
     gl.uniform1f(L.u_scale, scale() * dpr);
     gl.uniform2f(L.u_viewport, canvas.width, canvas.height);
     gl.uniform1f(L.u_size, px);
-    gl.uniform1f(L.u_border, BORDER_PX * dpr);
+    gl.uniform1f(L.u_border, Math.max(1, BORDER_PX * dpr));
     gl.uniform1f(L.u_tint, size >= TINT_BELOW_PX ? 0 : MAX_TINT * (TINT_BELOW_PX - size) / (TINT_BELOW_PX - MIN_THUMB_PX));
     gl.drawArrays(gl.TRIANGLES, 0, VERTICES * state.n);
   }
@@ -444,6 +469,7 @@
         state.cy += (py - d.y) / scale();
         d.x = px; d.y = py;
         setHover(-1);
+        motion();
         requestDraw();
         return;
       }
@@ -479,6 +505,7 @@
     const after = toData(px, py);
     state.cx += before[0] - after[0];   // the data point under the cursor stays under it
     state.cy += before[1] - after[1];
+    motion();
     requestDraw();
     setHover(pickAt(px, py), px, py);
   }, { passive: false });
