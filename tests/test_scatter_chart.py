@@ -42,6 +42,8 @@ def test_drawn_figure_is_the_points_then_the_overlays_with_the_shapes():
     path = plots.overlay_traces([Overlay("path", "A to B", np.array([[0.0, 0.0], [1.0, 1.0]]))], lambda z: z, webgl=True)
     figure = drawn_figure(chart_data(base, path, plots.cross_shapes(np.array([2.0, 3.0]), "slider point")))
     assert [t["name"] for t in figure["data"]] == ["a", "b", "c", "A to B"]
+    assert all(isinstance(t[k], list) for t in figure["data"] for k in ("x", "y"))  # plain arrays: base64 ones defeat datarevision
+    assert figure["data"][1]["customdata"] == [1, 4, 7, 10, 13, 16, 19, 22, 25, 28]  # each point's atlas index, for the click
     assert {t["type"] for t in figure["data"]} == {plots.WEBGL_TRACE}
     named = [s for s in figure["layout"]["shapes"] if s.get("name") == "slider point"]
     assert len(named) == 1 and (named[0]["xanchor"], named[0]["yanchor"]) == (2.0, 3.0) and named[0]["showlegend"]
