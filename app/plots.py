@@ -115,9 +115,17 @@ def trace_type(fig: go.Figure) -> str:
     return WEBGL_TRACE if any(t.type == WEBGL_TRACE for t in fig.data) else SVG_TRACE
 
 
+def plain_list(a: np.ndarray) -> list:
+    """An array as a plain list for JSON, a non-finite number as None (null: Plotly leaves the point out; NaN is not JSON)."""
+    a = np.asarray(a)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        return np.where(np.isfinite(a), a, None).tolist()
+    return a.tolist()
+
+
 def _columns(xy: np.ndarray) -> tuple[list[float], list[float]]:
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
-    return xy[:, 0].tolist(), xy[:, 1].tolist()
+    return plain_list(xy[:, 0]), plain_list(xy[:, 1])
 
 
 def marker_trace(xy: np.ndarray, name: str, symbol: str = "x", color: str = OVERLAY_COLOR, size: int = 16, *, webgl: bool = False) -> dict:
@@ -177,7 +185,7 @@ class _PlainJSON(json.JSONEncoder):
 
     def default(self, o: Any) -> Any:
         if isinstance(o, np.ndarray):
-            return o.tolist()
+            return plain_list(o)
         if isinstance(o, np.generic):
             return o.item()
         return super().default(o)
@@ -190,7 +198,7 @@ def figure_json(fig: go.Figure) -> str:
     compares equal to the last one, so each call would redraw every point; plain arrays under an unchanged
     `layout.datarevision` are taken as unchanged (app.components.scatter_chart)."""
     figure = {"data": [t.to_plotly_json() for t in fig.data], "layout": fig.layout.to_plotly_json()}  # arrays as given, not base64
-    return json.dumps(figure, cls=_PlainJSON, separators=(",", ":"))
+    return json.dumps(figure, cls=_PlainJSON, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass

@@ -35,6 +35,15 @@ def test_chart_data_rejects_what_the_browser_could_not_draw():
         chart_data("[1, 2]")
     with pytest.raises(ValueError, match="plain JSON"):
         chart_data(base_json(), [{"x": np.zeros(2)}])
+    with pytest.raises(ValueError, match="plain JSON"):
+        chart_data(base_json(), [{"x": [float("nan")]}])
+
+
+def test_non_finite_coordinates_become_gaps_not_invalid_json():
+    xy = np.array([[0.0, 1.0], [np.nan, 2.0], [3.0, np.inf]], np.float32)
+    base = json.loads(plots.figure_json(plots.latent_scatter(xy, np.zeros(3, int), ["a"], webgl=True)))  # strict JSON: no NaN
+    assert base["data"][0]["x"] == [0.0, None, 3.0] and base["data"][0]["y"] == [1.0, 2.0, None]
+    assert plots.marker_trace(xy, "m")["x"] == [0.0, None, 3.0]
 
 
 def test_drawn_figure_is_the_points_then_the_overlays_with_the_shapes():

@@ -63,10 +63,10 @@ def chart_data(
         raise ValueError("base must be a figure's JSON: an object with a data list and a layout object")
     traces, shapes = [dict(t) for t in traces], [dict(s) for s in shapes]
     try:
-        traces_text = json.dumps(traces, sort_keys=True)
-        json.dumps(shapes)
-    except TypeError as e:
-        raise ValueError(f"traces and shapes must be plain JSON (lists, not arrays): {e}") from None
+        traces_text = json.dumps(traces, sort_keys=True, allow_nan=False)
+        json.dumps(shapes, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"traces and shapes must be plain JSON (lists, not arrays; no NaN): {e}") from None
     return {
         "base": base, "traces": traces, "shapes": shapes, "revision": _digest(base, traces_text), "height": int(height),
         "config": dict(config or {}), "plotly": plotly_path,
