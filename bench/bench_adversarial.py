@@ -213,11 +213,13 @@ def train(name: str, argv: list[str], runs_dir: Path, threads: int = DEFAULT_THR
     if (runs_dir / name / MANIFEST_FILE).exists() and (read_status(runs_dir / name) or {}).get("state") == "finished" and cost_file.exists():
         print(f"{name}: finished, skipped")
         return json.loads(cost_file.read_text())
+    if (runs_dir / name / MANIFEST_FILE).exists():
+        argv = [*argv, "--resume"]  # an interrupted run continues from its last saved epoch
     load0, cpu0, wall0 = load_1min(), time.process_time(), time.perf_counter()
     with mock.patch.object(distributed, "cpu_threads", lambda ctx: threads):  # the CLI takes every core otherwise
         code = cli.main(argv)
-    if code != 0:
-        raise SystemExit(f"{name}: training failed (exit {code})")
+    if code != 0 or (read_status(runs_dir / name) or {}).get("state") != "finished":
+        raise SystemExit(f"{name}: training failed or stopped (exit {code})")
     record = {"command": "python -m trainer " + shlex.join(argv), "cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0,
               "load_start": load0, "load_end": load_1min(), "threads": torch.get_num_threads(), "machine": machine()}
     runs_dir.mkdir(parents=True, exist_ok=True)

@@ -88,9 +88,14 @@ def train(channels: int, root: Path, epochs: int, lpips_weights: str | None, thr
     if finished(root / name):
         print(f"{name}: finished, skipped")
         return 0
+    if (root / name / MANIFEST_FILE).exists():
+        argv = [*argv, "--resume"]  # an interrupted run continues from its last saved epoch
     load0, cpu0, wall0 = load_1min(), time.process_time(), time.perf_counter()
     with mock.patch.object(distributed, "cpu_threads", lambda ctx: threads):  # the CLI takes every core otherwise
         code = cli.main(argv)
+    if code == 0 and not finished(root / name):  # stopped by a signal: the trainer saved and exited cleanly
+        print(f"{name}: stopped before its last epoch (run again to resume)", file=sys.stderr)
+        return 1
     if code == 0:
         atomic_write_json(root / f"{name}{COST_SUFFIX}", {
             "command": "python -m trainer " + shlex.join(argv), "cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0,
