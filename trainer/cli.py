@@ -29,7 +29,7 @@ from .distributed import AMP_CHOICES, DistContext
 from .errors import one_line
 from .lpips import LPIPSError
 from .runs import ATLAS_IMAGES_FILE, CONFIG_FILE, MANIFEST_FILE, STATUS_FILE, RunError, RunLock, epoch_file, read_config, read_manifest, validate_run_name
-from .train import ProcessLost, StopFlag, TrainingFailed, fit, pick_device
+from .train import ProcessLost, StopFlag, TrainingFailed, fit, pick_device, prepare_cublas
 
 DEFAULT_CHECKPOINTS_DIR = "checkpoints"
 PROG = "python -m trainer"
@@ -170,7 +170,9 @@ def _options() -> tuple[OptionSpec, ...]:
         _cli_option("device", "run", "auto (CUDA if present), cpu, cuda or cuda:N", default="auto"),
         _cli_option("progress", "run", "auto: a tqdm bar on a terminal (training images, step by step), else one JSON line per epoch "
                     "(and a progress line on stderr every few seconds)", default="auto", choices=PROGRESS_CHOICES),
-        _cli_option("amp", "run", "mixed precision: auto (bf16 on a GPU that has it, else off), off, bf16 or fp16", default="auto", choices=AMP_CHOICES),
+        _cli_option("amp", "run", "mixed precision: auto, off, bf16 or fp16. auto: off on the CPU; on a GPU with native bf16, a few steps "
+                    "are timed in float32 and bf16 at the start and bf16 is used only if at least 5% faster (the choice and timings are "
+                    "printed and kept in config.json; a resumed run keeps it)", default="auto", choices=AMP_CHOICES),
         _cli_option("compile", "run", "torch.compile the training step (slow first epoch; pays off on long GPU runs)", default=False),
         _cli_option("no_projections", "run", "do not compute the app's UMAP and t-SNE maps of the last epoch's atlas when training ends "
                     "(computed by default for latents of more than 2 dims, so the app shows them at once)", default=False),
@@ -493,8 +495,12 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError(str(e)) from None
     if not ctx.enabled:
         plan = _decide_run(args, given)
+        if plan.train_config.deterministic == "on":  # before CUDA starts (a resumed run's config.json may ask for it too)
+            prepare_cublas()
         device = _setup_device(ctx, args)
     else:
+        if args.deterministic == "on":
+            prepare_cublas()
         device = _setup_device(ctx, args)
         ctx = distributed.init(ctx, device)
     try:
@@ -519,7 +525,7 @@ def _train(ctx: DistContext, args: argparse.Namespace, device: torch.device, pla
     if speaks:
         print(f"data: {data.source.get('note', data.source.get('name'))}", file=sys.stderr)
         extras = "" if not ctx.enabled else f"  processes: {ctx.describe()}"
-        amp = distributed.resolve_amp(args.amp, device)
+        amp = None if args.amp == "auto" else distributed.resolve_amp(args.amp, device)  # auto: fit says what it picked
         extras += "" if amp is None else f"  precision: {distributed.precision_name(amp)}"
         extras += "  compile: on" if args.compile else ""
         print(f"run: {run_dir}  device: {device}{extras}", file=sys.stderr)

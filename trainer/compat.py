@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
+import time
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -25,6 +28,11 @@ import torch.distributed as dist
 
 NATIVE_BF16_MAJOR = 8  # CUDA compute capability with native bfloat16 (Ampere and newer)
 DENORMAL_PROBE = 1e-39  # a float32 subnormal (the smallest normal float32 is 1.18e-38)
+# --amp auto on a GPU with native bf16: bf16 only if a timing of the run's own step finds it this much faster
+AMP_MIN_SPEEDUP = 1.05  # fp32 seconds per step / bf16 seconds per step
+AMP_PROBE_WARMUP = 3  # untimed steps of each precision first (cuDNN algorithm choice, caches, allocator)
+AMP_PROBE_STEPS = 5  # steps per timed round
+AMP_PROBE_ROUNDS = 3  # rounds alternating fp32 and bf16; each precision's fastest round counts
 
 
 def accepts(fn: Callable[..., Any], name: str) -> bool:
@@ -120,3 +128,60 @@ def flushed_denormals() -> Iterator[bool]:
         yield supported
     finally:
         torch.set_flush_denormal(before)
+
+
+@dataclass(frozen=True)
+class AmpTiming:
+    """Seconds per training step in float32 and under bf16 autocast, as --amp auto measured them."""
+
+    fp32_s: float
+    bf16_s: float
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster bf16 steps than float32 (above 1: bf16 is faster)."""
+        return self.fp32_s / self.bf16_s if self.bf16_s > 0 else math.inf
+
+    @property
+    def picks_bf16(self) -> bool:
+        return pick_bf16(self.fp32_s, self.bf16_s)
+
+    def describe(self) -> str:
+        """`bfloat16 (4.10 ms per step against 5.04 ms in float32, 1.23x)`: what was picked and why."""
+        picked = "bfloat16" if self.picks_bf16 else "float32"
+        return (f"{picked} ({self.bf16_s * 1e3:.3g} ms per step in bf16 against {self.fp32_s * 1e3:.3g} ms in float32, "
+                f"{self.speedup:.2f}x; bf16 needs {AMP_MIN_SPEEDUP:.2f}x)")
+
+
+def pick_bf16(fp32_s: float, bf16_s: float, min_speedup: float = AMP_MIN_SPEEDUP) -> bool:
+    """Whether --amp auto trains in bf16: only if a bf16 step takes at most 1/min_speedup of a float32 one
+    (at least 5 % more images per second by default); float32 on a tie, a slower bf16 or a failed timing."""
+    if not (math.isfinite(fp32_s) and math.isfinite(bf16_s)) or fp32_s <= 0 or bf16_s <= 0:
+        return False
+    return fp32_s >= min_speedup * bf16_s
+
+
+def seconds_per_step(step: Callable[[], Any], steps: int, timer: Callable[[], float] = time.perf_counter,
+                     sync: Callable[[], Any] = lambda: None) -> float:
+    """Mean seconds of `steps` calls of `step`, `sync` (e.g. torch.cuda.synchronize) before each reading of `timer`."""
+    sync()
+    t0 = timer()
+    for _ in range(steps):
+        step()
+    sync()
+    return (timer() - t0) / steps
+
+
+def time_amp(fp32_step: Callable[[], Any], bf16_step: Callable[[], Any], *, timer: Callable[[], float] = time.perf_counter,
+             sync: Callable[[], Any] = lambda: None, warmup: int = AMP_PROBE_WARMUP, steps: int = AMP_PROBE_STEPS,
+             rounds: int = AMP_PROBE_ROUNDS) -> AmpTiming:
+    """Time the same training step in float32 and under bf16 autocast: `warmup` untimed calls of each, then
+    `rounds` rounds alternating the two (`steps` calls each); each precision's fastest round counts."""
+    for step in (fp32_step, bf16_step):
+        for _ in range(warmup):
+            step()
+    best = [math.inf, math.inf]
+    for _ in range(rounds):
+        for i, step in enumerate((fp32_step, bf16_step)):
+            best[i] = min(best[i], seconds_per_step(step, steps, timer, sync))
+    return AmpTiming(best[0], best[1])

@@ -14,6 +14,7 @@ from .binarize import BINARIZE_MODES
 
 LR_SCHEDULES = ("step", "cosine")
 WEIGHT_DTYPES = ("float32", "float16")
+DETERMINISTIC_MODES = ("off", "on")
 MAX_EPOCHS = 100_000
 MAX_BATCH_SIZE = 65_536
 MAX_LR = 10
@@ -105,6 +106,12 @@ class TrainConfig(JSONConfig):
         "", "a local torchvision VGG16 state dict (optionally with the lpips package's lin0..lin4) for the perceptual loss; "
         "read without unpickling; without it the perceptual term is off",
     )
+    deterministic: str = setting(
+        "off", "on: deterministic algorithms (torch.use_deterministic_algorithms, cuDNN without benchmarking, "
+        "CUBLAS_WORKSPACE_CONFIG=:4096:8) so that a CUDA run and its resumed copy are bitwise equal; may be slower, "
+        "and an operation without a deterministic kernel stops the run with one line; --amp auto is then float32, untimed",
+        choices=DETERMINISTIC_MODES,
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
@@ -122,7 +129,7 @@ class TrainConfig(JSONConfig):
         keep = field_spec(TrainConfig, "keep_epochs")
         _check(all(keep.in_range(e, integer=True) for e in self.keep_epochs), f"keep_epochs must be epochs {keep.range_text()}, got {list(self.keep_epochs)!r}")
         self.check_fields("weights_dtype", "val_size", "patience", "min_improvement")
-        self.check_fields("binarize")
+        self.check_fields("binarize", "deterministic")
         _check(isinstance(self.lpips_weights, str), f"lpips_weights must be a file path (text), got {self.lpips_weights!r}")
         self.check_fields("disc_weight", "disc_start", "disc_layers", "disc_channels", "perceptual_weight")
         _check(isinstance(self.perceptual_weights, str), f"perceptual_weights must be a file path (text), got {self.perceptual_weights!r}")

@@ -12,6 +12,7 @@ and a run may be resumed with another number of processes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -32,12 +33,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models import VAE, DiagonalGaussian, LossTerms, ModelConfig, build_model, to_float_images, vae_loss
+from models import loss as model_loss
 
-from . import adversarial, binarize, distributed, metrics, projections
+from . import adversarial, binarize, compat, distributed, metrics, projections
 from .config import DEFAULT_MIN_IMPROVEMENT, TrainConfig
 from .data import ImageData
 from .distributed import DistContext, all_reduce_sum, shard_bounds
-from .errors import one_line
+from .errors import first_line, one_line
 from .lpips import PerceptualDistance, load_optional
 from .paths import PROJECT_ROOT
 from .runs import MANIFEST_FILE, RunError, RunLock, RunWriter, discard_after, latent_snapshots, load_run, write_status
@@ -55,6 +57,11 @@ STOP_SLOT = len(LossTerms._fields)  # index of the stop flag after the loss term
 STATUS_EVERY_S = 2.0  # status.json's step counter: first written this far into an epoch, then at most this often
 PROGRESS_LINE_EVERY_S = 10.0  # --progress json: a progress line on stderr at most this often
 DEVICE_DATA_SHARE = 0.5  # the data sets live on the GPU if they take at most this share of its free memory
+# Training steps between host reads of the device-side non-finite flag (and, with several processes, of the stop
+# vote): the only host synchronisations of a training epoch besides its end. See Trainer.train_epoch.
+NONFINITE_CHECK_STEPS = 50
+CUBLAS_WORKSPACE = ":4096:8"  # the cuBLAS workspace setting --deterministic sets (NVIDIA's reproducibility notes)
+DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")  # either makes cuBLAS deterministic
 
 
 class TrainingFailed(Exception):
@@ -85,6 +92,33 @@ def pick_device(requested: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but no CUDA GPU is available: use --device cpu or auto")
     return device
+
+
+def prepare_cublas() -> bool:
+    """Set CUBLAS_WORKSPACE_CONFIG for --deterministic unless it already holds a deterministic value; returns whether
+    that happened in time (before CUDA started in this process; cuBLAS reads the setting when it first starts).
+    The CLI calls this first thing when the run is deterministic; the Trainer calls it again (use_deterministic)."""
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") in DETERMINISTIC_CUBLAS:
+        return True
+    late = torch.cuda.is_initialized()
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    return not late
+
+
+def use_deterministic() -> dict[str, Any]:
+    """--deterministic: deterministic algorithms (an operation without one raises), cuDNN without benchmarking and
+    with its deterministic kernels, and a deterministic cuBLAS workspace; for the whole process (which trains one run),
+    left on. Returns what config.json records; warns in one line if CUDA started before the cuBLAS setting."""
+    in_time = prepare_cublas()
+    if not in_time:
+        log.warning("--deterministic: CUDA had started before CUBLAS_WORKSPACE_CONFIG=%s was set, so cuBLAS may not use it; "
+                    "for bitwise-reproducible runs set CUBLAS_WORKSPACE_CONFIG=%s in the environment", CUBLAS_WORKSPACE, CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    return {"algorithms": torch.are_deterministic_algorithms_enabled(), "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cublas_workspace_config": os.environ["CUBLAS_WORKSPACE_CONFIG"], "cublas_set_in_time": in_time}
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -247,20 +281,27 @@ class Trainer:
         amp: str = "off",
         compile_model: bool = False,
     ):
-        """dist: this process's place in a torchrun job (None: one process); amp: see distributed.resolve_amp;
-        compile_model: torch.compile the training forward."""
+        """dist: this process's place in a torchrun job (None: one process); amp: see distributed.resolve_amp and, for
+        'auto', settle_amp; compile_model: torch.compile the training forward."""
         self.model_config, self.config, self.data = model_config, train_config, data
         self.device = torch.device(device)
         self.dist = dist or distributed.SINGLE
-        self.amp_dtype = distributed.resolve_amp(amp, self.device)
+        # --deterministic, before anything runs on the device (process-wide, see use_deterministic)
+        self.determinism: dict[str, Any] | None = use_deterministic() if train_config.deterministic == "on" else None
+        self.amp_dtype = distributed.resolve_amp(amp, self.device)  # for 'auto', bf16 is only a candidate until settle_amp
+        self.amp_pending = amp == "auto"  # settle_amp has yet to decide
+        self.amp_auto: dict[str, Any] | None = None  # what --amp auto decided and why (config.json's "amp_auto")
         self.compiled = compile_model
         self.channels_last = self.device.type == "cuda" and model_config.arch != "mlp"
         torch.manual_seed(train_config.seed)
         self.model: VAE = build_model(model_config).to(self.device)  # the bare model: what is saved, never a wrapper
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_config.lr, fused=True)
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        self.optimizer = compat.adam(self.model.parameters(), lr=train_config.lr, fused=True)
+        self.scaler = compat.grad_scaler(self.device.type) if self.amp_dtype == torch.float16 else None  # never for 'auto'
+        # Non-finite losses are flagged on the device, read on the host every NONFINITE_CHECK_STEPS steps (check_finite).
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # a step since the last reset had one
+        self.bad_terms = torch.zeros(4, device=self.device)  # (loss, recon, kl, objective) of the first such step
         self.net: nn.Module = self._training_net()
         self.binarize = binarize.is_dynamic(train_config.binarize)  # training pixels resampled as Bernoulli draws every step
         test_x = binarize.eval_images(data.test_x, train_config.binarize)  # binarised once by a fixed seed, or as it is
@@ -311,11 +352,14 @@ class Trainer:
         return train_x.pin_memory(), test_x.pin_memory()
 
     def setup_info(self) -> dict[str, Any]:
-        """How this run is computed, for config.json (the run folder itself does not depend on it)."""
+        """How this run is computed, for config.json (the run folder itself does not depend on it). Settles --amp auto."""
+        self.settle_amp()
         return {
             "world_size": self.dist.world_size,
             "backend": self.dist.backend,
             "precision": distributed.precision_name(self.amp_dtype),
+            **({"amp_auto": self.amp_auto} if self.amp_auto is not None else {}),
+            **({"deterministic": self.determinism} if self.determinism is not None else {}),
             "compile": self.compiled,
             "channels_last": self.channels_last,
             "data_on_device": self.train_x.device.type == self.device.type,
@@ -333,7 +377,76 @@ class Trainer:
         """Mixed precision for forward passes when --amp chose a dtype, else nothing."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return compat.autocast(self.device.type, self.amp_dtype)
+
+    # ------------------------------------------------------------ --amp auto
+
+    def settle_amp(self, saved: dict[str, Any] | None = None) -> None:
+        """Decide --amp auto, once (later calls do nothing). float32 on the CPU (bf16 autocast is not timed there), on a
+        GPU without native bf16, and with --deterministic (untimed, so a resumed run computes as the straight one);
+        `saved` (a resumed run's config.json) keeps the precision the run has trained in; else bf16 only if timing a
+        few steps of this model at this batch size finds it compat.AMP_MIN_SPEEDUP times faster (time_amp)."""
+        if not self.amp_pending:
+            return
+        self.amp_pending = False
+        candidate, self.amp_dtype = self.amp_dtype, None
+        if candidate is None:
+            reason = "off on the CPU, where bf16 is not timed" if self.device.type != "cuda" else "this GPU has no native bf16"
+            self.amp_auto = {"picked": "float32", "reason": reason}
+        elif self.config.deterministic == "on":
+            self.amp_auto = {"picked": "float32", "reason": "--deterministic: not timed, so that a resumed run computes as the straight one"}
+        elif saved is not None and saved.get("precision") in distributed.PRECISION_NAMES.values():
+            self.amp_dtype = candidate if saved["precision"] == distributed.precision_name(candidate) else None
+            kept = saved.get("amp_auto") if isinstance(saved.get("amp_auto"), dict) else {}
+            self.amp_auto = {**kept, "picked": distributed.precision_name(self.amp_dtype), "reason": "kept from the run's config.json (resumed)"}
+        else:
+            timing = self.time_amp()
+            self.amp_dtype = candidate if timing.picks_bf16 else None
+            self.amp_auto = {
+                "picked": distributed.precision_name(self.amp_dtype), "reason": f"timed: {timing.describe()}",
+                "fp32_ms_per_step": round(timing.fp32_s * 1e3, 4), "bf16_ms_per_step": round(timing.bf16_s * 1e3, 4),
+                "min_speedup": compat.AMP_MIN_SPEEDUP, "batch_size": self.config.batch_size,
+            }
+
+    def amp_note(self) -> str | None:
+        """The line that says what --amp auto picked and why (None unless the run asked for auto and it is settled)."""
+        if self.amp_auto is None:
+            return None
+        return f"--amp auto: {self.amp_auto['picked']} ({self.amp_auto['reason']})"
+
+    def time_amp(self, timer: Callable[[], float] = time.perf_counter) -> compat.AmpTiming:
+        """Seconds per training step of this model on this process's share of one batch, in float32 and under bf16
+        autocast (compat.time_amp), on copies of the model and optimiser (the run's own and its random streams are
+        untouched). With several processes the mean of their timings, so that every process decides alike."""
+        lo, hi = shard_bounds(min(self.config.batch_size, len(self.train_x)), self.dist.rank, self.dist.world_size)
+        x = self.images(self.train_x, slice(0, max(1, hi - lo)))  # (b, C, H, W): real images, the run's slice size
+        g = torch.Generator(device=self.device)
+        g.manual_seed(self.config.seed)
+        eps = self.noise(len(x), g)
+        steps = [self._timed_step(x, eps, dtype) for dtype in (None, torch.bfloat16)]
+        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
+        timing = compat.time_amp(*steps, timer=timer, sync=sync)
+        if self.dist.enabled:
+            both = torch.tensor([timing.fp32_s, timing.bf16_s], dtype=torch.float64, device=self.device)
+            timing = compat.AmpTiming(*(all_reduce_sum(self.dist, both) / self.dist.world_size).tolist())
+        return timing
+
+    def _timed_step(self, x: torch.Tensor, eps: torch.Tensor | None, dtype: torch.dtype | None) -> Callable[[], None]:
+        """One training step (forward, loss, backward, Adam) of a copy of the model, under autocast to `dtype` (None:
+        float32). The loss is models.loss.vae_loss itself, not this module's name for it, which fault tests replace."""
+        model = copy.deepcopy(self.model)
+        net, cfg = ReparamNet(model), self.config
+        optimizer = compat.adam(model.parameters(), lr=cfg.lr, fused=True)
+
+        def step() -> None:
+            with contextlib.nullcontext() if dtype is None else compat.autocast(self.device.type, dtype):
+                x_hat, mean, logvar = net(x, eps)
+            terms = model_loss.vae_loss(x, x_hat, _float_posterior(mean, logvar), recon_loss=cfg.recon_loss, beta=cfg.beta, recon_weight=cfg.recon_weight)
+            optimizer.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            optimizer.step()
+
+        return step
 
     def images(self, source: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
         """Rows `index` of uint8 images (N, C, H, W) as float32 in [0, 1] on the device, (B, C, H, W)."""
@@ -368,14 +481,21 @@ class Trainer:
         *,
         eps: torch.Tensor | None = None,
         global_batch: int | None = None,
-        stop: bool = False,
+        stop: bool | None = None,
     ) -> LossTerms | None:
         """One optimiser step on a batch x (B, C, H, W) in [0, 1]; eps (B, D) is drawn from `generator` if not given.
+        Returns the batch's loss terms as device tensors.
+
+        No host synchronisation (bar fp16's gradient scaler, which reads its own inf check): a non-finite loss is not
+        raised here but flagged on the device (`nonfinite`, with the first such step's terms in `bad_terms`), and the
+        optimiser steps on; call check_finite() to raise it (train_epoch does every NONFINITE_CHECK_STEPS steps).
 
         With several processes, x and eps are this process's slice of a global batch of `global_batch`
         images: the returned terms are the global batch's, the gradient is the one-process gradient of
-        the whole global batch, and the step returns None without stepping if any process sets `stop`.
+        the whole global batch. `stop` is this process's stop vote, read back (a host sync) only when given:
+        the step returns None without stepping if any process voted True.
         """
+        self.settle_amp()  # --amp auto: decided before the first step (a no-op after)
         b = len(x)
         n = b if global_batch is None else global_batch
         if eps is None:
@@ -393,20 +513,18 @@ class Trainer:
             objective = terms.loss
             if self.sharp is not None and self.sharp.active:  # + perceptual and adversarial terms (trainer/adversarial.py)
                 objective = objective + self.sharp.generator_terms(x, x_hat, self.config.recon_weight * terms.recon, self.global_step)
-                if not torch.isfinite(objective):
-                    raise TrainingFailed(f"the objective with the sharpness losses became {objective.item()} (recon {terms.recon.item():.4g})")
         else:
             zero = x_hat.new_zeros((), dtype=torch.float32)
             terms, objective = LossTerms(zero, zero, zero), x_hat.float().sum() * 0.0
         if self.dist.enabled:
             local = torch.stack([t.detach() for t in terms]) * b  # (3,) this slice's sums
-            shared = all_reduce_sum(self.dist, torch.cat([local, local.new_tensor([float(stop)])]))
-            if shared[STOP_SLOT] > 0:
+            vote = local.new_full((1,), float(bool(stop)))  # a fill on the device, not a copy from the host
+            shared = all_reduce_sum(self.dist, torch.cat([local, vote]))
+            if stop is not None and shared[STOP_SLOT] > 0:  # the host reads the votes only when asked to
                 return None
             terms = LossTerms(*(shared[:STOP_SLOT] / n))
             objective = objective * (b * self.dist.world_size / n)  # DDP averages over processes: weight by this slice's share
-        if not torch.isfinite(terms.loss):
-            raise TrainingFailed(f"loss became {terms.loss.item()} (recon {terms.recon.item():.4g}, kl {terms.kl.item():.4g})")
+        self._flag_nonfinite(terms, objective)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             objective.backward()
@@ -418,6 +536,26 @@ class Trainer:
         if self.sharp is not None and b:
             self.sharp.discriminator_step(x, x_hat, self.global_step, self.optimizer.param_groups[0]["lr"])
         return terms
+
+    @torch.no_grad()
+    def _flag_nonfinite(self, terms: LossTerms, objective: torch.Tensor) -> None:
+        """Set the device flag `nonfinite` if this step's loss (the global batch's) or, with the sharpness losses, its
+        objective is not finite, keeping the first such step's (loss, recon, kl, objective) in `bad_terms`; all on the
+        device, no host sync."""
+        values = torch.stack([terms.loss, terms.recon, terms.kl, objective.detach().float()])  # (4,)
+        watched = values[0::3] if self.sharp is not None and self.sharp.active else values[:1]  # (loss, objective) or (loss,)
+        self.bad_terms.copy_(torch.where(self.nonfinite, self.bad_terms, values))  # frozen once the flag is up
+        self.nonfinite.logical_or_(~torch.isfinite(watched).all())
+
+    def check_finite(self) -> None:
+        """Raise TrainingFailed, in one line, if a step since the flag was last cleared had a non-finite loss (or
+        objective): its terms, as the step-by-step check said them. Reads the device flag: a host sync."""
+        if not bool(self.nonfinite):
+            return
+        loss, recon, kl, objective = self.bad_terms.tolist()
+        if self.sharp is not None and self.sharp.active and not math.isfinite(objective):
+            raise TrainingFailed(f"the objective with the sharpness losses became {objective} (recon {recon:.4g})")
+        raise TrainingFailed(f"loss became {loss} (recon {recon:.4g}, kl {kl:.4g})")
 
     @torch.no_grad()
     # Longer than the ~60-line house limit on purpose: one pass over the test set fills every sum of one
@@ -548,12 +686,21 @@ class Trainer:
 
     def train_epoch(self, should_stop: Callable[[], bool] = lambda: False, on_step: Callable[[int, int], None] | None = None) -> dict[str, float] | None:
         """Train epoch `self.epoch` (0-based); returns the mean train terms, or None if stopped part-way.
-        `on_step(steps done, images seen)` follows each optimiser step (it must not synchronise the device).
+        `on_step(steps done, images seen)` follows each optimiser step (host ints: it must not synchronise the device).
+
+        The steps do not synchronise with the device (train_step): the loss terms are summed and a non-finite loss is
+        flagged on the device, and the host reads the flag every NONFINITE_CHECK_STEPS (N = 50) steps, at the epoch's
+        last step and on a stop, raising TrainingFailed. So a non-finite loss goes unnoticed for at most N - 1 further
+        steps, which is safe: those steps' weights (NaN by then) are never saved, since the run folder is written only
+        at epoch ends, after this check; the optimiser keeps stepping on NaN for at most N - 1 steps, all discarded,
+        and the run ends as failed with the last good checkpoint kept, as when the host checked every step.
+        (The running sums are read once, at the end; the epoch's loss figures are bitwise those of a per-step check.)
 
         With several processes every one draws the same permutation and noise (and, with --binarize
         dynamic, the uniforms that binarise the pixels) and trains on its slice of each global batch; a
-        stop asked on any process stops all of them at the same step.
+        stop asked on any process stops all of them at the same step: the next step at which they read the flag.
         """
+        self.settle_amp()
         cfg, epoch = self.config, self.epoch
         rank, world = self.dist.rank, self.dist.world_size
         g = epoch_generator(cfg.seed, epoch, self.device)
@@ -562,11 +709,15 @@ class Trainer:
         totals = torch.zeros(3, device=self.device)
         seen = 0
         lr = beta = 0.0
+        stop_asked = False  # several processes: a stop asked here, voted at the next check step
+        self.nonfinite.zero_()
         if self.sharp is not None:
             self.sharp.epoch_terms()  # forget the logs of an epoch stopped part-way
         for step, idx in enumerate(order.split(cfg.batch_size)):
             if not self.dist.enabled and should_stop():
+                self.check_finite()  # a failure is a failure even when a stop came first
                 return None
+            check = (step + 1) % NONFINITE_CHECK_STEPS == 0 or step + 1 == self.steps_per_epoch  # a host read this step
             lr, beta = self.set_schedule(epoch, step)
             self.global_step = epoch * self.steps_per_epoch + step
             b = len(idx)
@@ -577,13 +728,18 @@ class Trainer:
             if u is not None:
                 x = binarize.bernoulli_pixels(x, u[lo:hi])  # fresh binary pixels at every step
             local_eps = None if eps is None else eps[lo:hi]
-            terms = self.train_step(x, beta, eps=local_eps, global_batch=b, stop=self.dist.enabled and should_stop())
+            stop_asked = self.dist.enabled and (stop_asked or should_stop())
+            terms = self.train_step(x, beta, eps=local_eps, global_batch=b, stop=stop_asked if self.dist.enabled and check else None)
             if terms is None:
+                self.check_finite()
                 return None
             totals += torch.stack([t.detach() for t in terms]) * b
             seen += b
+            if check:
+                self.check_finite()
             if on_step is not None:
                 on_step(step + 1, seen)
+        self.check_finite()  # (already read at the last step; an epoch of no steps has nothing to check)
         loss, recon, kl = (totals / seen).tolist()
         sharp = self.sharp.epoch_terms() if self.sharp is not None else {}
         return {"train_loss": loss, "train_recon": recon, "train_kl": kl, "train_neg_elbo": recon + kl, "lr": lr, "beta": beta, **sharp}
@@ -598,6 +754,7 @@ class Trainer:
         if self.sharp is not None:
             self.sharp.load_state(run)  # the discriminator and its optimiser, saved beside the model (not read by load_run)
         self.epoch, self.history = run.epoch, list(run.history)
+        self.settle_amp(run.info)  # --amp auto keeps the precision the run has trained in
         atlas = run.atlas
         self.latent_epochs = atlas.epochs.tolist()
         self.latent_means = [m.astype(np.float16) for m in atlas.means]
@@ -618,9 +775,11 @@ class Trainer:
             return
         state = None
         if self.dist.is_main:
-            state = {"epoch": self.epoch, "model": _to_cpu(self.model.state_dict()), "optimizer": _to_cpu(self.optimizer.state_dict())}
+            state = {"epoch": self.epoch, "model": _to_cpu(self.model.state_dict()), "optimizer": _to_cpu(self.optimizer.state_dict()),
+                     "amp": {"precision": distributed.precision_name(self.amp_dtype), "amp_auto": self.amp_auto}}
         state = distributed.broadcast_object(self.dist, state)
         if not self.dist.is_main:
+            self.settle_amp(state["amp"])  # rank 0's --amp auto decision
             self.epoch = int(state["epoch"])
             self.model.load_state_dict(state["model"])
             self._load_optimizer_state(state["optimizer"])
@@ -954,20 +1113,29 @@ def _start_or_resume(trainer: Trainer, checkpoints: Checkpoints, data: ImageData
     """Resume: every process continues from rank 0's run folder, whose later epochs are dropped.
     Start: create the run folder and save epoch 0, the untrained model's evaluation."""
     model_config, train_config = trainer.model_config, trainer.config
-    info = run_info(data, opts.device, trainer.setup_info())
     if opts.resume:
         checkpoints.on_main(lambda: trainer.restore(opts.run_dir))
         trainer.broadcast_state()
         checkpoints.saved = trainer.epoch
-        info |= {"resumed_from": trainer.epoch}
+        info = run_info(data, opts.device, trainer.setup_info()) | {"resumed_from": trainer.epoch}  # after restore: --amp auto as saved
+        _say_amp(trainer, opts)
         checkpoints.on_main(lambda: (discard_after(opts.run_dir, trainer.epoch), checkpoints.writer.write_config(model_config, train_config, info)))
         return
+    info = run_info(data, opts.device, trainer.setup_info())  # settles --amp auto (timed on a GPU)
+    _say_amp(trainer, opts)
     atlas = torch.from_numpy(trainer.atlas_idx)
     # the images the model is evaluated on (binarised ones with --binarize dynamic), so the app shows what it saw
     atlas_x, atlas_y = trainer.test_x[atlas.to(trainer.test_x.device)].cpu().numpy(), data.test_y[atlas].cpu().numpy()
     checkpoints.on_main(lambda: checkpoints.writer.create(model_config, train_config, info, atlas_x, atlas_y))
     trainer.record_latents(trainer.evaluate(train_config.beta_at(0, 0.0)))
     checkpoints.save_epoch(trainer)
+
+
+def _say_amp(trainer: Trainer, opts: FitOptions) -> None:
+    """Tell on stderr what --amp auto picked and why (the timings), unless progress is off."""
+    note = trainer.amp_note()
+    if note is not None and opts.progress != "none":
+        print(note, file=sys.stderr, flush=True)
 
 
 def _train_epochs(trainer: Trainer, checkpoints: Checkpoints, status: StatusWriter, opts: FitOptions) -> None:
@@ -1040,6 +1208,9 @@ def _failure(error: BaseException, opts: FitOptions, saved: int) -> TrainingFail
     if isinstance(error, OSError):  # disk full, read-only or unwritable folder: while creating the run, saving or resuming
         kept = f"the last saved epoch ({saved}) is kept" if (opts.run_dir / MANIFEST_FILE).exists() else "nothing was saved yet"
         return TrainingFailed(f"could not write the run folder {opts.run_dir} ({error.strerror or error}); {kept}")
+    if isinstance(error, RuntimeError) and "use_deterministic_algorithms" in str(error):
+        what = first_line(error).split(", but you set")[0]  # "<operation> does not have a deterministic implementation"
+        return TrainingFailed(f"--deterministic: {what}; train without --deterministic; the last saved epoch ({saved}) is kept")
     if isinstance(error, RuntimeError) and opts.dist.enabled:
         # gloo / nccl raise RuntimeError (DistBackendError among them) when another process died or broke off.
         world = opts.dist.world_size
