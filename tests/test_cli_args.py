@@ -63,6 +63,7 @@ BAD_VALUES: dict[str, list[tuple[str, str | None]]] = {
     "patience": [("-1", None), ("100001", None), ("abc", "invalid int"), ("3", "val.size")],  # 3: without --val-size
     "min_improvement": [("-1", None), ("1001", None), ("nan", None), ("abc", "invalid float")],
     "binarize": [("static", "invalid choice"), ("", "invalid choice")],
+    "deterministic": [("yes", "invalid choice"), ("", "invalid choice")],
     "lpips_weights": [],  # any path: the file is read (and a bad one refused with one line) when training starts
     "disc_weight": [("-1", None), ("1001", None), ("nan", None), ("abc", "invalid float")],
     "disc_start": [("-1", None), ("1000000001", None), ("abc", "invalid int"), ("1.5", "invalid int")],

@@ -18,7 +18,7 @@ from trainer.config import TrainConfig
 from trainer.runs import load_run, read_config, read_status
 from trainer.train import Trainer, TrainingFailed, fit
 
-from .helpers import TINY_WIDTHS, tiny_data
+from .helpers import TINY_WIDTHS, cli_args, tiny_data, write_idx_digits
 
 TINY = ModelConfig(latent_dim=2, widths=TINY_WIDTHS)
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")  # every way a tensor's value reaches Python
@@ -257,6 +257,17 @@ def test_amp_auto_with_deterministic_is_float32_untimed(deterministic_state):
     trainer.time_amp = lambda: pytest.fail("--deterministic is not timed")  # type: ignore[method-assign]
     trainer.settle_amp()
     assert trainer.amp_dtype is None and "--deterministic" in trainer.amp_auto["reason"]
+
+
+def test_the_cli_says_what_amp_auto_picked(tmp_path, capsys, deterministic_state):
+    data_dir = write_idx_digits(tmp_path / "data")
+    argv = cli_args(data_dir, tmp_path / "runs", "r", "--epochs", "1", "--progress", "json", "--deterministic", "on")
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "--amp auto: float32 (off on the CPU, where bf16 is not timed)" in err.splitlines()
+    assert "precision" not in next(line for line in err.splitlines() if line.startswith("run: "))  # auto: said by the line above
+    _, train_config, info = read_config(tmp_path / "runs" / "r")
+    assert train_config.deterministic == "on" and info["amp_auto"]["picked"] == "float32" and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
 
 def test_timing_the_step_leaves_the_run_untouched():

@@ -171,7 +171,7 @@ def _options() -> tuple[OptionSpec, ...]:
         _cli_option("progress", "run", "auto: a tqdm bar on a terminal (training images, step by step), else one JSON line per epoch "
                     "(and a progress line on stderr every few seconds)", default="auto", choices=PROGRESS_CHOICES),
         _cli_option("amp", "run", "mixed precision: auto, off, bf16 or fp16. auto: off on the CPU; on a GPU with native bf16, a few steps "
-                    "are timed in float32 and bf16 at the start and bf16 is used only if at least 5% faster (the choice and timings are "
+                    "are timed in float32 and bf16 at the start and bf16 is used only if at least 1.05 times as fast (the choice and timings are "
                     "printed and kept in config.json; a resumed run keeps it)", default="auto", choices=AMP_CHOICES),
         _cli_option("compile", "run", "torch.compile the training step (slow first epoch; pays off on long GPU runs)", default=False),
         _cli_option("no_projections", "run", "do not compute the app's UMAP and t-SNE maps of the last epoch's atlas when training ends "
