@@ -32,7 +32,7 @@ CURVE_METRICS: dict[str, str | RowValue] = {
     "MSE": "mse",
     "PSNR (dB)": "psnr",
     "SSIM": "ssim",
-    "active units (KL > 0.01)": "active_units",
+    "active units (KL > 0.01; an AE: code variance > 0.01)": "active_units",
     "learning rate": "lr",
     "beta": "beta",
     "seconds per epoch": "seconds",

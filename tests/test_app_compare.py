@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from app import bounds, compare, plots
 from app.common import describe_run
@@ -376,3 +377,15 @@ def test_an_upload_unlike_the_data_is_flagged(monkeypatch, runs_root: Path) -> N
     flagged = [w.value for w in ok(at).warning if w.value.startswith("Out of distribution")]
     assert len(flagged) == 1 and "reconstruction error (MSE)" in flagged[0] and "negative ELBO (BCE-based bound)" in flagged[0]
     assert "of the 40 test images" in flagged[0]
+
+
+def test_active_units_curve_says_what_it_counts_for_an_ae(runs: dict[str, Run]) -> None:
+    """The history's `active_units` counts KL > 0.01 for a VAE but code variance > 0.01 for an AE (README Metrics):
+    the curve's label names both, and an AE's count is the variance one (Burda's), though its KL is 0."""
+    label = next(k for k, v in compare.CURVE_METRICS.items() if v == "active_units")
+    assert "KL > 0.01" in label and "AE: code variance > 0.01" in label
+    last = runs["ae2"].history[-1]
+    assert last["test_kl"] == 0 and last["active_units"] == last["active_units_burda"]
+    no_kl, variance = torch.zeros(3), torch.tensor([0.5, 0.001, 0.2])
+    assert metrics.active_units(no_kl, variance, deterministic=True) == 2
+    assert metrics.active_units(no_kl, variance, deterministic=False) == 0

@@ -23,7 +23,7 @@ COLUMN_HELP = {
     "rank": "By the negative ELBO, lower first, among runs of the same dataset and reconstruction term; an autoencoder has no bound and no rank.",
     "β": "Weight of the KL term in the training objective (at the last epoch).",
     "recon loss": ("What the reconstruction term is: Bernoulli NLL (nats) only on binary images; BCE on grayscale targets is not "
-                   "a density; SSE is a sum of squared errors."),
+                   "a density; SSE is a sum of squared errors and L1 one of absolute errors (not nats)."),
     "neg. ELBO": "Test negative ELBO: reconstruction + KL at β = 1, the bound on −log p(x). Lower is better.",
     "IWAE NLL": "Importance-weighted estimate of −log p(x) ± its standard error (python -m trainer.evaluate), when computed for this epoch.",
     "objective": "Test value of what training minimised: recon weight × reconstruction + β × KL.",

@@ -278,8 +278,13 @@ def _start_controls(view: View) -> None:
         st.caption("Click a point on the scatter to see its image here.")
 
 
+def score_unit(view: View) -> str:
+    """The unit of a dimension's score: nats of mean KL (a VAE), or "var", the variance of an AE's codes."""
+    return "nats" if view.stats.score_name == "KL" else "var"
+
+
 def slider_label(view: View, d: int) -> str:
-    unit = "nats" if view.stats.score_name == "KL" else "var"
+    unit = score_unit(view)
     return f"{view.dim_name(d)} · {float(view.stats.scores[d]):.2f} {unit}" + (" · inactive" if view.stats.inactive[d] else "")
 
 
@@ -310,7 +315,7 @@ def _more_sliders(view: View) -> None:
     if view.latent_dim > latent.MAX_SLIDERS:
         others = [int(d) for d in view.stats.order[latent.MAX_SLIDERS:]]
         st.multiselect(f"More sliders (showing the {latent.MAX_SLIDERS} dims with the highest {view.stats.score_name})", others,
-                       format_func=lambda d: f"{view.dim_name(d)} ({view.stats.scores[d]:.3f})", key=state.key(state.EXTRA_DIMS, view.rid))
+                       format_func=lambda d: f"{view.dim_name(d)} ({view.stats.scores[d]:.3f} {score_unit(view)})", key=state.key(state.EXTRA_DIMS, view.rid))
 
 
 @st.cache_data(max_entries=cache.CACHE_ENTRIES, show_spinner=False)
