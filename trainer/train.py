@@ -395,8 +395,8 @@ class Trainer:
             self.amp_auto = {"picked": "float32", "reason": reason}
         elif self.config.deterministic == "on":
             self.amp_auto = {"picked": "float32", "reason": "--deterministic: not timed, so that a resumed run computes as the straight one"}
-        elif saved is not None and saved.get("precision") in distributed.PRECISION_NAMES.values():
-            self.amp_dtype = candidate if saved["precision"] == distributed.precision_name(candidate) else None
+        elif saved is not None:  # never timed here: in a multi-process job only rank 0 restores (timing is collective)
+            self.amp_dtype = candidate if saved.get("precision") == distributed.precision_name(candidate) else None
             kept = saved.get("amp_auto") if isinstance(saved.get("amp_auto"), dict) else {}
             self.amp_auto = {**kept, "picked": distributed.precision_name(self.amp_dtype), "reason": "kept from the run's config.json (resumed)"}
         else:
