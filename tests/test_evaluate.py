@@ -248,3 +248,11 @@ def test_module_entry_point_refuses_a_missing_run(tmp_path):
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "no such run" in proc.stderr
+
+
+def test_units_say_nats_only_for_a_true_log_density() -> None:
+    from trainer.evaluate import units_label
+
+    assert units_label("bce", True) == "nats per image"
+    for recon_loss, binary in (("bce", False), ("mse", True), ("mse", False), ("l1", False)):
+        assert "not nats" in units_label(recon_loss, binary)

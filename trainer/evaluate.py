@@ -98,6 +98,13 @@ def likelihood_label(recon_loss: str, binary: bool) -> str:
     return LIKELIHOOD_LABELS.get((recon_loss, binary), f"minus the '{recon_loss}' reconstruction term used as log p(x|z)")
 
 
+def units_label(recon_loss: str, binary: bool) -> str:
+    """The unit of the record's figures: nats only where the reconstruction term is a true log-density."""
+    if recon_loss == "bce":
+        return "nats per image" if binary else "per image (a BCE-based bound on randomly binarised images, not nats of these images)"
+    return f"per image ({recon_loss}-based: not nats)"
+
+
 @dataclass(frozen=True)
 class PerImage:
     """Per-image figures in nats, (N,) float64 on the CPU."""
@@ -287,7 +294,7 @@ def evaluate_run(
         "binary_targets": binary,
         "likelihood": likelihood_label(recon_loss, binary),
         "bce_floor": floor,  # the lowest BCE any model can reach on these images (their pixels' binary entropy); 0 for binary images
-        "units": "nats per image",
+        "units": units_label(recon_loss, binary),
         "bits_per_dim": nll / (math.prod(x.shape[1:]) * math.log(2)),
         "seed": seed,
         "batch_size": batch_size,
