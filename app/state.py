@@ -41,7 +41,6 @@ LIVE_TOKEN = "live_token"  # counts the page's moves of the slider point (the li
 SELECTED = "selected"  # atlas index of the last clicked scatter point
 START_SEED = "start_seed"
 EXTRA_DIMS = "extra_dims"  # dims given a slider beyond the MAX_SLIDERS highest-scoring
-SCATTER = "scatter"  # the scatter chart's selection
 PROJ_X, PROJ_Y = "proj_x", "proj_y"  # raw dims of the scatter
 GRID_X, GRID_Y = "grid_x", "grid_y"  # raw dims of the manifold grid
 TRAV_DIMS = "trav_dims"
