@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.bench_adversarial --runs-dir /tmp/adv/runs            # train both (if absent), then report
     .venv/bin/python -m bench.bench_adversarial --runs-dir /tmp/adv/runs --only with --no-report   # one of them
     .venv/bin/python -m bench.bench_adversarial --runs-dir /tmp/adv/runs --report-only
+    .venv/bin/python -m bench.bench_adversarial --runs-dir /tmp/adv/runs --latent-channels 1   # a tighter 1 x 7 x 7 bottleneck
 
 Both runs share every setting (model, data, epochs, batch, seed, learning rate, --recon-loss l1, --beta); the
 second adds `--disc-weight W --disc-start S` (hinge PatchGAN, adaptive weight: trainer/adversarial.py). Steps
@@ -27,7 +28,8 @@ cycles/px: periods shorter than 4 pixels):
   band ratios  power of the reconstructions / of the originals in radial bands of 0.1 cycles/px.
 plus PSNR (per image, data range 1 on [0, 1], averaged), SSIM (trainer.metrics, 11-px Gaussian window) and
 the negative ELBO of the last epoch's history row. Side-by-side strips (originals / without / with, 4x nearest
-upscaling) go to `<out>/strips.png`; the numbers to `<out>/results.json` and `<out>/results.md`.
+upscaling) go to `<out>/strips.png`; the numbers to `<out>/results.json` and `<out>/results.md` (`<out>` is
+reports/adversarial/cC for a C x 7 x 7 latent unless --out says otherwise).
 """
 from __future__ import annotations
 
@@ -70,12 +72,17 @@ DEFAULT_THREADS = 1
 EPOCHS = 10
 BATCH = 64
 DISC_START = 500  # optimiser steps: epoch 4 of 10 at 125 steps an epoch
-COMMON = ["--model", "resnet", "--bottleneck", "spatial", "--latent-channels", "4", "--widths", "16,16,32", "--res-blocks", "1",
+DEFAULT_LATENT_CHANNELS = 4
+COMMON = ["--model", "resnet", "--bottleneck", "spatial", "--widths", "16,16,32", "--res-blocks", "1",
           "--recon-loss", "l1", "--beta", "5e-7", "--batch-size", str(BATCH), "--lr", "1e-3", "--seed", "0",
           "--atlas-size", "200", "--no-projections", "--progress", "none"]
 DISC = ["--disc-weight", "0.5", "--disc-start", str(DISC_START), "--disc-layers", "2", "--disc-channels", "32"]
 VARIANTS = {"without": [], "with": DISC}
-RUN_NAMES = {"without": "adv-without", "with": "adv-with"}
+
+
+def run_name(key: str, latent_channels: int) -> str:
+    """'adv-with-c4': the run folder of a variant at a latent channel count."""
+    return f"adv-{key}-c{latent_channels}"
 
 
 # ---------------------------------------------------------------- sharpness metrics (pure, tested)
@@ -199,8 +206,9 @@ def strip_indices(n: int, count: int = STRIP_IMAGES) -> list[int]:
 
 # ---------------------------------------------------------------- training and the report
 
-def train_command(name: str, runs_dir: Path, epochs: int, extra: list[str]) -> list[str]:
-    return ["--run-name", name, "--checkpoints-dir", str(runs_dir), "--epochs", str(epochs), *COMMON, *extra]
+def train_command(name: str, runs_dir: Path, epochs: int, latent_channels: int, extra: list[str]) -> list[str]:
+    return ["--run-name", name, "--checkpoints-dir", str(runs_dir), "--epochs", str(epochs), "--latent-channels", str(latent_channels),
+            *COMMON, *extra]
 
 
 def load_1min() -> float:
@@ -235,16 +243,20 @@ def fmt(v: Any, digits: int = 3) -> str:
     return "—" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def report(runs_dir: Path, out: Path) -> dict[str, Any]:
+def report(runs_dir: Path, out: Path, latent_channels: int = DEFAULT_LATENT_CHANNELS) -> dict[str, Any]:
     """Measure both runs, write results.json, results.md and strips.png under `out`; return the results."""
-    runs = {k: load_run(runs_dir / name) for k, name in RUN_NAMES.items()}
+    names = {k: run_name(k, latent_channels) for k in VARIANTS}
+    runs = {k: load_run(runs_dir / name) for k, name in names.items()}
     x = test_images(runs["without"])
     results: dict[str, Any] = {"hf_cutoff": HF_CUTOFF, "runs": {}}
     recon = {}
     for key, run in runs.items():
         numbers, recon[key] = measure(run, x)
-        cost_file = runs_dir / f"{RUN_NAMES[key]}.cost.json"
-        results["runs"][key] = numbers | {"run": RUN_NAMES[key], "cost": json.loads(cost_file.read_text()) if cost_file.exists() else None}
+        cost_file = runs_dir / f"{names[key]}.cost.json"
+        results["runs"][key] = numbers | {"run": names[key], "cost": json.loads(cost_file.read_text()) if cost_file.exists() else None}
+    results["curve"] = [{"epoch": w["epoch"], "psnr_without": w["psnr"], "psnr_with": d["psnr"], "ssim_without": w["ssim"], "ssim_with": d["ssim"],
+                         "disc_weight": d.get("train_disc_weight"), "d_loss": d.get("train_d_loss"), "g_loss": d.get("train_g_loss")}
+                        for w, d in zip(runs["without"].history, runs["with"].history, strict=True)]
     idx = strip_indices(len(x))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "strips.png", strips_png([("originals", x[idx].numpy()), ("without disc.", to_uint8(recon["without"][idx])),
@@ -267,6 +279,10 @@ def results_md(results: dict[str, Any]) -> str:
               "| band | without | with |", "|---|---|---|"]
     for (lo, hi, a), (_, _, b) in zip(r["without"]["bands"], r["with"]["bands"], strict=True):
         lines.append(f"| {lo:.1f}–{hi:.1f} | {a:.3f} | {b:.3f} |")
+    lines += ["", "Per epoch (test PSNR and SSIM as the trainer records them; the discriminator's epoch means from its start step):", "",
+              "| epoch | PSNR without | PSNR with | SSIM without | SSIM with | adaptive weight x W | d_loss (hinge) | g_loss |", "|---" * 8 + "|"]
+    lines += [f"| {c['epoch']} | {c['psnr_without']:.2f} | {c['psnr_with']:.2f} | {c['ssim_without']:.3f} | {c['ssim_with']:.3f} | "
+              f"{fmt(c['disc_weight'], 2)} | {fmt(c['d_loss'], 3)} | {fmt(c['g_loss'], 3)} |" for c in results.get("curve", [])]
     lines += ["", "Commands:", ""] + [f"    {(r[k]['cost'] or {}).get('command', '?')}" for k in ("without", "with")]
     return "\n".join(lines) + "\n"
 
@@ -274,7 +290,8 @@ def results_md(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_adversarial", description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", type=Path, required=True, help="where the two run folders go (keep it out of git, e.g. /tmp)")
-    parser.add_argument("--out", type=Path, default=Path("reports/adversarial"))
+    parser.add_argument("--out", type=Path, help="report folder (default reports/adversarial/cC for C latent channels)")
+    parser.add_argument("--latent-channels", type=int, default=DEFAULT_LATENT_CHANNELS, help="of the C x 7 x 7 latent map (default 4)")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--only", choices=tuple(VARIANTS), help="train only this run")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="intra-op threads per training process (default 1)")
@@ -284,10 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         for key, extra in VARIANTS.items():
             if args.only in (None, key):
-                train(RUN_NAMES[key], train_command(RUN_NAMES[key], args.runs_dir, args.epochs, extra), args.runs_dir, args.threads)
+                name = run_name(key, args.latent_channels)
+                train(name, train_command(name, args.runs_dir, args.epochs, args.latent_channels, extra), args.runs_dir, args.threads)
     if args.no_report:
         return 0
-    results = report(args.runs_dir, args.out)
+    results = report(args.runs_dir, args.out or Path("reports/adversarial") / f"c{args.latent_channels}", args.latent_channels)
     print(results_md(results))
     return 0
 
