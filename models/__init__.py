@@ -24,5 +24,6 @@ __all__ = [
     "ARCHS", "BOTTLENECKS", "CLASSIC_MLP_HIDDEN_DIM", "DEFAULT_HIDDEN_DIM", "DEFAULT_WIDTHS", "IMAGE_SIZES", "KINDS", "MAX_LATENT_DIM",
     "MAX_SPATIAL_LATENT_DIM", "RECON_LOSSES",
     "DiagonalGaussian", "LossTerms", "ModelConfig", "PatchDiscriminator", "ResNetVAE", "VAE", "VAEOutput",
-    "adaptive_weight", "build_model", "decoder_last_layer", "generator_loss", "hinge_d_loss", "patch_grid", "reconstruction_per_sample", "standard_normal_log_density", "to_float_images", "vae_loss",
+    "adaptive_weight", "build_model", "decoder_last_layer", "generator_loss", "hinge_d_loss", "patch_grid", "reconstruction_per_sample",
+    "standard_normal_log_density", "to_float_images", "vae_loss",
 ]
