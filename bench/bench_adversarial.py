@@ -34,25 +34,20 @@ reports/adversarial/cC for a C x 7 x 7 latent unless --out says otherwise).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
-import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import torch
 
-from trainer import cli, distributed, metrics
+from trainer import metrics
 from trainer.data import load_dataset
 from trainer.images import png_bytes, tile
-from trainer.runs import MANIFEST_FILE, Run, load_run, read_status
+from trainer.runs import Run, load_run, read_status
 from trainer.safe_io import atomic_write_bytes, atomic_write_json
+from trainer.sharp_study import cost_record, train_recorded
 from trainer.train import ssim_per_image
 
 HF_CUTOFF = 0.25  # cycles per pixel: periods under 4 px count as fine detail (Nyquist is 0.5)
@@ -211,32 +206,14 @@ def train_command(name: str, runs_dir: Path, epochs: int, latent_channels: int, 
             *COMMON, *extra]
 
 
-def load_1min() -> float:
-    return os.getloadavg()[0]
-
-
-def train(name: str, argv: list[str], runs_dir: Path, threads: int = DEFAULT_THREADS) -> dict[str, Any]:
-    """Train one run in this process (skipped if finished) with `threads` intra-op threads; write its cost record."""
-    cost_file = runs_dir / f"{name}.cost.json"
-    if (runs_dir / name / MANIFEST_FILE).exists() and (read_status(runs_dir / name) or {}).get("state") == "finished" and cost_file.exists():
+def train(name: str, argv: list[str], runs_dir: Path, threads: int = DEFAULT_THREADS) -> None:
+    """Train one run in this process unless finished, its cost added to `<runs-dir>/<name>.cost.json`
+    (trainer.sharp_study.train_recorded: CPU and wall seconds summed over invocations, load at start and end)."""
+    if (read_status(runs_dir / name) or {}).get("state") == "finished" and cost_record(runs_dir, name) is not None:
         print(f"{name}: finished, skipped")
-        return json.loads(cost_file.read_text())
-    if (runs_dir / name / MANIFEST_FILE).exists():
-        argv = [*argv, "--resume"]  # an interrupted run continues from its last saved epoch
-    load0, cpu0, wall0 = load_1min(), time.process_time(), time.perf_counter()
-    with mock.patch.object(distributed, "cpu_threads", lambda ctx: threads):  # the CLI takes every core otherwise
-        code = cli.main(argv)
-    if code != 0 or (read_status(runs_dir / name) or {}).get("state") != "finished":
-        raise SystemExit(f"{name}: training failed or stopped (exit {code})")
-    record = {"command": "python -m trainer " + shlex.join(argv), "cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0,
-              "load_start": load0, "load_end": load_1min(), "threads": torch.get_num_threads(), "machine": machine()}
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cost_file, record)
-    return record
-
-
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.python_version()}"
+        return
+    if (code := train_recorded(name, argv, runs_dir, threads)) != 0:
+        raise SystemExit(f"{name}: training failed or stopped (exit {code}); run again to resume")
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -252,8 +229,7 @@ def report(runs_dir: Path, out: Path, latent_channels: int = DEFAULT_LATENT_CHAN
     recon = {}
     for key, run in runs.items():
         numbers, recon[key] = measure(run, x)
-        cost_file = runs_dir / f"{names[key]}.cost.json"
-        results["runs"][key] = numbers | {"run": names[key], "cost": json.loads(cost_file.read_text()) if cost_file.exists() else None}
+        results["runs"][key] = numbers | {"run": names[key], "cost": cost_record(runs_dir, names[key])}
     results["curve"] = [{"epoch": w["epoch"], "psnr_without": w["psnr"], "psnr_with": d["psnr"], "ssim_without": w["ssim"], "ssim_with": d["ssim"],
                          "disc_weight": d.get("train_disc_weight"), "d_loss": d.get("train_d_loss"), "g_loss": d.get("train_g_loss")}
                         for w, d in zip(runs["without"].history, runs["with"].history, strict=True)]

@@ -10,6 +10,7 @@ import pytest
 from models import ModelConfig
 from trainer import cli, sharp_study
 from trainer.config import TrainConfig
+from trainer.runs import MANIFEST_FILE, STATUS_FILE
 from trainer.train import fit
 
 from .helpers import tiny_data
@@ -54,3 +55,24 @@ def test_a_missing_run_is_one_line(tmp_path: Path, capsys) -> None:
     assert sharp_study.main(["--checkpoints-dir", str(tmp_path), "--out", str(tmp_path / "r"), "--report-only"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sharp-study-c2" in err
+
+
+def test_a_stopped_and_resumed_run_is_costed_whole(tmp_path: Path, monkeypatch) -> None:
+    """Each invocation adds a segment; the second resumes; a clean stop (exit 0, state stopped) is not success."""
+    calls: list[list[str]] = []
+
+    def fake_main(argv: list[str]) -> int:
+        calls.append(argv)
+        run = tmp_path / "r"
+        run.mkdir(exist_ok=True)
+        (run / MANIFEST_FILE).write_text("{}")
+        (run / STATUS_FILE).write_text(json.dumps({"state": "stopped" if len(calls) == 1 else "finished"}))
+        return 0
+
+    monkeypatch.setattr(sharp_study.cli, "main", fake_main)
+    assert sharp_study.train_recorded("r", ["--run-name", "r"], tmp_path) == 1
+    assert sharp_study.train_recorded("r", ["--run-name", "r"], tmp_path) == 0
+    assert "--resume" not in calls[0] and calls[1][-1] == "--resume"
+    record = sharp_study.cost_record(tmp_path, "r")
+    assert [s["state"] for s in record["segments"]] == ["stopped", "finished"]
+    assert record["cpu_s"] == pytest.approx(sum(s["cpu_s"] for s in record["segments"])) and record["command"] == "python -m trainer --run-name r"

@@ -81,27 +81,47 @@ def load_1min() -> float | None:
         return None
 
 
-def train(channels: int, root: Path, epochs: int, lpips_weights: str | None, threads: int = DEFAULT_THREADS) -> int:
-    """Train one run in this process with `threads` intra-op threads unless it is finished; its cost record beside it.
-    The trainer's exit status."""
-    name, argv = run_name(channels), train_argv(channels, root, epochs, lpips_weights)
-    if finished(root / name):
-        print(f"{name}: finished, skipped")
-        return 0
+def cost_record(root: Path, name: str) -> dict[str, Any] | None:
+    """The cost file of run `name` (every training invocation of it), or None."""
+    path = root / f"{name}{COST_SUFFIX}"
+    return read_json_dict(path) if path.exists() else None
+
+
+def train_recorded(name: str, argv: list[str], root: Path, threads: int = DEFAULT_THREADS) -> int:
+    """Run `python -m trainer argv` in this process with `threads` intra-op threads (adding --resume when the run
+    folder exists), and add the invocation to `<root>/<name>.cost.json`: its CPU seconds (this process, all
+    threads), wall seconds, 1-minute load at start and end and the run's state after it. The file's cpu_s and
+    wall_s are the sums over invocations, so a run stopped and resumed is counted whole. The trainer's exit
+    status, or 1 when the run stopped before its last epoch (the trainer exits 0 after a clean stop)."""
     if (root / name / MANIFEST_FILE).exists():
         argv = [*argv, "--resume"]  # an interrupted run continues from its last saved epoch
     load0, cpu0, wall0 = load_1min(), time.process_time(), time.perf_counter()
     with mock.patch.object(distributed, "cpu_threads", lambda ctx: threads):  # the CLI takes every core otherwise
         code = cli.main(argv)
-    if code == 0 and not finished(root / name):  # stopped by a signal: the trainer saved and exited cleanly
+    state = (read_status(root / name) or {}).get("state")
+    record = cost_record(root, name) or {"command": "python -m trainer " + shlex.join([a for a in argv if a != "--resume"]),
+                                         "threads": threads, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+                                         "segments": []}
+    record["segments"].append({"cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0, "load_start": load0,
+                               "load_end": load_1min(), "state": state, "exit": code})
+    for key in ("cpu_s", "wall_s"):
+        record[key] = sum(seg[key] for seg in record["segments"] if seg.get(key) is not None)
+    record["load_start"], record["load_end"] = record["segments"][0]["load_start"], record["segments"][-1]["load_end"]
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(root / f"{name}{COST_SUFFIX}", record)
+    if code == 0 and state != "finished":
         print(f"{name}: stopped before its last epoch (run again to resume)", file=sys.stderr)
         return 1
-    if code == 0:
-        atomic_write_json(root / f"{name}{COST_SUFFIX}", {
-            "command": "python -m trainer " + shlex.join(argv), "cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0,
-            "load_start": load0, "load_end": load_1min(), "threads": torch.get_num_threads(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"})
     return code
+
+
+def train(channels: int, root: Path, epochs: int, lpips_weights: str | None, threads: int = DEFAULT_THREADS) -> int:
+    """Train the run of `channels` latent channels unless it is finished (train_recorded). The trainer's exit status."""
+    name = run_name(channels)
+    if finished(root / name):
+        print(f"{name}: finished, skipped")
+        return 0
+    return train_recorded(name, train_argv(channels, root, epochs, lpips_weights), root, threads)
 
 
 @torch.no_grad()
@@ -166,8 +186,7 @@ def report(root: Path, out: Path, channels: list[int]) -> list[dict[str, Any]]:
     strips.append(("originals", x[idx].numpy()))
     for c, run in zip(channels, runs, strict=True):
         numbers, x_hat = measure(run, x)
-        cost_file = root / f"{run_name(c)}{COST_SUFFIX}"
-        rows.append(numbers | {"run": run_name(c), "cost": read_json_dict(cost_file) if cost_file.exists() else None})
+        rows.append(numbers | {"run": run_name(c), "cost": cost_record(root, run_name(c))})
         strips.append((f"{c} x 7 x 7", (x_hat[idx].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", {"seeds_psnr": SEEDS_NUMBERS, "seeds_ssim": SEEDS_SSIM, "range_2_db": RANGE_2_DB, "runs": rows})
