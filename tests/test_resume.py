@@ -354,3 +354,16 @@ def test_in_process_cli_leaves_the_signal_handlers_it_found(tmp_path, data_dir):
     before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
     assert main(cli_args(data_dir, tmp_path, "r", "--epochs", "1")) == 0
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_extending_a_finished_float16_run_says_it_starts_from_rounded_weights(data_dir, tmp_path, capsys):
+    """Only a finished run's weights are float16; extending it cannot be bitwise a longer straight run, and the note says so."""
+    code, err = run_main(new_run_argv(data_dir, tmp_path, "--epochs", "1", "--weights-dtype", "float16"), capsys)
+    assert code == 0, err
+    code, err = run_main(new_run_argv(data_dir, tmp_path, "--epochs", "2", "--weights-dtype", "float16", "--resume", "auto"), capsys)
+    assert code == 0, err
+    (note,) = [line for line in err.splitlines() if line.startswith(f"resuming run {NAME} at epoch 1 of 2")]
+    assert "float16 weights" in note and "rounded" in note
+    run_main(new_run_argv(data_dir, tmp_path, "--epochs", "1", name="plain"), capsys)
+    code, err = run_main(new_run_argv(data_dir, tmp_path, "--epochs", "2", "--resume", "auto", name="plain"), capsys)
+    assert code == 0 and "resuming run plain at epoch 1 of 2" in err.splitlines()  # float32: nothing to say

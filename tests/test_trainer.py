@@ -39,6 +39,35 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert (a.atlas.means == b.atlas.means).all() and b.atlas.epochs.tolist() == [0, 1, 2, 3, 4]
 
 
+def test_float16_weights_resume_exactly_and_only_the_finished_run_is_rounded(tmp_path):
+    """--weights-dtype float16 rounds the finished run's weights; a run stopped part-way keeps float32 weights, so
+    its resume ends bitwise where the straight run does (rounded weights made a bundled run drift after a resume)."""
+    from safetensors import safe_open
+
+    from trainer.runs import read_manifest
+
+    def stored_dtypes(run_dir) -> set[torch.dtype]:
+        with safe_open(run_dir / read_manifest(run_dir)["files"]["weights"], "pt") as f:
+            return {f.get_tensor(k).dtype for k in f.keys()}
+
+    data, config = tiny_data(), tiny_train(epochs=3, weights_dtype="float16")
+    fit(TINY, config, data, tmp_path / "straight", progress="none")
+    calls = {"n": 0}
+
+    def stop_in_epoch_2() -> bool:
+        calls["n"] += 1
+        return calls["n"] > -(-len(data.train_x) // config.batch_size) + 2  # epoch 1's steps, then two of epoch 2
+
+    fit(TINY, config, data, tmp_path / "resumed", progress="none", stop=stop_in_epoch_2)
+    assert load_run(tmp_path / "resumed").epoch == 1 and stored_dtypes(tmp_path / "resumed") == {torch.float32}
+    fit(TINY, config, data, tmp_path / "resumed", progress="none", resume=True)
+    a, b = load_run(tmp_path / "straight"), load_run(tmp_path / "resumed")
+    assert stored_dtypes(tmp_path / "straight") == stored_dtypes(tmp_path / "resumed") == {torch.float16}
+    for name, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[name]), name
+    assert [r["test_loss"] for r in a.history] == [r["test_loss"] for r in b.history]
+
+
 @pytest.mark.parametrize("beta", [4.0, 0.0])
 def test_history_records_the_objective_and_the_bound_apart(beta, tmp_path):
     """test_loss is what was optimised (recon + beta KL); test_neg_elbo is the bound (recon + KL) whatever beta."""

@@ -28,7 +28,19 @@ from .data import DATASETS, FOLDER_PREFIX, DataError, ImageData, default_channel
 from .distributed import AMP_CHOICES, DistContext
 from .errors import one_line
 from .lpips import LPIPSError
-from .runs import ATLAS_IMAGES_FILE, CONFIG_FILE, MANIFEST_FILE, STATUS_FILE, RunError, RunLock, epoch_file, read_config, read_manifest, validate_run_name
+from .runs import (
+    ATLAS_IMAGES_FILE,
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    STATUS_FILE,
+    RunError,
+    RunLock,
+    epoch_file,
+    read_config,
+    read_manifest,
+    read_status,
+    validate_run_name,
+)
 from .train import ProcessLost, StopFlag, TrainingFailed, fit, pick_device, prepare_cublas
 
 DEFAULT_CHECKPOINTS_DIR = "checkpoints"
@@ -328,6 +340,7 @@ def resume_plan(given: dict[str, Any], run_dir: Path) -> RunPlan:
     conflicts = resume_conflicts(given, model_config, train_config)
     if conflicts:
         raise UserError(conflicts_message(conflicts, name))
+    finished = saved >= train_config.epochs or (read_status(run_dir) or {}).get("state") == "finished"  # its last save: rounded weights
     epochs = given.get(RESUME_CHANGEABLE)
     if epochs is not None:
         try:
@@ -336,8 +349,11 @@ def resume_plan(given: dict[str, Any], run_dir: Path) -> RunPlan:
             raise UserError(str(e)) from None
         if epochs < saved:
             raise UserError(f"--epochs {epochs} is fewer than the {saved} epochs run {name} has already trained: pass --epochs {saved} or more")
-    return RunPlan(run_dir, model_config, train_config, model_config.in_channels, resume=True,
-                   note=f"resuming run {name} at epoch {saved} of {train_config.epochs}")
+    note = f"resuming run {name} at epoch {saved} of {train_config.epochs}"
+    if train_config.weights_dtype != "float32" and finished:
+        note += (f" (it finished with {train_config.weights_dtype} weights: the extension continues from rounded weights, "
+                 "close to but not bitwise what a longer uninterrupted run gives)")
+    return RunPlan(run_dir, model_config, train_config, model_config.in_channels, resume=True, note=note)
 
 
 def has_saved_epoch(run_dir: Path) -> bool:

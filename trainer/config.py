@@ -64,7 +64,10 @@ class TrainConfig(JSONConfig):
     seed: int = setting(0, "random seed", min=0, max=MAX_SEED, wording="a non-negative integer below 2**63")
     atlas_size: int = setting(DEFAULT_ATLAS_SIZE, "test images whose posteriors are recorded every epoch", min=1, max=MAX_ATLAS_SIZE)
     keep_epochs: tuple[int, ...] = setting((), "epochs whose weights are kept besides the latest", min=0)
-    weights_dtype: str = setting("float32", "stored weights; float16 halves a run's size", choices=WEIGHT_DTYPES)
+    weights_dtype: str = setting(
+        "float32", "the finished run's stored weights; float16 halves its size (epochs saved before the last stay float32, so --resume "
+        "stays exact; extending a finished float16 run continues from rounded weights)", choices=WEIGHT_DTYPES,
+    )
     val_size: int = setting(
         0, "training images held out (a fixed choice seeded by --seed) as a validation set, scored by its negative ELBO each epoch; 0 = none",
         min=0, max=MAX_VAL_SIZE,

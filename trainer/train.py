@@ -997,10 +997,13 @@ class Checkpoints:
         """Save the trainer's current epoch (weights, optimiser, history, latents); the run's last save keeps one set."""
         epoch, cfg = trainer.epoch, trainer.config
         final = epoch >= cfg.epochs or early_stop_message(trainer.history, cfg.patience, cfg.min_improvement) is not None
-        extra = trainer.sharp.state_files(cfg.weights_dtype) if trainer.sharp is not None else None  # the discriminator's state
+        # --weights-dtype float16 rounds only the finished run's weights: an intermediate epoch keeps float32, so a stopped
+        # run resumes from the very weights it had (rounded ones would make the resumed run drift from the straight one).
+        weights_dtype = cfg.weights_dtype if final else "float32"
+        extra = trainer.sharp.state_files(weights_dtype) if trainer.sharp is not None else None  # the discriminator's state
         self.on_main(
             lambda: self.writer.save_epoch(
-                epoch, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), cfg.weights_dtype, keep, final, extra
+                epoch, trainer.model, trainer.optimizer, trainer.history, trainer.latents(), weights_dtype, keep, final, extra
             )
         )
         self.saved = epoch
