@@ -223,3 +223,26 @@ def test_resnet_and_sharpness_options_validate_and_build_the_command(train_page:
     assert not any(f.startswith(("--latent-dim", "--perceptual-weights")) for f in flags)
     model_config, train_config, _ = cli.configs_from_args(cli.build_parser().parse_args(flags))
     assert model_config.latent_shape == (2, 14, 14) and train_config.disc_weight == 0.5 and train_config.perceptual_weight == 0.0
+
+
+def test_form_sends_lr_milestones_and_deterministic(train_page: AppTest, monkeypatch) -> None:
+    """The sources' schedule (Adam 1e-3, then 1e-4) and bitwise-reproducible runs from the form, as on the CLI."""
+    from trainer import cli
+
+    launched: list[list[str]] = []
+
+    def fake_launch(argv: list[str], run_dir: Path) -> jobs.StartedJob:
+        launched.append(argv)
+        return jobs.StartedJob(run_dir.name, run_dir, 4242, run_dir / jobs.LOG_FILE, argv)
+
+    monkeypatch.setattr(jobs, "_launch", fake_launch)
+    assert train_page.selectbox(key="train_deterministic").value == jobs.trainer_options()["deterministic"].default
+    at = submit(train_page, run_name="bad-steps", lr_milestones="20,10")
+    assert [e.value for e in at.error] and "lr_milestones must be increasing" in at.error[0].value and not launched
+    at = submit(at, run_name="steps", lr=1e-3, lr_milestones="20", deterministic="on", epochs=25)
+    assert not at.error, [e.value for e in at.error]
+    (argv,) = launched
+    flags = argv[argv.index("trainer") + 1:]
+    assert "--lr-milestones=20" in flags and "--deterministic=on" in flags
+    _, train_config, _ = cli.configs_from_args(cli.build_parser().parse_args(flags))
+    assert train_config.lr_milestones == (20,) and train_config.lr == 1e-3 and train_config.deterministic == "on"

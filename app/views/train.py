@@ -97,6 +97,10 @@ def training_form() -> dict[str, Any] | None:
                 channels = choice_box("Channels", o["channels"], "train_channels")
             with a3:
                 atlas_size = int_input("Atlas size", o["atlas_size"], "train_atlas_size")
+                lr_milestones = st.text_input("LR milestones (epochs)", placeholder="e.g. 20", help=o["lr_milestones"].help + " (times the LR factor "
+                                              f"{o['lr_gamma'].default:g}: 20 trains at the learning rate above, then a tenth of it from epoch 21)",
+                                              key="train_lr_milestones")
+                deterministic = choice_box("Deterministic", o["deterministic"], "train_deterministic")
             st.caption("Model **resnet** only (residual blocks, self-attention mid block). A spatial bottleneck's latent size follows from "
                        "the latent channels and the image size, so the latent size above is not sent for it.")
             r1, r2, r3 = st.columns(3)
@@ -118,7 +122,8 @@ def training_form() -> dict[str, Any] | None:
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "beta": beta, "beta_warmup": beta_warmup,
         "recon_loss": recon_loss, "seed": seed, "run_name": run_name,
         "widths": blank_to_none(widths), "hidden_dim": hidden_dim, "image_size": image_size, "channels": channels,
-        "atlas_size": atlas_size, "bottleneck": bottleneck, "latent_channels": latent_channels, "res_blocks": res_blocks, **sharp,
+        "atlas_size": atlas_size, "lr_milestones": blank_to_none(lr_milestones), "deterministic": deterministic,
+        "bottleneck": bottleneck, "latent_channels": latent_channels, "res_blocks": res_blocks, **sharp,
     }
 
 
