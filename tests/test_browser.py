@@ -6,6 +6,7 @@ screenshots go to test-artifacts/ (gitignored). Skipped only when /usr/bin/chrom
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
@@ -159,5 +160,50 @@ def test_thumbnail_scatter_in_chromium(server: str) -> None:
             page.mouse.move(x, y + 1)
             page.wait_for_timeout(500)
             page.screenshot(path=str(ARTIFACTS / "browser-explore-thumbnails-clicked.png"))
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def spatial_server(tmp_path_factory) -> Iterator[str]:
+    """A headless server over one tiny spatial resnet VAE (a 2 x 7 x 7 latent map)."""
+    from models import ModelConfig
+    from trainer.config import TrainConfig
+    from trainer.train import fit
+
+    from .helpers import TINY_WIDTHS, tiny_data
+
+    root = tmp_path_factory.mktemp("spatial-browser")
+    model_config = ModelConfig(arch="resnet", bottleneck="spatial", latent_channels=2, widths=TINY_WIDTHS, hidden_dim=0)
+    fit(model_config, TrainConfig(epochs=1, batch_size=32, seed=0, atlas_size=40), tiny_data(), root / "spatial", progress="none")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with streamlit_server(root, ARTIFACTS / "browser-spatial-server.log") as url:
+        yield url
+
+
+def test_spatial_run_in_chromium(spatial_server: str) -> None:
+    """A run with a (C_z, h, w) latent in the browser: sliders named by (channel, row, column) decode in the page while
+    dragged, and the Spatial latent tab draws the posterior-mean maps and the per-position KL maps."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport=TALL_VIEWPORT)
+            page.set_default_timeout(STEP_MS)
+            page.goto(spatial_server)
+            frame = live_sliders(page, timeout_ms=STEP_MS)
+            names = frame.evaluate("() => document.body.innerText")
+            assert re.search(r"c\d \(\d, \d\)", names), f"no slider named by (channel, row, column): {names[:300]}"
+            held = drag(page, frame, moves=DRAG_MOVES)
+            page.mouse.up()
+            assert held.frames > 0, "the resnet decoder drew nothing in the browser during a drag"
+
+            page.get_by_role("tab", name="Spatial latent").click()
+            page.get_by_text("one map per channel").wait_for()
+            page.get_by_text("Where the code spends its nats").wait_for()
+            charts = page.locator("[data-testid='stPlotlyChart']")
+            wait_until(lambda: charts.count() >= 3, "the posterior-mean maps, the KL maps and their total")  # the scatter is not a stPlotlyChart
+            page.screenshot(path=str(ARTIFACTS / "browser-spatial.png"))
         finally:
             browser.close()
