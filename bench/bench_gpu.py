@@ -8,7 +8,8 @@
 Models: MLP 784-400-20 and the conv VAE (default widths, latent 20), on the bundled MNIST subset held on the
 GPU as uint8. Each step draws a random batch and its noise on the device, then runs forward, BCE + KL
 (`vae_loss`), backward and Adam (lr 1e-3) in one of three ways:
-- trainer: Trainer.train_step, the project's step as it is (it checks the loss for NaN on the host every step);
+- trainer: Trainer.train_step, the project's step as it is (no host synchronisation: a non-finite loss is flagged on
+  the device and read every NONFINITE_CHECK_STEPS steps);
 - eager: the same step without any host synchronisation (fused Adam);
 - graph: forward, backward and the optimiser step captured once in a CUDA graph (torch.cuda.graph) and replayed,
   the batch and noise copied into static input buffers (Adam capturable=True);

@@ -264,7 +264,8 @@ def first_error(ctx: DistContext, message: str | None) -> str | None:
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for --amp on `device`, or None for float32.
 
-    auto: bfloat16 on a CUDA GPU with native bf16 (Ampere or newer), else float32.
+    auto: bfloat16 *as a candidate* on a CUDA GPU with native bf16 (Ampere or newer), else float32; the trainer
+    then times both and keeps bf16 only if it is faster (train.Trainer.settle_amp), so auto never means bf16 untimed.
     bf16 / fp16 are honoured on CUDA (fp16 with a gradient scaler) and on CPU (slow without bf16 hardware).
     """
     if amp not in AMP_CHOICES:
