@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import hashlib
 
 import numpy as np
@@ -281,7 +282,7 @@ def test_export_keeps_one_set_and_refuses_resume(runs_root, tmp_path):
 
 def test_demo_runs_cover_the_documented_set():
     names = [name for name, _, _ in demo.DEMO_RUNS]
-    assert len(names) == len(set(names)) == 9
+    assert len(names) == len(set(names)) == 12
     argv = {name: args for name, _, args in demo.DEMO_RUNS}
     assert "--beta" in argv["mnist-conv-vae-z2-nokl"] and argv["mnist-conv-vae-z2-nokl"][argv["mnist-conv-vae-z2-nokl"].index("--beta") + 1] == "0"
     assert "ae" in argv["mnist-conv-ae-z2"] and "fashion-mnist" in argv["fashion-conv-vae-z16"]
@@ -372,3 +373,20 @@ def test_a_run_the_planned_threshold_would_have_stopped_earlier_is_refused(tiny_
     assert load_run(tmp_path / "t").epoch == 3  # trained past epoch 2, where the planned threshold stops every run (patience 1)
     with pytest.raises(RunError, match="the planned 1000 would have stopped it after epoch 2"):
         study.plan_for(tmp_path / "t", item.model_config, planned3)
+
+
+def test_demo_cost_records_are_read_checked_and_worded(tmp_path):
+    """checkpoints/README's training-time column: a missing or malformed <run>.cost.json gives the device alone."""
+    assert demo.read_cost(tmp_path, "r") is None and demo._cost_text(None, "cpu") == "- (cpu)"
+    demo.cost_path(tmp_path, "r").write_text('{"cpu_s": "lots", "wall_s": 60, "load_start": 1, "load_end": 2}')
+    assert demo.read_cost(tmp_path, "r") is None
+    meter = demo.CostMeter()
+    sum(i * i for i in range(200_000))  # some CPU time
+    record = meter.record(["--run-name", "r", "--beta", "0.5"])
+    assert record["command"] == "python -m trainer --run-name r --beta 0.5" and record["cpu_s"] > 0 and record["wall_s"] > 0
+    assert "load_mean" not in record  # two readings are not a mean over the run
+    demo.cost_path(tmp_path, "r").write_text(json.dumps(record | {"cpu_s": 240.0, "wall_s": 300.0, "load_start": 0.5, "load_end": 1.25}))
+    assert demo._cost_text(demo.read_cost(tmp_path, "r"), "cpu") == (
+        "5.0 min wall, 4.0 CPU-min (2.0 min on 2 idle cores), load 0.5 at start, 1.2 at end, cpu")
+    assert demo._cost_text({"cpu_s": 240.0, "wall_s": 300.0, "load_start": 4, "load_end": 3, "load_mean": 4.37}, "cpu").endswith(
+        "load 4.0 at start, 3.0 at end, mean 4.4, cpu")
