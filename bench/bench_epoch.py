@@ -9,7 +9,9 @@ piece (not counted in the epoch): the batches, the encoder, the sample's decode,
 trainer runs them on the CPU: pieces of EVAL_PIECE_ROWS images; then the same calls on whole chunks), the
 loss, MSE + PSNR, SSIM as the trainer computes it and as pytorch-msssim does. --baseline also times one
 epoch of the classic per-sample DataLoader loop (bench/bench_train.py) before each epoch, interleaved, for
-the ratio. Medians over the epochs after the first, on the bundled MNIST subset (8,000 / 2,000 digits).
+the ratio. Before each epoch, the floor: as many bare training steps (forward, vae_loss, backward, fused Adam)
+of a fresh model on one fixed batch, with nothing around them. Medians over the epochs after the first, on the
+bundled MNIST subset (8,000 / 2,000 digits).
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ MODELS = {
     "conv": ModelConfig(arch="conv", latent_dim=16),  # the default widths
 }
 EPOCH = "epoch (train + test pass)"
+FLOOR = "floor: bare steps on one batch"  # what the model's own arithmetic costs an epoch, with no loop around it
 CLASSIC = "classic per-sample loop (train + test)"
 
 
@@ -98,6 +101,30 @@ def test_pass_parts(trainer: Trainer) -> dict[str, float]:
     return clock
 
 
+def bare_steps(model_config: ModelConfig, data: ImageData, steps: int) -> float:
+    """Seconds of `steps` bare training steps of a fresh model on one fixed batch: forward, vae_loss, backward and
+    fused Adam, nothing else (no batching, noise generator, loss bookkeeping or progress): the floor under a training
+    pass of that many steps on this machine, whatever the loop around them."""
+    trainer = Trainer(model_config, TrainConfig(batch_size=BATCH_SIZE, lr=LR), data)
+    model, optimizer = trainer.model, trainer.optimizer
+    x = data.train_x[:BATCH_SIZE].float() / 255.0  # (B, C, H, W)
+    model.train()
+
+    def step() -> None:
+        x_hat, posterior, _ = model(x)
+        loss = vae_loss(x, x_hat, posterior).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):  # warm-up: first-call allocations
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - t0
+
+
 def run_model(name: str, data: ImageData, epochs: int, baseline: bool) -> dict[str, Any]:
     """`epochs` epochs of one model: per-epoch seconds of each stage, the test pass's parts, the final test loss."""
     model_config = MODELS[name]
@@ -114,6 +141,7 @@ def run_model(name: str, data: ImageData, epochs: int, baseline: bool) -> dict[s
             if baseline and name == "mlp":
                 stages.setdefault(CLASSIC, []).append(baseline_mlp(data, 1)["s_per_epoch"])
             clock: dict[str, float] = {}
+            clock[FLOOR] = bare_steps(model_config, data, -(-len(trainer.train_x) // BATCH_SIZE))
             with _timer(clock, "train"):
                 terms = trainer.train_epoch()
             trainer.epoch += 1
@@ -126,7 +154,7 @@ def run_model(name: str, data: ImageData, epochs: int, baseline: bool) -> dict[s
             with _timer(clock, "save the epoch (writes)"):
                 checkpoints.save_epoch(trainer)
             clock[EPOCH] = clock["train"] + clock["test pass (evaluate)"]
-            clock["whole epoch (with atlas, writes)"] = sum(v for k, v in clock.items() if k != EPOCH)
+            clock["whole epoch (with atlas, writes)"] = sum(v for k, v in clock.items() if k not in (EPOCH, FLOOR))
             for k, v in clock.items():
                 stages.setdefault(k, []).append(v)
             for k, v in test_pass_parts(trainer).items():
@@ -147,7 +175,9 @@ def report(row: dict[str, Any]) -> None:
     for k, v in stages.items():
         print(f"  {k:<40} {v:8.3f} s  {100 * v / epoch:5.1f} % of train + test pass")
     if CLASSIC in stages:
-        print(f"  ratio: this trainer's epoch / the classic loop's = {epoch / stages[CLASSIC]:.2f}")
+        print(f"  ratio: this trainer's epoch / the classic loop's = {epoch / stages[CLASSIC]:.2f}; "
+              f"the floor (bare steps + this test pass) / the classic loop's = {(stages[FLOOR] + stages['test pass (evaluate)']) / stages[CLASSIC]:.2f}")
+    print(f"  training pass / its floor = {stages['train'] / stages[FLOOR]:.2f}")
     print("  the test pass, piece by piece:")
     for k, v in parts.items():
         print(f"    {k:<38} {v:8.3f} s")
