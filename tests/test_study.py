@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import hashlib
+import json
 
 import numpy as np
 import pytest
