@@ -39,10 +39,10 @@ def bound_unit(recon_loss: str, binarized: bool) -> str:
     return RECON_UNITS.get(recon_loss, f"{recon_loss}-based")
 
 
-def recon_short(recon_loss: str, binarized: bool) -> str:
+def recon_short(recon_loss: str, binarized: bool, colour: bool = False) -> str:
     """A table cell naming the reconstruction term (metrics.recon_label says it in full)."""
     if recon_loss == "bce":
-        return "Bernoulli NLL" if binarized else "BCE, grayscale"
+        return "Bernoulli NLL" if binarized else "BCE, colour" if colour else "BCE, grayscale"
     return RECON_SHORT.get(recon_loss, recon_loss)
 
 
@@ -61,11 +61,13 @@ class Setting:
     recon_weight: float
     recon_loss: str
     binarized: bool  # trained and evaluated on binary images (--binarize dynamic)
+    colour: bool = False  # 3-channel images: the reconstruction term is worded for colour targets
 
     @classmethod
     def of_run(cls, run: Run) -> Setting:
         t = run.train_config
-        return cls(run.model_config.kind, float(t.beta), float(t.recon_weight), t.recon_loss, is_dynamic(getattr(t, "binarize", "none")))
+        return cls(run.model_config.kind, float(t.beta), float(t.recon_weight), t.recon_loss, is_dynamic(getattr(t, "binarize", "none")),
+                   run.model_config.in_channels > 1)
 
     @classmethod
     def of_config(cls, config: Mapping[str, Any] | None) -> Setting:
@@ -74,7 +76,7 @@ class Setting:
         train = (config or {}).get("train") or {}
         number = lambda v, default: float(v) if is_number(v) else default  # noqa: E731
         return cls(str(model.get("kind", "vae")), number(train.get("beta"), 1.0), number(train.get("recon_weight"), 1.0),
-                   str(train.get("recon_loss", "bce")), is_dynamic(str(train.get("binarize", "none"))))
+                   str(train.get("recon_loss", "bce")), is_dynamic(str(train.get("binarize", "none"))), model.get("in_channels") == 3)
 
     @property
     def has_bound(self) -> bool:
@@ -91,11 +93,11 @@ class Setting:
 
     @property
     def recon_label(self) -> str:
-        return metrics.recon_label(self.recon_loss, self.binarized)
+        return metrics.recon_label(self.recon_loss, self.binarized, self.colour)
 
     @property
     def recon_short(self) -> str:
-        return recon_short(self.recon_loss, self.binarized)
+        return recon_short(self.recon_loss, self.binarized, self.colour)
 
     @property
     def kind_label(self) -> str:

@@ -14,11 +14,12 @@ import numpy as np
 
 from trainer.emoji import BACKGROUND as EMOJI_BACKGROUND
 from trainer.emoji import EMOJI_DATASET
-from trainer.images import (  # noqa: F401  (decode_uint8, png_bytes, reconstruct_uint8, tile, to_display: the pages use them from here)
+from trainer.images import (  # noqa: F401  (balanced_cols, decode_uint8, png_bytes, reconstruct_uint8, tile, to_display: the pages use them from here)
     IMAGE_EXTENSIONS,
     LIGHT,
     MAX_IMAGE_PIXELS,
     ImageError,
+    balanced_cols,
     decode_uint8,
     fit_square,
     flatten_alpha,

@@ -145,3 +145,13 @@ def test_animated_gif_has_every_frame():
     gif = images.animated_gif(frames)
     with Image.open(io.BytesIO(gif)) as im:
         assert im.format == "GIF" and im.is_animated and im.n_frames == 4
+
+
+def test_balanced_cols_fills_the_rows() -> None:
+    from app import images
+
+    assert [images.balanced_cols(n, 8) for n in (1, 4, 8, 9, 12, 16, 17, 32)] == [1, 4, 8, 5, 6, 8, 6, 8]
+    for n in range(1, 33):
+        cols = images.balanced_cols(n, 8)
+        rows = -(-n // cols)
+        assert cols <= 8 and rows == -(-n // 8) and rows * cols - n < rows  # as few rows as allowed, less than a column empty

@@ -157,6 +157,8 @@ def test_recon_label_says_what_the_reconstruction_term_is() -> None:
     assert metrics.recon_label("bce", binarized=True) == "Bernoulli NLL (nats)"
     assert metrics.recon_label("bce", binarized=False) == "BCE on grayscale targets (a bound on randomly binarised images, not a density)"
     assert metrics.recon_label("mse", binarized=False) == metrics.recon_label("mse", binarized=True) == "sum of squared errors (not nats)"
+    assert metrics.recon_label("bce", binarized=False, colour=True) == "BCE on colour targets (a bound on randomly binarised images, not a density)"
+    assert metrics.recon_label("mse", binarized=False, colour=True) == "sum of squared errors (not nats)"
 
 
 # ---------------------------------------------------------------- LPIPS-style distance (local weights only)

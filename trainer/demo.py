@@ -107,9 +107,7 @@ def write_readme(root: Path) -> None:
         data = run.info["data"]
         data_text = f"{data['name']} ({data['kind']}: {len(run.atlas.images):,}-image atlas)"
         cmd = " ".join(shlex.quote(a) for a in command(name, args, "checkpoints"))
-        term = metrics.recon_label(run.train_config.recon_loss, is_dynamic(run.train_config.binarize))
-        if run.model_config.in_channels > 1:
-            term = term.replace("grayscale", "colour")  # the same caveat: targets in [0, 1], not binary
+        term = metrics.recon_label(run.train_config.recon_loss, is_dynamic(run.train_config.binarize), run.model_config.in_channels > 1)
         lines.append(
             f"| `{name}` | {what} | {data_text} | {run.epoch} | {last['test_loss']:.2f} | {_bound_text(run, last)} | {_iwae_text(run)} "
             f"| {term} | {last['psnr']:.2f} | {_ssim_text(last)} | {_cost_text(read_cost(root, name), str(run.info.get('device', '?')))} | `{cmd}` |"

@@ -165,6 +165,12 @@ def tile(images: np.ndarray, cols: int, pad: int = 1, pad_value: int = 64) -> np
     return to_display(out)
 
 
+def balanced_cols(n: int, max_cols: int) -> int:
+    """Columns for n tiles in rows of at most max_cols with as few empty cells as that allows (12 in rows of 8: 6 x 2)."""
+    rows = max(1, -(-n // max_cols))
+    return max(1, -(-n // rows))
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     """A display image (H, W[, 3]) uint8 as PNG bytes."""
     from PIL import Image

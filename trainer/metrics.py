@@ -120,11 +120,13 @@ RECON_LABELS = {
 }
 
 
-def recon_label(recon_loss: str, binarized: bool) -> str:
+def recon_label(recon_loss: str, binarized: bool, colour: bool = False) -> str:
     """What a run's reconstruction term is, in words: a true Bernoulli NLL only for BCE on binary targets
-    (`--binarize dynamic`); BCE on grayscale pixels is not a density; MSE and L1 are plain sums of squared / absolute errors."""
+    (`--binarize dynamic`); BCE on grayscale (or colour) pixels is not a density; MSE and L1 are plain sums of squared /
+    absolute errors. `colour`: the images have 3 channels (the same caveat, worded for them)."""
     if recon_loss == "bce":
-        return RECON_LABELS["bernoulli" if binarized else "bce"]
+        label = RECON_LABELS["bernoulli" if binarized else "bce"]
+        return label.replace("grayscale", "colour") if colour else label
     return RECON_LABELS.get(recon_loss, f"reconstruction term '{recon_loss}'")
 
 

@@ -50,6 +50,7 @@ THUMB_SIDE = 84
 FRAME_SIDE = 84
 GRID_SIDE = 560
 SAMPLES_SIDE = 420
+POSTERIOR_SAMPLE_COLS = 8  # at most this many decodes of one image's posterior per row
 TRAVERSAL_IMAGE_SIDE = 56
 TRAVERSAL_STEPS_WIDTH = 300  # px of the traversal's steps slider
 UPLOAD_SIDE = 168
@@ -622,7 +623,8 @@ def _posterior_samples(view: View, seed: int) -> np.ndarray:
     decoded = view.decode(np.concatenate([view.means[idx][None], z]))
     show_image([images.thumbnail(view.run.atlas.images[idx], THUMB_SIDE), images.thumbnail(decoded[0], THUMB_SIDE)],
                caption=[f"image #{idx}", "reconstruction (mean)"], width=THUMB_SIDE)
-    show_image(images.upscale(images.tile(decoded[1:], 8), 2), caption=f"{n} decodes of z = mean + std · ε (seed {seed})")
+    strip = images.tile(decoded[1:], images.balanced_cols(n, POSTERIOR_SAMPLE_COLS))  # full rows: no empty cells beside colour images
+    show_image(images.upscale(strip, 2), caption=f"{n} decodes of z = mean + std · ε (seed {seed})")
     return z
 
 
