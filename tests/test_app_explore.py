@@ -169,3 +169,23 @@ def test_umap_map_is_cached_in_the_run_folder_and_the_replay_writes_nothing(monk
     assert sorted(p.name for p in (root / "vae5").glob("projection-*.npz")) == [cached.name]
     assert {p for p in Path.cwd().rglob("projection-*.npz")} == before
     np.testing.assert_equal(len(at.button), len({b.key for b in at.button}))
+
+
+def test_a_low_beta_vae_says_what_its_prior_samples_are(monkeypatch, runs_root, tmp_path):
+    """0 < beta < 1 (latent diffusion's regime): the Sampling tab says the codes may sit far from N(0, I), with the KL
+    the run spends; a beta-1 VAE shows no such note."""
+    from app import bounds
+
+    from .helpers import make_run
+
+    make_run(tmp_path, "lowbeta", beta=1e-3)
+    app = choose_run(ok(start_app(monkeypatch, tmp_path)), tmp_path, "lowbeta")
+    open_tab(app, "Sampling")
+    kl = load_run(tmp_path / "lowbeta").history[-1]["test_kl"]
+    (note,) = [i.value for i in app.info if "< 1" in i.value]
+    assert note.startswith("β = 0.001 < 1") and f"{kl:,.1f} nats per test image" in note and "the clicked image" in note
+    plain = choose_run(ok(start_app(monkeypatch, runs_root)), runs_root, "vae5")
+    open_tab(plain, "Sampling")
+    assert not [i.value for i in plain.info if "< 1" in i.value]
+    assert bounds.Setting("vae", 1e-4, 1.0, "bce", False).low_beta
+    assert not any(bounds.Setting(kind, beta, 1.0, "bce", False).low_beta for kind, beta in (("vae", 0.0), ("vae", 1.0), ("vae", 4.0), ("ae", 0.5)))

@@ -601,6 +601,9 @@ def _prior_samples(view: View) -> int:
         st.info(latent.AE_SAMPLES_NOTE)
     elif bounds.Setting.of_run(view.run).beta_zero:
         st.warning(bounds.BETA_ZERO_SAMPLES_NOTE)
+    elif bounds.Setting.of_run(view.run).low_beta:
+        kl = view.run.history[-1].get("test_kl") if view.run.history else None
+        st.info(bounds.low_beta_samples_note(view.run.train_config.beta, kl if isinstance(kl, (int, float)) else None))
     o1, o2, o3 = st.columns(3)
     temperature = o1.slider("Temperature T", 0.1, 2.0, 1.0, 0.1, key="sample_T")
     seed = int(o2.number_input("Seed", 0, latent.MAX_SEED, 0, key="sample_seed"))
