@@ -174,17 +174,25 @@ def test_umap_map_is_cached_in_the_run_folder_and_the_replay_writes_nothing(monk
 def test_a_low_beta_vae_says_what_its_prior_samples_are(monkeypatch, runs_root, tmp_path):
     """0 < beta < 1 (latent diffusion's regime): the Sampling tab says the codes may sit far from N(0, I), with the KL
     the run spends; a beta-1 VAE shows no such note."""
-    from app import bounds
+    from app import bounds, state
 
     from .helpers import make_run
 
     make_run(tmp_path, "lowbeta", beta=1e-3)
     app = choose_run(ok(start_app(monkeypatch, tmp_path)), tmp_path, "lowbeta")
+    run = load_run(tmp_path / "lowbeta")
+    start = np.round(run.atlas.means[-1][0].astype(np.float32), 2)  # the sliders start at atlas image #0's code, and say so
+    rid = state.run_id(run)
+    assert np.array_equal(app.session_state[state.key(state.ORIGIN, rid)], start) and start.any()
+    assert app.session_state[state.slider_key(0, rid)] == pytest.approx(float(start[0]))
+    assert any("started at image #0's code" in c.value for c in app.caption)
     open_tab(app, "Sampling")
-    kl = load_run(tmp_path / "lowbeta").history[-1]["test_kl"]
+    kl = run.history[-1]["test_kl"]
     (note,) = [i.value for i in app.info if "< 1" in i.value]
     assert note.startswith("β = 0.001 < 1") and f"{kl:,.1f} nats per test image" in note and "the clicked image" in note
     plain = choose_run(ok(start_app(monkeypatch, runs_root)), runs_root, "vae5")
+    assert not plain.session_state[state.key(state.ORIGIN, state.run_id(load_run(runs_root / "vae5")))].any()  # a beta-1 VAE: zero
+    assert not any("started at image" in c.value for c in plain.caption)
     open_tab(plain, "Sampling")
     assert not [i.value for i in plain.info if "< 1" in i.value]
     assert bounds.Setting("vae", 1e-4, 1.0, "bce", False).low_beta

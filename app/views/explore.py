@@ -130,13 +130,24 @@ def slider_bounds(view: View) -> tuple[np.ndarray, np.ndarray]:
 def origin(view: View) -> np.ndarray:
     """Values of the dims without a slider (and the sliders' starting values): (D,).
 
-    A VAE starts at the prior's mean (zero); an autoencoder, which has no prior, at the mean of its codes."""
+    A VAE starts at the prior's mean (zero); an autoencoder, which has no prior, at the mean of its codes; a VAE trained
+    with 0 < beta < 1 at the code of atlas image #0, since its codes may sit far from N(0, I) and zero decode to no image."""
     k = state.key(state.ORIGIN, view.rid)
     z = st.session_state.get(k)
     if not isinstance(z, np.ndarray) or z.shape != (view.latent_dim,):
-        z = np.round(view.stats.mean, 2) if view.deterministic else np.zeros(view.latent_dim, np.float32)
+        if view.deterministic:
+            z = np.round(view.stats.mean, 2)
+        elif starts_from_an_image(view):
+            z = np.round(view.means[0], 2).astype(np.float32)
+        else:
+            z = np.zeros(view.latent_dim, np.float32)
         st.session_state[k] = z
     return z
+
+
+def starts_from_an_image(view: View) -> bool:
+    """Whether the sliders start at an image's code rather than at zero (a low-beta VAE: bounds.Setting.low_beta)."""
+    return not view.deterministic and bounds.Setting.of_run(view.run).low_beta
 
 
 def current_z(view: View) -> np.ndarray:
@@ -264,6 +275,9 @@ def _digit_column(view: View, z: np.ndarray) -> None:
 
 def _start_controls(view: View) -> None:
     """The start buttons, the seed of the random start and the clicked image."""
+    if starts_from_an_image(view):
+        st.caption(f"The sliders started at image #0's code: at β = {view.run.train_config.beta:g} < 1 zero may decode to no image "
+                   "(the Sampling tab says why).")
     st.caption("Move the sliders from")
     rid = view.rid
     st.button("zero", key=state.key("start_zero", rid), on_click=set_point, args=(view, np.zeros(view.latent_dim)), width="stretch")
