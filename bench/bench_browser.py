@@ -111,6 +111,21 @@ def launch_chromium(pw):
     return pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
+@contextlib.contextmanager
+def chromium_page(viewport: dict[str, int], timeout_ms: int) -> Iterator:
+    """A page of a fresh headless Chromium whose waits last up to timeout_ms; the browser is closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport=viewport)
+            page.set_default_timeout(timeout_ms)
+            yield page
+        finally:
+            browser.close()
+
+
 @dataclass
 class Drag:
     """One held drag of a slider thumb: decoded frames drawn during it and each one's lag behind its thumb event."""

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bench.bench_browser import CHROMIUM, drag, launch_chromium, live_sliders, marker_xy, streamlit_server
+from bench.bench_browser import CHROMIUM, chromium_page, drag, live_sliders, marker_xy, streamlit_server
 from trainer.paths import PROJECT_ROOT
 
 from .helpers import wait_until
@@ -47,67 +47,59 @@ def server(runs_root: Path) -> Iterator[str]:
 
 
 def test_explore_compare_train_in_chromium(server: str) -> None:
-    from playwright.sync_api import sync_playwright
+    with chromium_page(VIEWPORT, STEP_MS) as page:
+        requests: list[str] = []  # what the live sliders' frame asks for: onnxruntime-web must come from the app
+        page.on("request", lambda r: requests.append(r.url) if "latent_sliders" in (r.frame.url or "") else None)
+        page.goto(server)
 
-    with sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(STEP_MS)
-            requests: list[str] = []  # what the live sliders' frame asks for: onnxruntime-web must come from the app
-            page.on("request", lambda r: requests.append(r.url) if "latent_sliders" in (r.frame.url or "") else None)
-            page.goto(server)
+        # Explore: the live sliders decode in the browser while a thumb is dragged; letting go moves the scatter marker.
+        frame = live_sliders(page, timeout_ms=STEP_MS)
+        page.screenshot(path=str(ARTIFACTS / "browser-explore.png"))
+        chart = page.locator(SCATTER_CHART)
+        chart.evaluate("(el) => { el.dataset.kept = 'yes'; }")
+        before = marker_xy(page)
+        held = drag(page, frame, moves=DRAG_MOVES)
+        page.screenshot(path=str(ARTIFACTS / "browser-explore-dragging.png"))
+        page.mouse.up()
+        assert held.frames > 0, f"no decoded image was drawn during a drag of {held.moves} mouse moves"
+        wait_until(lambda: marker_xy(page) not in (None, before), "the scatter marker to follow the released slider")
+        page.screenshot(path=str(ARTIFACTS / "browser-explore-moved.png"))
+        assert chart.get_attribute("data-kept") == "yes", "the scatter was mounted anew for a moved marker, not updated in place"
 
-            # Explore: the live sliders decode in the browser while a thumb is dragged; letting go moves the scatter marker.
-            frame = live_sliders(page, timeout_ms=STEP_MS)
-            page.screenshot(path=str(ARTIFACTS / "browser-explore.png"))
-            chart = page.locator(SCATTER_CHART)
-            chart.evaluate("(el) => { el.dataset.kept = 'yes'; }")
-            before = marker_xy(page)
-            held = drag(page, frame, moves=DRAG_MOVES)
-            page.screenshot(path=str(ARTIFACTS / "browser-explore-dragging.png"))
-            page.mouse.up()
-            assert held.frames > 0, f"no decoded image was drawn during a drag of {held.moves} mouse moves"
-            wait_until(lambda: marker_xy(page) not in (None, before), "the scatter marker to follow the released slider")
-            page.screenshot(path=str(ARTIFACTS / "browser-explore-moved.png"))
-            assert chart.get_attribute("data-kept") == "yes", "the scatter was mounted anew for a moved marker, not updated in place"
+        # A click on a point of the scatter picks its image (the component's click, as Streamlit's plotly selection did).
+        x, y, idx = page.evaluate(LONE_POINT_JS)
+        page.mouse.click(x, y)
+        page.get_by_text(f"Clicked: image #{idx},").wait_for()
+        foreign = [url for url in requests if urlsplit(url).netloc != urlsplit(server).netloc]
+        assert not foreign, f"the live sliders fetched from another host: {foreign[:3]}"
 
-            # A click on a point of the scatter picks its image (the component's click, as Streamlit's plotly selection did).
-            x, y, idx = page.evaluate(LONE_POINT_JS)
-            page.mouse.click(x, y)
-            page.get_by_text(f"Clicked: image #{idx},").wait_for()
-            foreign = [url for url in requests if urlsplit(url).netloc != urlsplit(server).netloc]
-            assert not foreign, f"the live sliders fetched from another host: {foreign[:3]}"
+        # Interpolation: open the tab, see its frames, ask for one more frame and see it drawn.
+        page.get_by_role("tab", name="Interpolation").click()
+        frames = page.locator("[data-testid='stImageCaption']").filter(has_text="t=")
+        wait_until(lambda: frames.count() >= 3, "the interpolation frames")
+        n_frames = frames.count()
+        page.get_by_role("slider", name="Frames").focus()
+        page.get_by_role("slider", name="Frames").press("ArrowRight")
+        wait_until(lambda: frames.count() == n_frames + 1, "one more interpolation frame")
+        page.screenshot(path=str(ARTIFACTS / "browser-interpolation.png"))
 
-            # Interpolation: open the tab, see its frames, ask for one more frame and see it drawn.
-            page.get_by_role("tab", name="Interpolation").click()
-            frames = page.locator("[data-testid='stImageCaption']").filter(has_text="t=")
-            wait_until(lambda: frames.count() >= 3, "the interpolation frames")
-            n_frames = frames.count()
-            page.get_by_role("slider", name="Frames").focus()
-            page.get_by_role("slider", name="Frames").press("ArrowRight")
-            wait_until(lambda: frames.count() == n_frames + 1, "one more interpolation frame")
-            page.screenshot(path=str(ARTIFACTS / "browser-interpolation.png"))
+        # Compare: two runs side by side with the metrics table.
+        page.get_by_role("link", name="Compare").click()
+        page.get_by_text("Metrics at the last epoch").wait_for()
+        page.locator("[data-testid='stDataFrame']").first.wait_for()
+        wait_until(lambda: page.locator("[data-testid='stImage']").filter(has_text="Prior samples").count() == 2, "both runs' prior samples")
+        page.set_viewport_size(TALL_VIEWPORT)
+        page.wait_for_timeout(1000)  # plotly re-lays out to the new size
+        page.screenshot(path=str(ARTIFACTS / "browser-compare.png"))
 
-            # Compare: two runs side by side with the metrics table.
-            page.get_by_role("link", name="Compare").click()
-            page.get_by_text("Metrics at the last epoch").wait_for()
-            page.locator("[data-testid='stDataFrame']").first.wait_for()
-            wait_until(lambda: page.locator("[data-testid='stImage']").filter(has_text="Prior samples").count() == 2, "both runs' prior samples")
-            page.set_viewport_size(TALL_VIEWPORT)
-            page.wait_for_timeout(1000)  # plotly re-lays out to the new size
-            page.screenshot(path=str(ARTIFACTS / "browser-compare.png"))
-
-            # Train: the form and the list of past jobs (the tiny runs have status.json files).
-            page.get_by_role("link", name="Train").click()
-            page.get_by_role("button", name="Start training", exact=True).wait_for()
-            page.get_by_text("finished").first.wait_for()
-            bar = page.locator("[data-testid='stProgress'] [role='progressbar']").first
-            wait_until(lambda: bar.get_attribute("aria-valuenow") == "100", "a finished job's full progress bar")
-            page.wait_for_timeout(1000)  # the bars animate to their value
-            page.screenshot(path=str(ARTIFACTS / "browser-train.png"))
-        finally:
-            browser.close()
+        # Train: the form and the list of past jobs (the tiny runs have status.json files).
+        page.get_by_role("link", name="Train").click()
+        page.get_by_role("button", name="Start training", exact=True).wait_for()
+        page.get_by_text("finished").first.wait_for()
+        bar = page.locator("[data-testid='stProgress'] [role='progressbar']").first
+        wait_until(lambda: bar.get_attribute("aria-valuenow") == "100", "a finished job's full progress bar")
+        page.wait_for_timeout(1000)  # the bars animate to their value
+        page.screenshot(path=str(ARTIFACTS / "browser-train.png"))
 
 
 THUMBNAILS_FRAME = "iframe[title*='sprite_scatter']"  # the thumbnail scatter component's iframe
@@ -134,34 +126,24 @@ def thumbnail_position(canvas) -> tuple[float, float]:
 
 def test_thumbnail_scatter_in_chromium(server: str) -> None:
     """The Explore page's thumbnail mode: the atlas drawn as images, hover shows one large, a click selects it like a Plotly click."""
-    import re
-
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(STEP_MS)
-            page.goto(server)
-            page.get_by_text("Draw the atlas as").wait_for()
-            page.get_by_text("thumbnails", exact=True).click()
-            frame = page.frame_locator(THUMBNAILS_FRAME)
-            canvas = frame.locator("#gl[data-ready='1']")
-            canvas.wait_for()
-            x, y = thumbnail_position(canvas)
-            page.mouse.move(x, y)
-            caption = frame.locator("#caption")
-            caption.wait_for(state="visible")
-            idx = int(re.search(r"image #(\d+)$", caption.inner_text())[1])
-            page.screenshot(path=str(ARTIFACTS / "browser-explore-thumbnails.png"))
-            page.mouse.click(x, y)
-            page.get_by_text(f"Clicked: image #{idx},").wait_for()  # the same session state as a click on a Plotly point
-            page.mouse.move(x, y + 1)
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(ARTIFACTS / "browser-explore-thumbnails-clicked.png"))
-        finally:
-            browser.close()
+    with chromium_page(VIEWPORT, STEP_MS) as page:
+        page.goto(server)
+        page.get_by_text("Draw the atlas as").wait_for()
+        page.get_by_text("thumbnails", exact=True).click()
+        frame = page.frame_locator(THUMBNAILS_FRAME)
+        canvas = frame.locator("#gl[data-ready='1']")
+        canvas.wait_for()
+        x, y = thumbnail_position(canvas)
+        page.mouse.move(x, y)
+        caption = frame.locator("#caption")
+        caption.wait_for(state="visible")
+        idx = int(re.search(r"image #(\d+)$", caption.inner_text())[1])
+        page.screenshot(path=str(ARTIFACTS / "browser-explore-thumbnails.png"))
+        page.mouse.click(x, y)
+        page.get_by_text(f"Clicked: image #{idx},").wait_for()  # the same session state as a click on a Plotly point
+        page.mouse.move(x, y + 1)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "browser-explore-thumbnails-clicked.png"))
 
 
 @pytest.fixture(scope="module")
@@ -184,26 +166,18 @@ def spatial_server(tmp_path_factory) -> Iterator[str]:
 def test_spatial_run_in_chromium(spatial_server: str) -> None:
     """A run with a (C_z, h, w) latent in the browser: sliders named by (channel, row, column) decode in the page while
     dragged, and the Spatial latent tab draws the posterior-mean maps and the per-position KL maps."""
-    from playwright.sync_api import sync_playwright
+    with chromium_page(TALL_VIEWPORT, STEP_MS) as page:
+        page.goto(spatial_server)
+        frame = live_sliders(page, timeout_ms=STEP_MS)
+        names = frame.evaluate("() => document.body.innerText")
+        assert re.search(r"c\d \(\d, \d\)", names), f"no slider named by (channel, row, column): {names[:300]}"
+        held = drag(page, frame, moves=DRAG_MOVES)
+        page.mouse.up()
+        assert held.frames > 0, "the resnet decoder drew nothing in the browser during a drag"
 
-    with sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport=TALL_VIEWPORT)
-            page.set_default_timeout(STEP_MS)
-            page.goto(spatial_server)
-            frame = live_sliders(page, timeout_ms=STEP_MS)
-            names = frame.evaluate("() => document.body.innerText")
-            assert re.search(r"c\d \(\d, \d\)", names), f"no slider named by (channel, row, column): {names[:300]}"
-            held = drag(page, frame, moves=DRAG_MOVES)
-            page.mouse.up()
-            assert held.frames > 0, "the resnet decoder drew nothing in the browser during a drag"
-
-            page.get_by_role("tab", name="Spatial latent").click()
-            page.get_by_text("one map per channel").wait_for()
-            page.get_by_text("Where the code spends its nats").wait_for()
-            charts = page.locator("[data-testid='stPlotlyChart']")
-            wait_until(lambda: charts.count() >= 3, "the posterior-mean maps, the KL maps and their total")  # the scatter is not a stPlotlyChart
-            page.screenshot(path=str(ARTIFACTS / "browser-spatial.png"))
-        finally:
-            browser.close()
+        page.get_by_role("tab", name="Spatial latent").click()
+        page.get_by_text("one map per channel").wait_for()
+        page.get_by_text("Where the code spends its nats").wait_for()
+        charts = page.locator("[data-testid='stPlotlyChart']")
+        wait_until(lambda: charts.count() >= 3, "the posterior-mean maps, the KL maps and their total")  # the scatter is not a stPlotlyChart
+        page.screenshot(path=str(ARTIFACTS / "browser-spatial.png"))

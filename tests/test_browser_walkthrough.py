@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from bench.bench_browser import CHROMIUM, RUN_PICKER, launch_chromium, streamlit_server
+from bench.bench_browser import CHROMIUM, RUN_PICKER, chromium_page, streamlit_server
 from trainer import projections
 from trainer.paths import PROJECT_ROOT
 from trainer.runs import load_run
@@ -48,72 +48,64 @@ def server(runs_root: Path, tmp_path: Path) -> Iterator[str]:
 
 
 def test_walkthrough_fixes_in_chromium(server: str) -> None:
-    from playwright.sync_api import sync_playwright
+    with chromium_page(VIEWPORT, STEP_MS) as page:
+        foreign: list[str] = []
+        own = urlsplit(server).netloc
 
-    with sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(STEP_MS)
-            foreign: list[str] = []
-            own = urlsplit(server).netloc
+        def route(r):  # every request of the session, the favicon included: only the app's own host answers
+            url = r.request.url
+            if url.startswith(("data:", "blob:")) or urlsplit(url).netloc == own:
+                return r.continue_()
+            foreign.append(url)
+            return r.abort()
 
-            def route(r):  # every request of the session, the favicon included: only the app's own host answers
-                url = r.request.url
-                if url.startswith(("data:", "blob:")) or urlsplit(url).netloc == own:
-                    return r.continue_()
-                foreign.append(url)
-                return r.abort()
+        page.context.route("**/*", route)
+        page.goto(server)
+        page.get_by_text("Move the sliders from").first.wait_for()
+        page.wait_for_timeout(SETTLE_MS)
 
-            page.context.route("**/*", route)
-            page.goto(server)
-            page.get_by_text("Move the sliders from").first.wait_for()
-            page.wait_for_timeout(SETTLE_MS)
+        # The 5-D run on its UMAP map, made when training ended: no extent of the grid on it.
+        page.locator(RUN_PICKER).filter(has_text="Run").click()
+        page.keyboard.type("vae5")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => [...document.querySelectorAll('h3')].some((h) => h.innerText.startsWith('vae5 · '))")
+        page.locator("[data-testid='stSelectbox']").filter(has_text="Map").first.click()
+        page.get_by_role("option", name="UMAP", exact=True).click()
+        page.get_by_text("UMAP 1").first.wait_for()
+        page.wait_for_timeout(SETTLE_MS)
+        assert page.get_by_text("Computing the UMAP map").count() == 0
+        assert page.locator(".js-plotly-plot .legendtext").filter(has_text="grid extent").count() == 0
+        assert page.get_by_text("not on a UMAP / t-SNE map").count() == 1
+        page.screenshot(path=str(ARTIFACTS / "walkthrough-umap-no-grid-extent.png"))
 
-            # The 5-D run on its UMAP map, made when training ended: no extent of the grid on it.
-            page.locator(RUN_PICKER).filter(has_text="Run").click()
-            page.keyboard.type("vae5")
-            page.keyboard.press("Enter")
-            page.wait_for_function("() => [...document.querySelectorAll('h3')].some((h) => h.innerText.startsWith('vae5 · '))")
-            page.locator("[data-testid='stSelectbox']").filter(has_text="Map").first.click()
-            page.get_by_role("option", name="UMAP", exact=True).click()
-            page.get_by_text("UMAP 1").first.wait_for()
-            page.wait_for_timeout(SETTLE_MS)
-            assert page.get_by_text("Computing the UMAP map").count() == 0
-            assert page.locator(".js-plotly-plot .legendtext").filter(has_text="grid extent").count() == 0
-            assert page.get_by_text("not on a UMAP / t-SNE map").count() == 1
-            page.screenshot(path=str(ARTIFACTS / "walkthrough-umap-no-grid-extent.png"))
+        # Traversal: the picker's chips and the labelled KL chart.
+        page.get_by_role("tab", name="Traversal").click()
+        page.get_by_text("Mean KL per dimension over the atlas images").wait_for()
+        page.get_by_text("inactive below").first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "walkthrough-traversal.png"))
 
-            # Traversal: the picker's chips and the labelled KL chart.
-            page.get_by_role("tab", name="Traversal").click()
-            page.get_by_text("Mean KL per dimension over the atlas images").wait_for()
-            page.get_by_text("inactive below").first.wait_for()
-            page.screenshot(path=str(ARTIFACTS / "walkthrough-traversal.png"))
+        # Training replay: an SVG chart beside the one WebGL scatter.
+        page.get_by_role("tab", name="Training replay").click()
+        page.get_by_text("Download the replay as a GIF").wait_for()
+        page.wait_for_timeout(SETTLE_MS)
+        canvases = page.evaluate(CANVASES_JS)
+        assert len(canvases) >= 2 and canvases[0] > 0 and not any(canvases[1:]), canvases  # only the main scatter is WebGL
+        page.screenshot(path=str(ARTIFACTS / "walkthrough-replay.png"))
 
-            # Training replay: an SVG chart beside the one WebGL scatter.
-            page.get_by_role("tab", name="Training replay").click()
-            page.get_by_text("Download the replay as a GIF").wait_for()
-            page.wait_for_timeout(SETTLE_MS)
-            canvases = page.evaluate(CANVASES_JS)
-            assert len(canvases) >= 2 and canvases[0] > 0 and not any(canvases[1:]), canvases  # only the main scatter is WebGL
-            page.screenshot(path=str(ARTIFACTS / "walkthrough-replay.png"))
-
-            # Compare and Train: SVG scatters only; the Train page offers to resume the finished runs.
-            page.get_by_role("link", name="Compare").click()
-            page.get_by_text("Side by side, same inputs").wait_for()
-            page.wait_for_timeout(SETTLE_MS)
-            canvases = page.evaluate(CANVASES_JS)
-            assert canvases and not any(canvases), canvases
-            page.screenshot(path=str(ARTIFACTS / "walkthrough-compare.png"))
-            page.get_by_role("link", name="Train").click()
-            page.get_by_role("button", name="Start training", exact=True).wait_for()
-            resume = page.get_by_role("button", name="Resume…")
-            page.wait_for_timeout(SETTLE_MS)
-            page.screenshot(path=str(ARTIFACTS / "walkthrough-train.png"))
-            # Each finished run with its optimiser state offers Resume (AppTest checks which ones: test_app_train);
-            # here: the control renders in a real browser. (Exactly 2 timed out once in a full run on a busy machine.)
-            resume.first.wait_for()
-            assert resume.count() >= 1
-            assert not foreign, f"requests to other hosts: {foreign[:5]}"
-        finally:
-            browser.close()
+        # Compare and Train: SVG scatters only; the Train page offers to resume the finished runs.
+        page.get_by_role("link", name="Compare").click()
+        page.get_by_text("Side by side, same inputs").wait_for()
+        page.wait_for_timeout(SETTLE_MS)
+        canvases = page.evaluate(CANVASES_JS)
+        assert canvases and not any(canvases), canvases
+        page.screenshot(path=str(ARTIFACTS / "walkthrough-compare.png"))
+        page.get_by_role("link", name="Train").click()
+        page.get_by_role("button", name="Start training", exact=True).wait_for()
+        resume = page.get_by_role("button", name="Resume…")
+        page.wait_for_timeout(SETTLE_MS)
+        page.screenshot(path=str(ARTIFACTS / "walkthrough-train.png"))
+        # Each finished run with its optimiser state offers Resume (AppTest checks which ones: test_app_train);
+        # here: the control renders in a real browser. (Exactly 2 timed out once in a full run on a busy machine.)
+        resume.first.wait_for()
+        assert resume.count() >= 1
+        assert not foreign, f"requests to other hosts: {foreign[:5]}"
