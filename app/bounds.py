@@ -19,15 +19,6 @@ NO_VALUE = "—"  # a number that does not exist (an autoencoder's bound), never
 BETA_ZERO_NOTE = "β = 0: an autoencoder-like VAE; its codes need not follow the prior"
 BETA_ZERO_SAMPLES_NOTE = (BETA_ZERO_NOTE + ". Nothing pulled its posteriors towards N(0, I), so prior samples may land where no image's "
                           "code is and decode to something unlike the data.")
-def low_beta_samples_note(beta: float, kl: float | None) -> str:
-    """Sampling a VAE trained with 0 < beta < 1, as latent-diffusion-style autoencoders are: what to expect of its prior samples."""
-    spent = f" (here {kl:,.1f} nats per test image)" if kl is not None and math.isfinite(kl) else ""
-    return (f"β = {beta:g} < 1: the objective weighs the KL term {beta:g} times the reconstruction, so the posteriors may sit far "
-            f"from N(0, I){spent}, and prior samples (and z = 0) may decode to something unlike the data. Autoencoders trained "
-            "this way are sampled through a second model fitted to their codes; here, start from an image's code "
-            "(\"the clicked image\") or interpolate between two.")
-
-
 AE_NOTE = ("an autoencoder has no KL term and so no bound: its reconstruction term is not comparable with a VAE's negative ELBO, "
            "so it is not ranked among them")
 BOUND_NOTE = ("neg. ELBO: reconstruction + KL at β = 1, the bound on −log p(x), lower is better; it is in nats only for a Bernoulli "
@@ -59,6 +50,15 @@ def objective_label(beta: float, recon_weight: float = 1.0) -> str:
     """'objective (β=4)', with the reconstruction weight when it is not 1."""
     weight = "" if recon_weight == 1 else f", recon ×{recon_weight:g}"
     return f"objective (β={beta:g}{weight})"
+
+
+def low_beta_samples_note(beta: float, kl: float | None) -> str:
+    """Sampling a VAE trained with 0 < beta < 1, as latent-diffusion-style autoencoders are: what to expect of its prior samples."""
+    spent = f" (here {kl:,.1f} nats per test image)" if kl is not None and math.isfinite(kl) else ""
+    return (f"β = {beta:g} < 1: the objective weighs the KL term {beta:g} times the reconstruction, so the posteriors may sit far "
+            f"from N(0, I){spent}, and prior samples (and z = 0) may decode to something unlike the data. Autoencoders trained "
+            "this way are sampled through a second model fitted to their codes; here, start from an image's code "
+            "(\"the clicked image\") or interpolate between two.")
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,11 @@ class View:
         return self.means.shape[1]
 
     @property
+    def setting(self) -> bounds.Setting:
+        """What the run's numbers mean (kind, beta, reconstruction term): how the page words them."""
+        return bounds.Setting.of_run(self.run)
+
+    @property
     def latent_shape(self) -> tuple[int, ...]:
         """(C_z, h, w) for a spatial latent (the means are its flattened maps), else (D,)."""
         return tuple(self.run.model_config.latent_shape)
@@ -147,7 +152,7 @@ def origin(view: View) -> np.ndarray:
 
 def starts_from_an_image(view: View) -> bool:
     """Whether the sliders start at an image's code rather than at zero (a low-beta VAE: bounds.Setting.low_beta)."""
-    return not view.deterministic and bounds.Setting.of_run(view.run).low_beta
+    return view.setting.low_beta
 
 
 def current_z(view: View) -> np.ndarray:
@@ -613,9 +618,9 @@ def _prior_samples(view: View) -> int:
     st.markdown("**Samples from the prior**")
     if view.deterministic:
         st.info(latent.AE_SAMPLES_NOTE)
-    elif bounds.Setting.of_run(view.run).beta_zero:
+    elif view.setting.beta_zero:
         st.warning(bounds.BETA_ZERO_SAMPLES_NOTE)
-    elif bounds.Setting.of_run(view.run).low_beta:
+    elif view.setting.low_beta:
         kl = view.run.history[-1].get("test_kl") if view.run.history else None
         st.info(bounds.low_beta_samples_note(view.run.train_config.beta, kl if isinstance(kl, (int, float)) else None))
     o1, o2, o3 = st.columns(3)
@@ -662,7 +667,7 @@ def atlas_scores(key: str, _run: Run) -> latent.ImageScores:
 
 def upload_against_test_set(view: View, x: np.ndarray) -> None:
     """An upload's reconstruction error and negative ELBO among the test images', flagged when beyond OOD_PERCENTILE of them."""
-    setting = bounds.Setting.of_run(view.run)
+    setting = view.setting
     with st.spinner(f"Scoring the {len(view.labels):,} test images once for this run…"):
         reference = atlas_scores(view.cache_key, view.run)
     scored = latent.binarize_like_test_set(x[None]) if setting.binarized else x[None]  # (1, C, H, W), as the atlas was stored
@@ -850,7 +855,7 @@ def render() -> None:
             st.info("No run to explore yet: choose a checkpoints folder with runs in the sidebar.")
         return
     view = make_view(selection.run)
-    kind = "autoencoder (no prior, no KL)" if view.deterministic else bounds.Setting.of_run(view.run).kind_label
+    kind = "autoencoder (no prior, no KL)" if view.deterministic else view.setting.kind_label
     n_inactive = int(view.stats.inactive.sum())
     st.markdown(f"### {view.run.name} · {kind}, latent {latent.latent_size_text(view.latent_shape)}, epoch {view.run.epoch}"
                 + (f" · {n_inactive} inactive dim{'s' if n_inactive != 1 else ''}" if n_inactive else ""))
