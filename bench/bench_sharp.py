@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from models.loss import vae_loss
-from trainer import metrics
+from trainer import demo, metrics
 from trainer.emoji import EMOJI_DATASET, load_emoji
 from trainer.evaluate import evaluation_images
 from trainer.images import png_bytes, tile
@@ -150,7 +150,7 @@ def interpolation_png(run: Run, first: str, last: str) -> bytes:
 
 def cost_path(run_dir: Path) -> Path:
     """Where `train` records a run's cost: beside the run folder, not in it (the run folder is the checkpoint)."""
-    return run_dir.parent / f"{run_dir.name}.cost.json"
+    return demo.cost_path(run_dir.parent, run_dir.name)
 
 
 def fmt(v: float | None, digits: int = 2) -> str:

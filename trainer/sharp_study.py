@@ -34,6 +34,7 @@ import torch
 
 from . import cli, distributed, metrics
 from .data import load_dataset
+from .demo import cost_path
 from .images import png_bytes, tile
 from .runs import MANIFEST_FILE, Run, RunError, load_run, read_status
 from .safe_io import atomic_write_bytes, atomic_write_json, read_json_dict
@@ -54,7 +55,6 @@ EVAL_BATCH = 250
 STRIP_IMAGES = 12
 STRIP_SCALE = 3
 LABEL_WIDTH = 110
-COST_SUFFIX = ".cost.json"
 # Intra-op threads per training process. The CLI would take os.cpu_count() (2 here); on the shared machine a second
 # thread spun in OpenMP barriers and cost 10x the CPU time per image (32 against 3 ms at load ~15).
 DEFAULT_THREADS = 1
@@ -83,7 +83,7 @@ def load_1min() -> float | None:
 
 def cost_record(root: Path, name: str) -> dict[str, Any] | None:
     """The cost file of run `name` (every training invocation of it), or None."""
-    path = root / f"{name}{COST_SUFFIX}"
+    path = cost_path(root, name)
     return read_json_dict(path) if path.exists() else None
 
 
@@ -108,7 +108,7 @@ def train_recorded(name: str, argv: list[str], root: Path, threads: int = DEFAUL
         record[key] = sum(seg[key] for seg in record["segments"] if seg.get(key) is not None)
     record["load_start"], record["load_end"] = record["segments"][0]["load_start"], record["segments"][-1]["load_end"]
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / f"{name}{COST_SUFFIX}", record)
+    atomic_write_json(cost_path(root, name), record)
     if code == 0 and state != "finished":
         print(f"{name}: stopped before its last epoch (run again to resume)", file=sys.stderr)
         return 1
