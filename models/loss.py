@@ -63,10 +63,11 @@ def vae_loss(
     posterior: DiagonalGaussian,
     *,
     recon_loss: str = "bce",
-    beta: float = 1.0,
+    beta: float | torch.Tensor = 1.0,
     recon_weight: float = 1.0,
 ) -> LossTerms:
     """The objective and its two unweighted terms for a batch: x (B, C, H, W) in [0, 1], x_hat logits of the same shape.
+    beta may be a 0-dim tensor on x's device (a schedule that lives on the device, as a captured CUDA graph reads it).
 
     loss = recon_weight * recon + beta * kl; recon + kl is the negative ELBO whatever the weights.
     beta=0 is the reconstruction-only ablation, recon_weight=0 the KL-only one.

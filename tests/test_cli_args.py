@@ -78,6 +78,7 @@ BAD_VALUES: dict[str, list[tuple[str, str | None]]] = {
     "progress": [("verbose", "invalid choice")],
     "amp": [("fp8", "invalid choice")],
     "compile": [("1", "ignored explicit argument")],
+    "cuda_graph": [("maybe", "invalid choice"), ("on", "needs a CUDA device")],
     "no_projections": [("1", "ignored explicit argument")],
 }
 BAD_RUN_NAMES = {

@@ -22,7 +22,7 @@ import torch
 from models import CLASSIC_MLP_HIDDEN_DIM, DEFAULT_HIDDEN_DIM, ModelConfig, patch_grid
 from models.config import FieldSpec, field_spec, field_types
 
-from . import adversarial, compat, distributed, metrics
+from . import adversarial, compat, cuda_graph, distributed, metrics
 from .config import TrainConfig
 from .data import DATASETS, FOLDER_PREFIX, DataError, ImageData, default_channels, default_image_size, load_dataset
 from .distributed import AMP_CHOICES, DistContext
@@ -186,6 +186,10 @@ def _options() -> tuple[OptionSpec, ...]:
                     "are timed in float32 and bf16 at the start and bf16 is used only if at least 1.05 times as fast (the choice and timings are "
                     "printed and kept in config.json; a resumed run keeps it)", default="auto", choices=AMP_CHOICES),
         _cli_option("compile", "run", "torch.compile the training step (slow first epoch; pays off on long GPU runs)", default=False),
+        _cli_option("cuda_graph", "run", "capture the training step of full batches in a CUDA graph and replay it (the step is bound by kernel "
+                    "launches at these models' sizes). auto: on for one CUDA process without --compile, fp16, the sharpness losses or "
+                    "--deterministic; on: also with --deterministic, an error where it cannot; off: eager steps", default="auto",
+                    choices=cuda_graph.GRAPH_CHOICES),
         _cli_option("no_projections", "run", "do not compute the app's UMAP and t-SNE maps of the last epoch's atlas when training ends "
                     "(computed by default for latents of more than 2 dims, so the app shows them at once)", default=False),
     )
@@ -534,6 +538,11 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _train(ctx: DistContext, args: argparse.Namespace, device: torch.device, plan: RunPlan) -> int:
     run_dir, model_config, train_config, channels = plan.run_dir, plan.model_config, plan.train_config, plan.channels
+    try:  # --cuda-graph on where it cannot capture: one line, before the data loads
+        cuda_graph.plan(args.cuda_graph, device, processes=ctx.world_size, fp16_scaler=distributed.resolve_amp(args.amp, device) == torch.float16,
+                        sharp=adversarial.wanted(train_config), compiled=args.compile, deterministic=train_config.deterministic == "on")
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if device.type == "cpu":
         torch.set_num_threads(distributed.cpu_threads(ctx))
     data = _load_data(ctx, args, model_config, train_config, channels)
@@ -561,7 +570,7 @@ def _train(ctx: DistContext, args: argparse.Namespace, device: torch.device, pla
     try:
         trainer = fit(
             model_config, train_config, data, run_dir, device,
-            resume=plan.resume, stop=stop, progress=args.progress, dist=ctx, amp=args.amp, compile_model=args.compile,
+            resume=plan.resume, stop=stop, progress=args.progress, dist=ctx, amp=args.amp, compile_model=args.compile, cuda_graph=args.cuda_graph,
             projections=not args.no_projections,
         )
     finally:

@@ -451,7 +451,9 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> bytes:
         for name, value in state.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"{idx}.{name}"] = t.detach().cpu().contiguous()
-    return st_save(tensors, metadata={"param_groups": json.dumps(sd["param_groups"])})
+    # a schedule that lives on the device (a CUDA-graphed run's lr tensor) is saved as the number it holds
+    groups = [{k: v.item() if torch.is_tensor(v) else v for k, v in group.items()} for group in sd["param_groups"]]
+    return st_save(tensors, metadata={"param_groups": json.dumps(groups)})
 
 
 class RunWriter:

@@ -36,6 +36,7 @@ from models import VAE, DiagonalGaussian, LossTerms, ModelConfig, build_model, t
 from models import loss as model_loss
 
 from . import adversarial, binarize, compat, distributed, metrics, projections
+from . import cuda_graph as cuda_graph_module
 from .config import DEFAULT_MIN_IMPROVEMENT, TrainConfig
 from .data import ImageData
 from .distributed import DistContext, all_reduce_sum, shard_bounds
@@ -280,9 +281,11 @@ class Trainer:
         dist: DistContext | None = None,
         amp: str = "off",
         compile_model: bool = False,
+        cuda_graph: str = "auto",
     ):
         """dist: this process's place in a torchrun job (None: one process); amp: see distributed.resolve_amp and, for
-        'auto', settle_amp; compile_model: torch.compile the training forward."""
+        'auto', settle_amp; compile_model: torch.compile the training forward; cuda_graph: capture full-batch steps
+        in a CUDA graph (auto, on, off: cuda_graph.plan; ValueError for 'on' where it cannot)."""
         self.model_config, self.config, self.data = model_config, train_config, data
         self.device = torch.device(device)
         self.dist = dist or distributed.SINGLE
@@ -321,6 +324,10 @@ class Trainer:
             if self.binarize:  # scored like the test set: binary images drawn once, by the fixed seed
                 self.val_x = binarize.binarized_test_set(self.val_x).to(self.val_x.device)
         self.steps_per_epoch = math.ceil(len(self.train_x) / train_config.batch_size)
+        self.graph_plan = cuda_graph_module.plan(
+            cuda_graph, self.device, processes=self.dist.world_size, fp16_scaler=self.scaler is not None,
+            sharp=self.sharp is not None, compiled=compile_model, deterministic=self.determinism is not None)
+        self.graph: cuda_graph_module.GraphedStep | None = None  # made at the first full batch when graph_plan.used
         self.epoch = 0  # completed epochs
         self.history: list[dict[str, Any]] = []
         self.atlas_idx = atlas_indices(len(self.test_x), train_config.atlas_size, train_config.seed)
@@ -361,6 +368,7 @@ class Trainer:
             **({"amp_auto": self.amp_auto} if self.amp_auto is not None else {}),
             **({"deterministic": self.determinism} if self.determinism is not None else {}),
             "compile": self.compiled,
+            "cuda_graph": self.graph_plan.info(),
             "channels_last": self.channels_last,
             "data_on_device": self.train_x.device.type == self.device.type,
             **({"validation": self.validation_info()} if len(self.val_x) else {}),
@@ -377,6 +385,8 @@ class Trainer:
         """Mixed precision for forward passes when --amp chose a dtype, else nothing."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
+        if self.graph_plan.used:  # no cast cache: a captured graph must not keep casts made outside it
+            return compat.autocast(self.device.type, self.amp_dtype, cache_enabled=False)
         return compat.autocast(self.device.type, self.amp_dtype)
 
     # ------------------------------------------------------------ --amp auto
@@ -469,8 +479,11 @@ class Trainer:
     def set_schedule(self, epoch: int, step: int) -> tuple[float, float]:
         progress = step / self.steps_per_epoch
         lr, beta = self.config.lr_at(epoch, progress), self.config.beta_at(epoch, progress)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        if self.graph is not None:
+            self.graph.set_lr(lr)  # the param groups hold the graph's lr tensor
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         return lr, beta
 
     def train_step(
@@ -486,6 +499,7 @@ class Trainer:
         """One optimiser step on a batch x (B, C, H, W) in [0, 1]; eps (B, D) is drawn from `generator` if not given.
         Returns the batch's loss terms as device tensors.
 
+        With a CUDA graph (graph_plan.used) a full batch is a replay of the captured step (cuda_graph.GraphedStep).
         No host synchronisation (bar fp16's gradient scaler, which reads its own inf check): a non-finite loss is not
         raised here but flagged on the device (`nonfinite`, with the first such step's terms in `bad_terms`), and the
         optimiser steps on; call check_finite() to raise it (train_epoch does every NONFINITE_CHECK_STEPS steps).
@@ -500,6 +514,17 @@ class Trainer:
         n = b if global_batch is None else global_batch
         if eps is None:
             eps = self.noise(b, generator)
+        if self.graph_plan.used and b == self.config.batch_size:
+            try:
+                if self.graph is None:
+                    self.graph = cuda_graph_module.GraphedStep(self._plain_step, self.optimizer, self.device)
+                return self.graph(x, eps, beta)
+            except RuntimeError as e:  # --cuda-graph auto: a torch that cannot capture this step trains eagerly instead
+                if self.graph_plan.requested == "on" or (self.graph is not None and self.graph.replays):
+                    raise
+                self._drop_graph(e)
+        if not self.dist.enabled and self.scaler is None and self.sharp is None:  # (with a graph: the short last batch)
+            return self._plain_step(x, eps, beta)
         if b == 0:
             # This process's slice of a short last batch is empty. It must still join the gradient
             # exchange: one blank image stands in with weight 0 (a real size keeps torch.compile happy).
@@ -535,6 +560,29 @@ class Trainer:
             self.scaler.update()
         if self.sharp is not None and b:
             self.sharp.discriminator_step(x, x_hat, self.global_step, self.optimizer.param_groups[0]["lr"])
+        return terms
+
+    def _drop_graph(self, error: BaseException) -> None:
+        """Back to eager steps after the warm-up or capture failed (nothing was replayed, so no step was lost): the
+        plain float LR in Adam's groups, and a warning in one line."""
+        lr = float(self.graph.lr) if self.graph is not None else self.config.lr
+        for group in self.optimizer.param_groups:
+            group["lr"], group["capturable"] = lr, False
+        self.graph = None
+        self.graph_plan = cuda_graph_module.GraphPlan(self.graph_plan.requested, False, f"capture failed: {one_line(error)}")
+        log.warning("--cuda-graph auto: training eagerly, the step could not be captured (%s)", one_line(error))
+
+    def _plain_step(self, x: torch.Tensor, eps: torch.Tensor | None, beta: float | torch.Tensor) -> LossTerms:
+        """train_step in one process without the sharpness losses or fp16's scaler; what cuda_graph.GraphedStep runs
+        eagerly and captures, with beta as a 0-dim device tensor. Returns the batch's loss terms."""
+        self.net.train()
+        with self.autocast():
+            x_hat, mean, logvar = self.net(x, eps)
+        terms = vae_loss(x, x_hat, _float_posterior(mean, logvar), recon_loss=self.config.recon_loss, beta=beta, recon_weight=self.config.recon_weight)
+        self._flag_nonfinite(terms, terms.loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        self.optimizer.step()
         return terms
 
     @torch.no_grad()
@@ -762,8 +810,12 @@ class Trainer:
         self._thin_latents()  # a run saved before latents were thinned holds every epoch
 
     def _load_optimizer_state(self, state: dict[str, Any]) -> None:
-        """Load optimiser state, laying each tensor out like its parameter (channels_last included)."""
+        """Load optimiser state, laying each tensor out like its parameter (channels_last included). Whether Adam may be
+        captured is this process's choice, not the saved run's (a CUDA-graphed run resumes on the CPU)."""
+        capturable = [group["capturable"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state)
+        for group, flag in zip(self.optimizer.param_groups, capturable):
+            group["capturable"] = flag
         for p, st in self.optimizer.state.items():
             for key, value in st.items():
                 if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
@@ -839,6 +891,7 @@ class FitOptions:
     dist: DistContext
     amp: str
     compile_model: bool
+    cuda_graph: str = "auto"  # capture full-batch steps in a CUDA graph: auto, on, off (cuda_graph.plan)
     projections: bool = False  # compute the app's UMAP / t-SNE maps of the last epoch's atlas once training ends
 
 
@@ -1022,13 +1075,14 @@ def fit(
     dist: DistContext | None = None,
     amp: str = "off",
     compile_model: bool = False,
+    cuda_graph: str = "auto",
     projections: bool = False,
 ) -> Trainer:
     """Train into `run_dir`, saving a consistent checkpoint after every epoch. Returns the trainer.
 
     progress: 'bar' (tqdm), 'json' (one JSON line per epoch on stdout), 'none', or 'auto' (bar on a terminal).
     dist: this process's place in a torchrun job (every process calls fit; only rank 0 touches run_dir).
-    amp, compile_model: see Trainer.
+    amp, compile_model, cuda_graph: see Trainer.
     projections: once the last epoch is saved, compute the UMAP and t-SNE maps of its atlas means into the run folder
     (latents of more than 2 dims), so the app's first view of the run is instant (the CLI's default; off here: tests).
     Raises TrainingFailed or RunError with a readable message; the last completed epoch stays loadable.
@@ -1040,7 +1094,7 @@ def fit(
         progress = "none"
     opts = FitOptions(
         run_dir=Path(run_dir), device=torch.device(device), resume=resume, stop=stop or _never,
-        progress=progress, dist=ctx, amp=amp, compile_model=compile_model, projections=projections,
+        progress=progress, dist=ctx, amp=amp, compile_model=compile_model, cuda_graph=cuda_graph, projections=projections,
     )
     lock = _lock(opts.run_dir, ctx)
     try:
@@ -1066,7 +1120,8 @@ def _lock(run_dir: Path, ctx: DistContext) -> RunLock | None:
 
 def _fit_locked(model_config: ModelConfig, train_config: TrainConfig, data: ImageData, opts: FitOptions) -> Trainer:
     """fit's body once the run folder is locked: start or resume, train, and leave status.json saying how it ended."""
-    trainer = Trainer(model_config, train_config, data, opts.device, dist=opts.dist, amp=opts.amp, compile_model=opts.compile_model)
+    trainer = Trainer(model_config, train_config, data, opts.device, dist=opts.dist, amp=opts.amp, compile_model=opts.compile_model,
+                      cuda_graph=opts.cuda_graph)
     checkpoints = Checkpoints(opts.run_dir, opts.dist)
     status = StatusWriter(opts.run_dir, opts.dist, train_config.epochs)
     try:
@@ -1135,10 +1190,12 @@ def _start_or_resume(trainer: Trainer, checkpoints: Checkpoints, data: ImageData
 
 
 def _say_amp(trainer: Trainer, opts: FitOptions) -> None:
-    """Tell on stderr what --amp auto picked and why (the timings), unless progress is off."""
-    note = trainer.amp_note()
-    if note is not None and opts.progress != "none":
-        print(note, file=sys.stderr, flush=True)
+    """Tell on stderr what --amp auto picked and why (the timings) and, on a GPU, whether steps are CUDA-graphed,
+    unless progress is off."""
+    notes = [trainer.amp_note(), trainer.graph_plan.note() if trainer.device.type == "cuda" else None]
+    for note in notes:
+        if note is not None and opts.progress != "none":
+            print(note, file=sys.stderr, flush=True)
 
 
 def _train_epochs(trainer: Trainer, checkpoints: Checkpoints, status: StatusWriter, opts: FitOptions) -> None:
