@@ -4,12 +4,15 @@
     .venv/bin/python -m bench.bench_gpu --quick              # fewer steps: checks it runs
     .venv/bin/python -m bench.bench_gpu --models conv --batches 64 --modes eager,graph
     .venv/bin/python -m bench.bench_gpu --dry-run            # any machine: the eager steps on the CPU, nothing timed
+    .venv/bin/python -m bench.bench_gpu --fit-epochs 4       # also the issue's goal: whole trainer epochs (fit)
 
 Models: MLP 784-400-20 and the conv VAE (default widths, latent 20), on the bundled MNIST subset held on the
 GPU as uint8. Each step draws a random batch and its noise on the device, then runs forward, BCE + KL
 (`vae_loss`), backward and Adam (lr 1e-3) in one of three ways:
-- trainer: Trainer.train_step, the project's step as it is (no host synchronisation: a non-finite loss is flagged on
-  the device and read every NONFINITE_CHECK_STEPS steps);
+- trainer: Trainer.train_step, the project's step as it is (--cuda-graph auto: on a GPU, full batches replay a
+  captured graph after a few eager warm-up steps; no host synchronisation: a non-finite loss is flagged on the device
+  and read every NONFINITE_CHECK_STEPS steps);
+- trainer-eager: the same with --cuda-graph off;
 - eager: the same step without any host synchronisation (fused Adam);
 - graph: forward, backward and the optimiser step captured once in a CUDA graph (torch.cuda.graph) and replayed,
   the batch and noise copied into static input buffers (Adam capturable=True);
@@ -17,7 +20,11 @@ GPU as uint8. Each step draws a random batch and its noise on the device, then r
 amp off is float32; bf16 autocasts the forward (the loss in float32, as the trainer does). Images/s are
 timed over a fixed number of steps after warm-up steps, the GPU synchronised at both ends. For each model the
 graph's weights after a few steps are compared with eager's from the same start (floating-point reordering
-only). This script measures; the trainer itself does not capture graphs.
+only).
+
+--fit-epochs N measures what the issue's goals name: `fit` of the conv VAE (latent 20) on the MNIST subset for N
+epochs at each batch size, --amp off and auto, --cuda-graph auto; training images/s is the median over the epochs
+after the first of history.jsonl's images_per_s (training images / the epoch's training seconds).
 """
 from __future__ import annotations
 
@@ -42,7 +49,8 @@ MODELS = {
 }
 BATCHES = (64, 512, 4096)
 AMPS = {"off": None, "bf16": torch.bfloat16}
-MODES = ("trainer", "eager", "graph", "compile")
+MODES = ("trainer", "trainer-eager", "eager", "graph", "compile")
+FIT_AMPS = ("off", "auto")
 LR = 1e-3
 WARMUP_STEPS = 10  # before timing: cuDNN autotuning, allocator growth, graph warm-up
 TIMED_STEPS = {64: 300, 512: 150, 4096: 60}  # per batch size; --quick takes a fifth
@@ -132,22 +140,22 @@ def graph_step(setup: Setup, model: torch.nn.Module, optimizer: torch.optim.Opti
     return step
 
 
-def trainer_step(setup: Setup, b: int) -> tuple[Callable[[torch.Tensor, torch.Tensor], None], torch.nn.Module]:
-    """step(x, eps) through the project's Trainer.train_step (its host-side NaN check included)."""
+def trainer_step(setup: Setup, b: int, cuda_graph: str = "auto") -> tuple[Callable[[torch.Tensor, torch.Tensor], None], torch.nn.Module]:
+    """step(x, eps) through the project's Trainer.train_step (full batches graphed on CUDA unless cuda_graph='off')."""
     from trainer.train import Trainer
 
     one, label = setup.images[:1].cpu(), torch.zeros(1, dtype=torch.long)  # the trainer's own data sets are not used here
     data = ImageData(one, label, one, label, [str(i) for i in range(10)], {"name": "bench"})
     trainer = Trainer(setup.config, TrainConfig(batch_size=b, lr=LR, atlas_size=1), data, setup.device,
-                      amp="off" if setup.amp is None else "bf16")
+                      amp="off" if setup.amp is None else "bf16", cuda_graph=cuda_graph)
     return (lambda x, eps: trainer.train_step(x, 1.0, eps=eps)), trainer.model
 
 
 def make_step(setup: Setup, mode: str, b: int, generator: torch.Generator) -> tuple[Callable[[torch.Tensor, torch.Tensor], None], torch.nn.Module, float]:
     """The step of `mode`, its model, and the seconds it took to make (compile: its first calls)."""
     t0 = time.perf_counter()
-    if mode == "trainer":
-        step, model = trainer_step(setup, b)
+    if mode in ("trainer", "trainer-eager"):
+        step, model = trainer_step(setup, b, "auto" if mode == "trainer" else "off")
         return step, model, 0.0
     model = setup.model()
     cuda = setup.device.type == "cuda"
@@ -240,7 +248,33 @@ def run(models: list[str], batches: list[int], amps: list[str], modes: list[str]
 
 def dry_run_modes(modes: list[str]) -> list[str]:
     """The modes that can run on the CPU (graph capture needs CUDA; compile is left to a GPU run: minutes on a CPU)."""
-    return [m for m in modes if m in ("trainer", "eager")]
+    return [m for m in modes if m in ("trainer", "trainer-eager", "eager")]
+
+
+def fit_epochs(batches: list[int], epochs: int, device: torch.device, limit: int | None = None) -> list[dict[str, Any]]:
+    """The goals' figure: median training images/s over epochs 2..N of `fit` (conv VAE latent 20, MNIST subset;
+    `limit`: its first images only, for a dry run)."""
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    from trainer.train import fit
+
+    data, rows = load_dataset("mnist"), []
+    if limit is not None:
+        data = ImageData(data.train_x[:limit], data.train_y[:limit], data.test_x[:limit], data.test_y[:limit], data.class_names, data.source)
+    for b in batches:
+        for amp in FIT_AMPS:
+            with tempfile.TemporaryDirectory() as tmp:
+                trainer = fit(MODELS["conv"], TrainConfig(epochs=epochs, batch_size=b, lr=LR, seed=0), data, Path(tmp) / "run", device,
+                              progress="none", amp=amp)
+                rates = [row["images_per_s"] for row in trainer.history[1:]] or [trainer.history[0]["images_per_s"]]
+            picked = trainer.amp_auto["picked"] if trainer.amp_auto else ("float32" if amp == "off" else amp)
+            rows.append({"batch": b, "amp": amp, "precision": picked, "cuda_graph": trainer.graph_plan.used,
+                         "images_per_s": round(statistics.median(rates)), "epochs": epochs, "test_loss": round(trainer.history[-1]["test_loss"], 3)})
+            print(f"  fit conv  batch {b:>5}  amp {amp:<4} ({picked}, graph {'on' if trainer.graph_plan.used else 'off'}) "
+                  f"{rows[-1]['images_per_s']:12,} training images/s (median of epochs 2-{epochs}), test loss {rows[-1]['test_loss']}", flush=True)
+    return rows
 
 
 def _choices(text: str, allowed: tuple[str, ...] | dict[str, Any], what: str) -> list[str]:
@@ -258,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--amp", default=",".join(AMPS), help="off, bf16")
     parser.add_argument("--modes", default=",".join(MODES), help=", ".join(MODES))
     parser.add_argument("--quick", action="store_true", help="a fifth of the timed steps")
+    parser.add_argument("--fit-epochs", type=int, default=0, help="also fit the conv VAE this many epochs per batch size and --amp off/auto (0: skip)")
     parser.add_argument("--dry-run", action="store_true", help=f"on the CPU, batch {DRY_RUN_BATCH}, 2 steps of the eager modes: checks the script")
     args = parser.parse_args(argv)
     models, amps = _choices(args.models, MODELS, "model"), _choices(args.amp, AMPS, "amp")
@@ -281,6 +316,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             diff = graph_equivalence(Setup(name, MODELS[name], device, None, load_dataset("mnist").train_x.to(device)), batches[0])
             out["graph_vs_eager_max_abs_weight_diff"][name] = diff
             print(f"  {name}: graph against eager after {EQUIVALENCE_STEPS} steps of batch {batches[0]}: max |weight difference| {diff:.3g}")
+    if args.fit_epochs > 0:
+        dry = {"batches": [DRY_RUN_BATCH], "epochs": 2, "limit": 4 * DRY_RUN_BATCH}
+        out["fit"] = fit_epochs(**dry, device=device) if args.dry_run else fit_epochs(batches, args.fit_epochs, device)
     print(json.dumps(out))
     return out
 

@@ -12,7 +12,7 @@ CUDA = torch.cuda.is_available()
 def test_dry_run_takes_eager_steps_on_the_cpu():
     out = bench_gpu.main(["--dry-run", "--models", "mlp", "--amp", "off", "--batches", "512"])
     assert out["device"] == "cpu (dry run)"
-    assert [(r["mode"], r["batch"]) for r in out["rows"]] == [("trainer", bench_gpu.DRY_RUN_BATCH), ("eager", bench_gpu.DRY_RUN_BATCH)]
+    assert [(r["mode"], r["batch"]) for r in out["rows"]] == [(mode, bench_gpu.DRY_RUN_BATCH) for mode in ("trainer", "trainer-eager", "eager")]
     assert all(r["images_per_s"] > 0 for r in out["rows"])
 
 
@@ -47,3 +47,10 @@ def test_graph_replay_follows_eager(model):
     setup = bench_gpu.Setup(model, bench_gpu.MODELS[model], torch.device("cuda"), None,
                             torch.randint(0, 256, (512, 1, 28, 28), dtype=torch.uint8, device="cuda"))
     assert bench_gpu.graph_equivalence(setup, 64) < 1e-4
+
+
+def test_dry_run_fits_the_goal_model_and_reports_its_epochs():
+    out = bench_gpu.main(["--dry-run", "--models", "mlp", "--amp", "off", "--modes", "eager", "--fit-epochs", "4"])
+    assert [(r["batch"], r["amp"], r["precision"], r["cuda_graph"], r["epochs"]) for r in out["fit"]] == [
+        (bench_gpu.DRY_RUN_BATCH, "off", "float32", False, 2), (bench_gpu.DRY_RUN_BATCH, "auto", "float32", False, 2)]
+    assert all(r["images_per_s"] > 0 and r["test_loss"] > 0 for r in out["fit"])
