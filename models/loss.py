@@ -36,6 +36,35 @@ class LossTerms(NamedTuple):
     kl: torch.Tensor  # KL(q(z|x) || N(0, I)) in nats, summed over latent dims, mean over batch, unweighted
 
 
+class _CpuBCEWithLogits(torch.autograd.Function):
+    """Per-pixel BCE of targets x under logits z as max(z, 0) - x z - log(sigmoid(|z|)), gradient sigmoid(z) - x.
+
+    torch's binary_cross_entropy_with_logits computes log1p(exp(-|z|)), and on the CPU its log1p is not vectorised:
+    on a 128 x 784 batch it took 0.55 ms forward and 0.74 ms with backward, more than a 784 x 400 matmul, against
+    0.15 ms forward for this form (sigmoid and log are vectorised; `python -m bench.bench_bce`).
+    The two differ by at most about 1e-7 nats per pixel (log near 1 in float32), 1e-6 of an MNIST image's term."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) each
+        ctx.save_for_backward(z, x)
+        return z.clamp(min=0) - x * z - torch.sigmoid(z.abs()).log()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        z, x = ctx.saved_tensors
+        grad_z = torch.sigmoid(z).sub_(x).mul_(grad) if ctx.needs_input_grad[0] else None
+        grad_x = -grad * z if ctx.needs_input_grad[1] else None
+        return grad_z, grad_x
+
+
+def bce_with_logits(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel binary cross-entropy of x under logits x_hat (same shape): torch's on a GPU (one kernel), the
+    vectorised form above on the CPU."""
+    if x_hat.device.type == "cpu" and x_hat.dtype == torch.float32 and x.dtype == torch.float32:
+        return _CpuBCEWithLogits.apply(x_hat, x)
+    return F.binary_cross_entropy_with_logits(x_hat, x, reduction="none")
+
+
 def reconstruction_per_sample(x_hat: torch.Tensor, x: torch.Tensor, recon_loss: str = "bce") -> torch.Tensor:
     """Per-sample reconstruction error (B,), summed over pixels.
 
@@ -47,7 +76,7 @@ def reconstruction_per_sample(x_hat: torch.Tensor, x: torch.Tensor, recon_loss: 
         its constant).
     """
     if recon_loss == "bce":
-        per_pixel = F.binary_cross_entropy_with_logits(x_hat, x, reduction="none")
+        per_pixel = bce_with_logits(x_hat, x)
     elif recon_loss == "mse":
         per_pixel = (torch.sigmoid(x_hat) - x).pow(2)
     elif recon_loss == "l1":

@@ -135,6 +135,29 @@ def test_loss_terms_per_sample_in_nats():
         vae_loss(x, logits, posterior, recon_loss="huber")
 
 
+def test_the_cpu_bce_matches_torch_in_value_and_gradient():
+    """models.loss.bce_with_logits (a vectorised form on the CPU) against torch's, with logits far into both tails."""
+    import torch.nn.functional as F
+
+    from models.loss import bce_with_logits
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.cat([8 * torch.randn(64, 784, generator=g), torch.tensor([[-100.0, -30.0, -1e-3, 0.0, 1e-3, 30.0, 100.0]]).expand(64, 7)], 1)
+    x = torch.cat([torch.rand(64, 784, generator=g), torch.tensor([[0.0, 1.0, 0.5, 0.3, 1.0, 0.0, 1.0]]).expand(64, 7)], 1)
+    exact = F.binary_cross_entropy_with_logits(z.double(), x.double(), reduction="none")
+    outputs = {}
+    for name, fn in (("project", bce_with_logits), ("torch", lambda a, b: F.binary_cross_entropy_with_logits(a, b, reduction="none"))):
+        zz, xx = z.clone().requires_grad_(), x.clone().requires_grad_()
+        value = fn(zz, xx)
+        (value * torch.linspace(0.5, 2.0, value.shape[1])).sum().backward()  # an uneven upstream gradient
+        outputs[name] = (value.detach(), zz.grad, xx.grad)
+    assert torch.isfinite(outputs["project"][0]).all()
+    assert (outputs["project"][0].double() - exact).abs().max() < 2e-5  # float32 rounding of values up to ~800
+    assert (outputs["project"][0].sum(1).double() - exact.sum(1)).abs().max() < 1e-3
+    torch.testing.assert_close(outputs["project"][1], outputs["torch"][1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outputs["project"][2], outputs["torch"][2], rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("arch,kind", itertools.product(ARCHS, KINDS))
 def test_one_step_changes_weights_and_lowers_loss(arch, kind):
     torch.manual_seed(0)
