@@ -185,7 +185,8 @@ def _options() -> tuple[OptionSpec, ...]:
         _cli_option("amp", "run", "mixed precision: auto, off, bf16 or fp16. auto: off on the CPU; on a GPU with native bf16, a few steps "
                     "are timed in float32 and bf16 at the start and bf16 is used only if at least 1.05 times as fast (the choice and timings are "
                     "printed and kept in config.json; a resumed run keeps it)", default="auto", choices=AMP_CHOICES),
-        _cli_option("compile", "run", "torch.compile the training step (slow first epoch; pays off on long GPU runs)", default=False),
+        _cli_option("compile", "run", "torch.compile the training forward: 15-30 s of compiling at the start, and no faster afterwards for the "
+                    "bundled models' sizes as measured (README, Performance: --compile)", default=False),
         _cli_option("cuda_graph", "run", "capture the training step of full batches in a CUDA graph and replay it (the step is bound by kernel "
                     "launches at these models' sizes). auto: on for one CUDA process without --compile, fp16, the sharpness losses or "
                     "--deterministic; on: also with --deterministic, an error where it cannot; off: eager steps", default="auto",
