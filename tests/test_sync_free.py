@@ -176,6 +176,21 @@ def test_deterministic_run_resumes_bit_identically(tmp_path, deterministic_state
     assert train_config.deterministic == "on" and info["deterministic"]["algorithms"] is True
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_deterministic_cuda_run_resumes_bit_identically(tmp_path, deterministic_state):
+    """The issue's goal on a GPU: --deterministic on, --amp auto (float32, untimed), --cuda-graph auto (eager)."""
+    data, conv = tiny_data(N_TRAIN), ModelConfig(latent_dim=4, widths=TINY_WIDTHS)
+    common = {"progress": "none", "amp": "auto", "device": "cuda"}
+    fit(conv, tiny_train(epochs=3, deterministic="on"), data, tmp_path / "straight", **common)
+    fit(conv, tiny_train(epochs=1, deterministic="on"), data, tmp_path / "split", **common)
+    fit(conv, tiny_train(epochs=3, deterministic="on"), data, tmp_path / "split", resume=True, **common)
+    straight, split = load_run(tmp_path / "straight"), load_run(tmp_path / "split")
+    for a, b in zip(straight.model.state_dict().values(), split.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [r["test_loss"] for r in straight.history] == [r["test_loss"] for r in split.history]
+    assert read_config(tmp_path / "split")[2]["cuda_graph"]["used"] is False
+
+
 def test_an_operation_without_a_deterministic_kernel_is_one_line(tmp_path, monkeypatch, deterministic_state):
     def refuse(*args, **kw):
         raise RuntimeError("upsample_bilinear2d_backward_out_cuda does not have a deterministic implementation, but you set "

@@ -101,7 +101,7 @@ class GraphedStep:
 
     def __init__(self, step: Step, optimizer: torch.optim.Optimizer, device: torch.device, *,
                  capture: Capture | None = None, warmup: int = WARMUP_STEPS):
-        self.step, self.device, self.warmup_left = step, device, warmup
+        self.step, self.optimizer, self.device, self.warmup_left = step, optimizer, device, warmup
         self.capture = capture or (capture_cuda if device.type == "cuda" else capture_eagerly)
         lr = float(optimizer.param_groups[0]["lr"])
         # the fused CUDA kernel reads a float32 lr; elsewhere a float64 tensor is the float lr exactly
@@ -134,6 +134,7 @@ class GraphedStep:
         if self.replay is None:
             self.static_x = x.clone()  # (B, C, H, W), the batch's memory format kept
             self.static_eps = None if eps is None else eps.clone()  # (B, D)
+            self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the gradients from the graph's pool
             self.replay = self.capture(self._static_step)
         assert self.static_x is not None
         self.static_x.copy_(x)
