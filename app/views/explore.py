@@ -644,7 +644,7 @@ def _posterior_samples(view: View, seed: int) -> np.ndarray:
     z = latent.posterior_samples(view.means[idx], view.stds[idx], n, seed)
     decoded = view.decode(np.concatenate([view.means[idx][None], z]))
     show_image([images.thumbnail(view.run.atlas.images[idx], THUMB_SIDE), images.thumbnail(decoded[0], THUMB_SIDE)],
-               caption=[f"image #{idx}", "reconstruction (mean)"], width=THUMB_SIDE)
+               caption=[f"image #{idx}", "decode of μ"], width=THUMB_SIDE)  # short: captions wrap at the thumbnail's width
     strip = images.tile(decoded[1:], images.balanced_cols(n, POSTERIOR_SAMPLE_COLS))  # full rows: no empty cells beside colour images
     show_image(images.upscale(strip, 2), caption=f"{n} decodes of z = mean + std · ε (seed {seed})")
     return z
