@@ -31,7 +31,7 @@ GRAPH_CHOICES = ("auto", "on", "off")
 WARMUP_STEPS = 3  # eager full-batch steps before the capture
 
 # step(x, eps, beta) -> the batch's loss terms: forward, loss with `beta` (a 0-dim device tensor), backward, optimiser
-Step = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], LossTerms]
+Step = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], LossTerms]
 Capture = Callable[[Callable[[], None]], Callable[[], None]]  # record a thunk, return what replays it
 
 
