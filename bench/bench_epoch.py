@@ -125,6 +125,22 @@ def bare_steps(model_config: ModelConfig, data: ImageData, steps: int) -> float:
     return time.perf_counter() - t0
 
 
+def matmul_gflops(repeats: int = 200) -> dict[str, float]:
+    """The MLP's largest matmul, (128 x 784) @ (784 x 400) as its first layer computes it: median ms and GFLOP/s, the
+    rate this machine does the model's arithmetic at (how close the floor is to the hardware)."""
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.rand((BATCH_SIZE, 784), generator=g), torch.randn((400, 784), generator=g), torch.zeros(400)
+    for _ in range(repeats // 10):
+        torch.addmm(b, x, w.t())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.addmm(b, x, w.t())
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    return {"ms": seconds * 1e3, "gflops": 2 * BATCH_SIZE * 784 * 400 / seconds / 1e9}
+
+
 def run_model(name: str, data: ImageData, epochs: int, baseline: bool) -> dict[str, Any]:
     """`epochs` epochs of one model: per-epoch seconds of each stage, the test pass's parts, the final test loss."""
     model_config = MODELS[name]
@@ -202,7 +218,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = [run_model(m, data, args.epochs, args.baseline) for m in (MODELS if args.model == "both" else [args.model])]
     for row in rows:
         report(row)
-    out = {"rows": rows, "load_before": load, "load_after": os.getloadavg()}
+    matmul = matmul_gflops()
+    print(f"\nthe MLP's largest matmul ({BATCH_SIZE} x 784 @ 784 x 400): {matmul['ms']:.3f} ms, {matmul['gflops']:.0f} GFLOP/s")
+    out = {"rows": rows, "matmul": matmul, "load_before": load, "load_after": os.getloadavg()}
     print(f"\nload average after: {' '.join(f'{v:.2f}' for v in out['load_after'])}")
     print(json.dumps(out))
     return out
