@@ -152,3 +152,28 @@ def test_killed_rank_ends_the_job_and_keeps_the_checkpoint(data_dir, tmp_path, v
     run = load_run(run_dir)
     assert run.epoch >= 1 and len(run.history) == run.epoch
     assert torch.isfinite(torch.cat([p.flatten() for p in run.model.parameters()])).all()
+
+
+@pytest.mark.parametrize("together, barrier_fails, calls", [
+    (True, False, ["barrier", "destroy"]),
+    (True, True, ["barrier", "destroy"]),  # a peer that went away: the barrier's error is not this process's failure
+    (False, False, ["destroy"]),  # this process failed: it does not wait for the others
+])
+def test_shutdown_waits_for_the_others_only_after_a_normal_end(monkeypatch, together, barrier_fails, calls):
+    from trainer import distributed
+
+    seen: list[str] = []
+
+    def barrier() -> None:
+        seen.append("barrier")
+        if barrier_fails:
+            raise RuntimeError("Connection closed by peer")
+
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", barrier)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: seen.append("destroy"))
+    distributed.shutdown(distributed.DistContext(rank=1, world_size=2), together=together)
+    assert seen == calls
+    seen.clear()
+    distributed.shutdown(distributed.SINGLE, together=together)  # one process: no group to leave
+    assert seen == []

@@ -524,17 +524,20 @@ def _main(argv: Sequence[str] | None) -> int:
             prepare_cublas()
         device = _setup_device(ctx, args)
         ctx = distributed.init(ctx, device)
+    finished = False  # this process's work ended normally: it leaves the job together with the others
     try:
         if ctx.enabled:
             plan = _shared_decision(ctx, args, given)
-        return _train(ctx, args, device, plan)
+        code = _train(ctx, args, device, plan)
+        finished = True
+        return code
     except RuntimeError as e:
         if not ctx.enabled:
             raise
         # a collective of the set-up failed: another process died (fit reports failures during training)
         raise ProcessLost(f"a process of the {ctx.world_size}-process job failed or went away ({one_line(e)})") from None
     finally:
-        distributed.shutdown(ctx)
+        distributed.shutdown(ctx, together=finished)
 
 
 def _train(ctx: DistContext, args: argparse.Namespace, device: torch.device, plan: RunPlan) -> int:

@@ -7,6 +7,7 @@ rank 0 touches the run folder. The backend follows the device: gloo on CPU, nccl
 """
 from __future__ import annotations
 
+import gc
 import io
 import os
 from dataclasses import dataclass
@@ -135,13 +136,27 @@ def _attempt_store() -> dist.Store:
     return dist.PrefixStore(f"{ATTEMPT_STORE_PREFIX}{restart_count()}/", store)
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Destroy the process group if this process made one (safe after a failed collective)."""
-    if ctx.enabled and dist.is_initialized():
+def shutdown(ctx: DistContext, together: bool = False) -> None:
+    """Destroy the process group if this process made one (safe after a failed collective).
+
+    together (this process finished its work normally): first wait at a barrier for the others, so that no process
+    tears its connections down while another is still in its last collective or writing the run folder, and collect
+    the garbage (DDP's reducer and its pending work live in reference cycles) while the interpreter is whole: a
+    process whose gloo group outlived it into interpreter shutdown was once seen aborting ("terminate called
+    without an active exception") after a successful run. A process that failed skips the barrier (its sockets
+    close, which the others' barrier notices)."""
+    if not (ctx.enabled and dist.is_initialized()):
+        return
+    if together:
         try:
-            dist.destroy_process_group()
+            dist.barrier()
         except RuntimeError:
             pass
+    gc.collect()
+    try:
+        dist.destroy_process_group()
+    except RuntimeError:
+        pass
 
 
 def cpu_threads(ctx: DistContext) -> int:
