@@ -14,8 +14,9 @@ GPU as uint8. Each step draws a random batch and its noise on the device, then r
   and read every NONFINITE_CHECK_STEPS steps);
 - trainer-eager: the same with --cuda-graph off;
 - eager: the same step without any host synchronisation (fused Adam);
-- graph: forward, backward and the optimiser step captured once in a CUDA graph (torch.cuda.graph) and replayed,
-  the batch and noise copied into static input buffers (Adam capturable=True);
+- graph: the bare step (forward, loss, backward, Adam) through the trainer's own cuda_graph.GraphedStep: 3 eager
+  warm-up steps, then captured once in a CUDA graph and replayed, the batch and noise copied into static input
+  buffers (fused Adam, capturable, its LR a device tensor);
 - compile: the forward and loss through torch.compile (default mode); its compile time is reported apart.
 amp off is float32; bf16 autocasts the forward (the loss in float32, as the trainer does). Images/s are
 timed over a fixed number of steps after warm-up steps, the GPU synchronised at both ends. For each model the
@@ -38,8 +39,8 @@ from typing import Any, Callable
 
 import torch
 
-from models import CLASSIC_MLP_HIDDEN_DIM, DiagonalGaussian, ModelConfig, build_model, to_float_images, vae_loss
-from trainer import compat
+from models import CLASSIC_MLP_HIDDEN_DIM, DiagonalGaussian, LossTerms, ModelConfig, build_model, to_float_images, vae_loss
+from trainer import compat, cuda_graph
 from trainer.config import TrainConfig
 from trainer.data import ImageData, load_dataset
 
@@ -55,7 +56,7 @@ LR = 1e-3
 WARMUP_STEPS = 10  # before timing: cuDNN autotuning, allocator growth, graph warm-up
 TIMED_STEPS = {64: 300, 512: 150, 4096: 60}  # per batch size; --quick takes a fifth
 QUICK_DIVISOR = 5
-EQUIVALENCE_STEPS = 5  # graph against eager from the same start, same batches
+EQUIVALENCE_STEPS = cuda_graph.WARMUP_STEPS + 5  # graph against eager from the same start, same batches: 5 replays
 DRY_RUN_BATCH = 8
 NO_CUDA = ("bench_gpu: no CUDA GPU here (torch {version}, torch.cuda.is_available() is False): nothing to measure; "
            "run it on a GPU machine (--dry-run checks the script on the CPU)")
@@ -93,12 +94,17 @@ class Setup:
         return contextlib.nullcontext() if self.amp is None else compat.autocast(self.device.type, self.amp, cache_enabled=False)
 
 
-def loss_of(setup: Setup, model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """The training objective of one batch: forward under autocast when asked, the loss in float32."""
+def terms_of(setup: Setup, model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, beta: float | torch.Tensor = 1.0) -> LossTerms:
+    """The loss terms of one batch: forward under autocast when asked, the loss in float32."""
     with setup.autocast():
         posterior = model.encode(x)
         logits = model.decode(posterior.sample(eps=eps))
-    return vae_loss(x, logits, DiagonalGaussian(posterior.mean.float(), posterior.logvar.float())).loss
+    return vae_loss(x, logits, DiagonalGaussian(posterior.mean.float(), posterior.logvar.float()), beta=beta)
+
+
+def loss_of(setup: Setup, model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The training objective of one batch (terms_of's loss)."""
+    return terms_of(setup, model, x, eps).loss
 
 
 def eager_step(setup: Setup, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -114,30 +120,19 @@ def eager_step(setup: Setup, model: torch.nn.Module, optimizer: torch.optim.Opti
     return step
 
 
-def graph_step(setup: Setup, model: torch.nn.Module, optimizer: torch.optim.Optimizer, b: int,
-               generator: torch.Generator) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """step(x, eps): copy into static buffers and replay the captured step (warm-up on a side stream, then capture)."""
-    static_x, static_eps = setup.batch(b, generator)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside the graph: lazy state (Adam's moments) must exist before capture
-        for _ in range(3):
-            optimizer.zero_grad(set_to_none=True)
-            loss_of(setup, model, static_x, static_eps).backward()
-            optimizer.step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    optimizer.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        loss_of(setup, model, static_x, static_eps).backward()
+def graph_step(setup: Setup, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """step(x, eps): the bare step through cuda_graph.GraphedStep, as the trainer captures its own (the first
+    cuda_graph.WARMUP_STEPS calls are eager, the next captures, the rest replay)."""
+
+    def bare(x: torch.Tensor, eps: torch.Tensor | None, beta: torch.Tensor) -> LossTerms:
+        optimizer.zero_grad(set_to_none=True)
+        terms = terms_of(setup, model, x, eps, beta)
+        terms.loss.backward()
         optimizer.step()
+        return terms
 
-    def step(x: torch.Tensor, eps: torch.Tensor) -> None:
-        static_x.copy_(x)
-        static_eps.copy_(eps)
-        graph.replay()
-
-    return step
+    graphed = cuda_graph.GraphedStep(bare, optimizer, setup.device)
+    return lambda x, eps: graphed(x, eps, 1.0)
 
 
 def trainer_step(setup: Setup, b: int, cuda_graph: str = "auto") -> tuple[Callable[[torch.Tensor, torch.Tensor], None], torch.nn.Module]:
@@ -161,7 +156,7 @@ def make_step(setup: Setup, mode: str, b: int, generator: torch.Generator) -> tu
     cuda = setup.device.type == "cuda"
     optimizer = compat.adam(model.parameters(), LR, fused=cuda, capturable=mode == "graph")
     if mode == "graph":
-        step = graph_step(setup, model, optimizer, b, generator)
+        step = graph_step(setup, model, optimizer)
     elif mode == "compile":
         compiled = torch.compile(lambda x, eps: loss_of(setup, model, x, eps))
         step = eager_step(setup, model, optimizer, compiled)
@@ -191,28 +186,15 @@ def time_steps(setup: Setup, step: Callable[[torch.Tensor, torch.Tensor], None],
     return (time.perf_counter() - t0) / max(1, steps)
 
 
-@torch.no_grad()
-def _restart(model: torch.nn.Module, optimizer: torch.optim.Optimizer, start: dict[str, torch.Tensor]) -> None:
-    """Back to the weights `start` and a fresh Adam, in place: a captured graph reads and writes these very tensors."""
-    model.load_state_dict(start)  # copies into the parameters' storage
-    for state in optimizer.state.values():
-        for value in state.values():
-            if torch.is_tensor(value):
-                value.zero_()  # moments and the step count (on the device, capturable)
-
-
 def graph_equivalence(setup: Setup, b: int) -> float:
-    """Max |weight difference| between eager and graph-replayed steps from the same start on the same batches."""
+    """Max |weight difference| between eager and graphed steps (GraphedStep: its warm-up, then replays) from the same
+    start on the same batches."""
     weights = []
     for mode in ("eager", "graph"):
         g = torch.Generator(device=setup.device).manual_seed(1)
         model = setup.model()
         optimizer = compat.adam(model.parameters(), LR, fused=True, capturable=True)  # the same Adam for both
-        if mode == "graph":
-            step = graph_step(setup, model, optimizer, b, torch.Generator(device=setup.device).manual_seed(2))
-            _restart(model, optimizer, setup.model().state_dict())  # the warm-up and capture stepped it
-        else:
-            step = eager_step(setup, model, optimizer)
+        step = graph_step(setup, model, optimizer) if mode == "graph" else eager_step(setup, model, optimizer)
         for _ in range(EQUIVALENCE_STEPS):
             step(*setup.batch(b, g))
         _sync(setup.device)
@@ -237,12 +219,12 @@ def run(models: list[str], batches: list[int], amps: list[str], modes: list[str]
                         seconds = time_steps(setup, step, b, steps, 1 if dry_run else WARMUP_STEPS, generator)
                     except (RuntimeError, ValueError) as e:  # e.g. a compile or capture that fails on this torch
                         rows.append({"model": name, "batch": b, "amp": amp, "mode": mode, "error": str(e).splitlines()[0][:160]})
-                        print(f"  {name:<5} batch {b:>5}  amp {amp:<4} {mode:<8} failed: {rows[-1]['error']}", flush=True)
+                        print(f"  {name:<5} batch {b:>5}  amp {amp:<4} {mode:<13} failed: {rows[-1]['error']}", flush=True)
                         continue
                     rows.append({"model": name, "batch": b, "amp": amp, "mode": mode, "ms_per_step": round(seconds * 1e3, 3),
                                  "images_per_s": round(b / seconds), "setup_s": round(made_s, 1)})
                     extra = f"  (compiled in {made_s:.1f} s)" if mode == "compile" else ""
-                    print(f"  {name:<5} batch {b:>5}  amp {amp:<4} {mode:<8} {seconds * 1e3:9.3f} ms/step  {b / seconds:12,.0f} images/s{extra}", flush=True)
+                    print(f"  {name:<5} batch {b:>5}  amp {amp:<4} {mode:<13} {seconds * 1e3:9.3f} ms/step  {b / seconds:12,.0f} images/s{extra}", flush=True)
     return rows
 
 

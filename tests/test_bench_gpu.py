@@ -40,6 +40,12 @@ def test_unknown_mode_is_one_line():
         bench_gpu.main(["--dry-run", "--modes", "eager,nope"])
 
 
+def test_the_graph_mode_is_the_trainers_graphed_step():
+    """On the CPU GraphedStep's stand-in capture replays eagerly: the graph mode's weights equal eager's bitwise."""
+    setup = bench_gpu.Setup("mlp", bench_gpu.MODELS["mlp"], torch.device("cpu"), None, torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8))
+    assert bench_gpu.graph_equivalence(setup, 8) == 0.0
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("model", list(bench_gpu.MODELS))
 def test_graph_replay_follows_eager(model):
