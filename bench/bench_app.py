@@ -23,6 +23,7 @@ import numpy as np
 
 from app import images, latent, plots
 from app.common import configure_torch, resolve_checkpoints_dir
+from bench import timing
 from trainer.paths import PROJECT_ROOT
 from trainer.runs import Run, RunError, list_runs, load_run
 
@@ -34,13 +35,7 @@ BUDGETS_MS = {"slider move": 20.0, f"{GRID_N}x{GRID_N} grid": 100.0, "run switch
 
 
 def median_ms(fn: Callable[[], object], repeats: int = REPEATS) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return timing.median_ms(fn, repeats, warmup=1)
 
 
 def pick_run(path: str | None) -> Path:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench import timing
 from models import CLASSIC_MLP_HIDDEN_DIM, ModelConfig, build_model, to_float_images, vae_loss
 from models import loss as loss_module
 from trainer.data import load_dataset
@@ -40,14 +41,7 @@ VARIANTS: dict[str, Bce] = {"torch": torch_bce, "project": loss_module.bce_with_
 
 
 def median_ms(fn: Callable[[], Any], repeats: int = REPEATS) -> float:
-    for _ in range(repeats // 10):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return timing.median_ms(fn, repeats, warmup=repeats // 10)
 
 
 def micro(bce: Bce, generator: torch.Generator) -> dict[str, float]:

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 import torch
 
+from bench import timing
 from bench.bench_train import baseline_mlp
 from models import CLASSIC_MLP_HIDDEN_DIM, ModelConfig, vae_loss
 from trainer import metrics
@@ -130,15 +131,8 @@ def matmul_gflops(repeats: int = 200) -> dict[str, float]:
     rate this machine does the model's arithmetic at (how close the floor is to the hardware)."""
     g = torch.Generator().manual_seed(0)
     x, w, b = torch.rand((BATCH_SIZE, 784), generator=g), torch.randn((400, 784), generator=g), torch.zeros(400)
-    for _ in range(repeats // 10):
-        torch.addmm(b, x, w.t())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.addmm(b, x, w.t())
-        times.append(time.perf_counter() - t0)
-    seconds = statistics.median(times)
-    return {"ms": seconds * 1e3, "gflops": 2 * BATCH_SIZE * 784 * 400 / seconds / 1e9}
+    ms = timing.median_ms(lambda: torch.addmm(b, x, w.t()), repeats, warmup=repeats // 10)
+    return {"ms": ms, "gflops": 2 * BATCH_SIZE * 784 * 400 / (ms / 1e3) / 1e9}
 
 
 def run_model(name: str, data: ImageData, epochs: int, baseline: bool) -> dict[str, Any]:
