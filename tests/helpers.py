@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from models import ModelConfig
+from trainer import train as train_mod
 from trainer.config import TrainConfig
 from trainer.data import ImageData, load_dataset
 from trainer.paths import PROJECT_ROOT
@@ -142,6 +143,19 @@ def one_process(data_dir: Path, run_dir: Path, epochs: int, resume: bool = False
     train_config = TrainConfig.from_dict(train_config.to_dict() | {"epochs": epochs})
     data = load_dataset("mnist", str(data_dir), model_config.image_size, channels, seed=train_config.seed)
     fit(model_config, train_config, data, run_dir, resume=resume, progress="none")
+
+
+def poison_from(monkeypatch, first_call: int, value: float = float("nan")) -> dict[str, int]:
+    """trainer.train's vae_loss returns a `value` loss from its `first_call`-th call on; returns the call counter."""
+    real, calls = train_mod.vae_loss, {"n": 0}
+
+    def poisoned(*args, **kw):
+        calls["n"] += 1
+        terms = real(*args, **kw)
+        return terms._replace(loss=terms.loss * value) if calls["n"] >= first_call else terms
+
+    monkeypatch.setattr(train_mod, "vae_loss", poisoned)
+    return calls
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

@@ -13,12 +13,11 @@ import torch
 
 from models import ModelConfig
 from trainer import cli, cuda_graph
-from trainer import train as train_mod
 from trainer.config import TrainConfig
 from trainer.runs import load_run, read_config
 from trainer.train import Trainer, TrainingFailed, fit
 
-from .helpers import TINY_WIDTHS, tiny_data
+from .helpers import TINY_WIDTHS, poison_from, tiny_data
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TINY = ModelConfig(latent_dim=2, widths=TINY_WIDTHS)
@@ -131,14 +130,7 @@ def test_replays_read_the_batch_and_schedule_of_each_step(monkeypatch):
 def test_a_nan_in_a_replayed_step_fails_the_run_at_the_next_check(monkeypatch):
     emulated(monkeypatch)
     trainer = Trainer(TINY, schedule_config(), tiny_data(N_TRAIN))
-    real, calls = train_mod.vae_loss, {"n": 0}
-
-    def poisoned(*args, **kw):
-        calls["n"] += 1
-        terms = real(*args, **kw)
-        return terms._replace(loss=terms.loss * float("nan")) if calls["n"] == cuda_graph.WARMUP_STEPS + 2 else terms
-
-    monkeypatch.setattr(train_mod, "vae_loss", poisoned)
+    poison_from(monkeypatch, cuda_graph.WARMUP_STEPS + 2)  # the second replay on
     with pytest.raises(TrainingFailed, match=r"^loss became nan \(recon [0-9.e+]+, kl [0-9.e+-]+\)$"):
         trainer.train_epoch()
     assert trainer.graph is not None and trainer.graph.replays >= 2

@@ -18,7 +18,7 @@ from trainer.config import TrainConfig
 from trainer.runs import load_run, read_config, read_status
 from trainer.train import Trainer, TrainingFailed, fit
 
-from .helpers import TINY_WIDTHS, cli_args, tiny_data, write_idx_digits
+from .helpers import TINY_WIDTHS, cli_args, poison_from, tiny_data, write_idx_digits
 
 TINY = ModelConfig(latent_dim=2, widths=TINY_WIDTHS)
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")  # every way a tensor's value reaches Python
@@ -51,19 +51,6 @@ def forbid_host_reads(monkeypatch) -> None:
 
     for name in HOST_READS:
         monkeypatch.setattr(torch.Tensor, name, refuse)
-
-
-def poison_from(monkeypatch, first_call: int, value: float = float("nan")) -> dict[str, int]:
-    """trainer.train's vae_loss returns a `value` loss from its `first_call`-th call on; returns the call counter."""
-    real, calls = train_mod.vae_loss, {"n": 0}
-
-    def poisoned(*args, **kw):
-        calls["n"] += 1
-        terms = real(*args, **kw)
-        return terms._replace(loss=terms.loss * value) if calls["n"] >= first_call else terms
-
-    monkeypatch.setattr(train_mod, "vae_loss", poisoned)
-    return calls
 
 
 # ---------------------------------------------------------------- the step reads nothing back

@@ -9,7 +9,6 @@ import subprocess
 import pytest
 import torch
 
-import models
 from models import ModelConfig
 from trainer import metrics
 from trainer.cli import main
@@ -17,7 +16,7 @@ from trainer.config import TrainConfig
 from trainer.runs import load_run, read_status
 from trainer.train import TrainingFailed, fit
 
-from .helpers import TINY_WIDTHS, cli_args, run_module, tiny_data, wait_until, write_idx_digits
+from .helpers import TINY_WIDTHS, cli_args, poison_from, run_module, tiny_data, wait_until, write_idx_digits
 
 TINY = ModelConfig(latent_dim=2, widths=TINY_WIDTHS)
 
@@ -146,15 +145,7 @@ def test_schedules():
 def test_non_finite_loss_fails_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     data = tiny_data()
     fit(TINY, tiny_train(epochs=1), data, tmp_path / "r", progress="none")
-    real = models.vae_loss
-    calls = {"n": 0}
-
-    def poisoned(*args, **kw):
-        calls["n"] += 1
-        terms = real(*args, **kw)
-        return terms._replace(loss=terms.loss * float("nan")) if calls["n"] > 1 else terms
-
-    monkeypatch.setattr("trainer.train.vae_loss", poisoned)
+    poison_from(monkeypatch, 2)  # from the resumed run's second call of the loss on
     with pytest.raises(TrainingFailed, match="loss became nan.*epoch 1\\) is kept"):
         fit(TINY, tiny_train(epochs=3), data, tmp_path / "r", resume=True, progress="none")
     status = read_status(tmp_path / "r")
