@@ -244,7 +244,7 @@ def fit_epochs(batches: list[int], epochs: int, device: torch.device, limit: int
 
     data, rows = load_dataset("mnist"), []
     if limit is not None:
-        data = ImageData(data.train_x[:limit], data.train_y[:limit], data.test_x[:limit], data.test_y[:limit], data.class_names, data.source)
+        data = data.head(limit, limit)
     for b in batches:
         for amp in FIT_AMPS:
             with tempfile.TemporaryDirectory() as tmp:

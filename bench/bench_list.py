@@ -33,12 +33,12 @@ def make_template(workdir: Path) -> Path:
 
     from models import ModelConfig
     from trainer.config import TrainConfig
-    from trainer.data import ImageData, load_dataset
+    from trainer.data import load_dataset
     from trainer.train import fit
 
     torch.set_num_threads(1)
     full = load_dataset("mnist")
-    small = ImageData(full.train_x[:256], full.train_y[:256], full.test_x[:64], full.test_y[:64], full.class_names, full.source)
+    small = full.head(256, 64)
     run_dir = workdir / "template"
     fit(ModelConfig(latent_dim=2, widths=(4, 8, 8), hidden_dim=0), TrainConfig(epochs=2, batch_size=64, atlas_size=64), small, run_dir, progress="none")
     return run_dir

@@ -46,7 +46,7 @@ REPRO_REL_TOL = 1e-5  # the same run in one process or several: only the order o
 def tiny_data(n_train: int = 96, n_test: int = 48, image_size: int = 28, channels: int = 1) -> ImageData:
     """A slice of the bundled real MNIST subset, small enough to train in a second."""
     full = load_dataset("mnist", image_size=image_size, channels=channels)
-    return ImageData(full.train_x[:n_train], full.train_y[:n_train], full.test_x[:n_test], full.test_y[:n_test], full.class_names, full.source)
+    return full.head(n_train, n_test)
 
 
 def make_run(root: Path, name: str, *, arch: str = "conv", kind: str = "vae", latent_dim: int = 2, epochs: int = 2, **train_kw) -> Path:

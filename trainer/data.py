@@ -99,6 +99,11 @@ class ImageData:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
+    def head(self, n_train: int, n_test: int) -> ImageData:
+        """The first n_train training and n_test test images (views, not copies): a small set for tests and benchmarks."""
+        return ImageData(self.train_x[:n_train], self.train_y[:n_train], self.test_x[:n_test], self.test_y[:n_test],
+                         self.class_names, self.source)
+
 
 # ---------------------------------------------------------------- IDX
 
