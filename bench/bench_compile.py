@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from typing import Any
 
 import torch
 
+from bench import timing
 from models import CLASSIC_MLP_HIDDEN_DIM, ModelConfig
 from trainer.config import TrainConfig
 from trainer.data import load_dataset
@@ -44,7 +44,7 @@ def measure(name: str, compiled: bool, epochs: int, device: torch.device) -> dic
         seconds.append(time.perf_counter() - t)
     loss = trainer.evaluate(1.0).loss
     return {"model": name, "compile": compiled, "epoch_s": [round(s, 3) for s in seconds],
-            "median_after_first_s": round(statistics.median(seconds[1:] or seconds), 3), "wall_s": round(time.perf_counter() - t0, 1),
+            "median_after_first_s": round(timing.median_after_first(seconds), 3), "wall_s": round(time.perf_counter() - t0, 1),
             "test_loss": round(loss, 3)}
 
 

@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+from bench import timing
 from trainer.paths import PROJECT_ROOT
 
 BATCH_SIZE = 128
@@ -63,8 +64,7 @@ def run_one(seed: int, epochs: int, flush: bool, threads: int | None) -> dict[st
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _median(seconds: list[float]) -> float:
-    return statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
+_median = timing.median_after_first
 
 
 def seeds_arg(text: str) -> list[int]:

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -173,9 +172,7 @@ def run_model(name: str, data: ImageData, epochs: int, baseline: bool) -> dict[s
             "stages": {k: _median(v) for k, v in stages.items()}, "test_pass_parts": {k: _median(v) for k, v in parts.items()}}
 
 
-def _median(values: list[float]) -> float:
-    """The median over the epochs after the first (all of them when there is only one)."""
-    return statistics.median(values[1:] if len(values) > 1 else values)
+_median = timing.median_after_first
 
 
 def report(row: dict[str, Any]) -> None:

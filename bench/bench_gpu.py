@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import torch
 
+from bench import timing
 from models import CLASSIC_MLP_HIDDEN_DIM, DiagonalGaussian, LossTerms, ModelConfig, build_model, to_float_images, vae_loss
 from trainer import compat, cuda_graph
 from trainer.config import TrainConfig
@@ -236,7 +237,6 @@ def dry_run_modes(modes: list[str]) -> list[str]:
 def fit_epochs(batches: list[int], epochs: int, device: torch.device, limit: int | None = None) -> list[dict[str, Any]]:
     """The goals' figure: median training images/s over epochs 2..N of `fit` (conv VAE latent 20, MNIST subset;
     `limit`: its first images only, for a dry run)."""
-    import statistics
     import tempfile
     from pathlib import Path
 
@@ -250,10 +250,10 @@ def fit_epochs(batches: list[int], epochs: int, device: torch.device, limit: int
             with tempfile.TemporaryDirectory() as tmp:
                 trainer = fit(MODELS["conv"], TrainConfig(epochs=epochs, batch_size=b, lr=LR, seed=0), data, Path(tmp) / "run", device,
                               progress="none", amp=amp)
-                rates = [row["images_per_s"] for row in trainer.history[1:]] or [trainer.history[0]["images_per_s"]]
+                rate = timing.median_after_first([row["images_per_s"] for row in trainer.history])
             picked = trainer.amp_auto["picked"] if trainer.amp_auto else ("float32" if amp == "off" else amp)
             rows.append({"batch": b, "amp": amp, "precision": picked, "cuda_graph": trainer.graph_plan.used,
-                         "images_per_s": round(statistics.median(rates)), "epochs": epochs, "test_loss": round(trainer.history[-1]["test_loss"], 3)})
+                         "images_per_s": round(rate), "epochs": epochs, "test_loss": round(trainer.history[-1]["test_loss"], 3)})
             print(f"  fit conv  batch {b:>5}  amp {amp:<4} ({picked}, graph {'on' if trainer.graph_plan.used else 'off'}) "
                   f"{rows[-1]['images_per_s']:12,} training images/s (median of epochs 2-{epochs}), test loss {rows[-1]['test_loss']}", flush=True)
     return rows
