@@ -1176,11 +1176,11 @@ def _start_or_resume(trainer: Trainer, checkpoints: Checkpoints, data: ImageData
         trainer.broadcast_state()
         checkpoints.saved = trainer.epoch
         info = run_info(data, opts.device, trainer.setup_info()) | {"resumed_from": trainer.epoch}  # after restore: --amp auto as saved
-        _say_amp(trainer, opts)
+        _say_precision_and_graph(trainer, opts)
         checkpoints.on_main(lambda: (discard_after(opts.run_dir, trainer.epoch), checkpoints.writer.write_config(model_config, train_config, info)))
         return
     info = run_info(data, opts.device, trainer.setup_info())  # settles --amp auto (timed on a GPU)
-    _say_amp(trainer, opts)
+    _say_precision_and_graph(trainer, opts)
     atlas = torch.from_numpy(trainer.atlas_idx)
     # the images the model is evaluated on (binarised ones with --binarize dynamic), so the app shows what it saw
     atlas_x, atlas_y = trainer.test_x[atlas.to(trainer.test_x.device)].cpu().numpy(), data.test_y[atlas].cpu().numpy()
@@ -1189,7 +1189,7 @@ def _start_or_resume(trainer: Trainer, checkpoints: Checkpoints, data: ImageData
     checkpoints.save_epoch(trainer)
 
 
-def _say_amp(trainer: Trainer, opts: FitOptions) -> None:
+def _say_precision_and_graph(trainer: Trainer, opts: FitOptions) -> None:
     """Tell on stderr what --amp auto picked and why (the timings) and, on a GPU, whether steps are CUDA-graphed,
     unless progress is off."""
     notes = [trainer.amp_note(), trainer.graph_plan.note() if trainer.device.type == "cuda" else None]
