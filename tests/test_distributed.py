@@ -155,9 +155,9 @@ def test_killed_rank_ends_the_job_and_keeps_the_checkpoint(data_dir, tmp_path, v
 
 
 @pytest.mark.parametrize("together, barrier_fails, calls", [
-    (True, False, ["barrier", "destroy"]),
-    (True, True, ["barrier", "destroy"]),  # a peer that went away: the barrier's error is not this process's failure
-    (False, False, ["destroy"]),  # this process failed: it does not wait for the others
+    (True, False, ["barrier", "collect", "destroy"]),
+    (True, True, ["barrier", "collect", "destroy"]),  # a peer that went away: the barrier's error is not this process's failure
+    (False, False, ["destroy"]),  # this process failed: it neither waits nor collects (its error must be printed before torchrun kills it)
 ])
 def test_shutdown_waits_for_the_others_only_after_a_normal_end(monkeypatch, together, barrier_fails, calls):
     from trainer import distributed
@@ -172,6 +172,7 @@ def test_shutdown_waits_for_the_others_only_after_a_normal_end(monkeypatch, toge
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
     monkeypatch.setattr(distributed.dist, "barrier", barrier)
     monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: seen.append("destroy"))
+    monkeypatch.setattr(distributed.gc, "collect", lambda: seen.append("collect"))
     distributed.shutdown(distributed.DistContext(rank=1, world_size=2), together=together)
     assert seen == calls
     seen.clear()

@@ -144,7 +144,7 @@ def shutdown(ctx: DistContext, together: bool = False) -> None:
     the garbage (DDP's reducer and its pending work live in reference cycles) while the interpreter is whole: a
     process whose gloo group outlived it into interpreter shutdown was once seen aborting ("terminate called
     without an active exception") after a successful run. A process that failed skips the barrier (its sockets
-    close, which the others' barrier notices)."""
+    close, which the others' barrier notices) and leaves at once, so that its error is printed before torchrun tears it down."""
     if not (ctx.enabled and dist.is_initialized()):
         return
     if together:
@@ -152,7 +152,7 @@ def shutdown(ctx: DistContext, together: bool = False) -> None:
             dist.barrier()
         except RuntimeError:
             pass
-    gc.collect()
+        gc.collect()  # not after a failure: collecting a reducer whose peer died can block until torchrun kills the process
     try:
         dist.destroy_process_group()
     except RuntimeError:
